@@ -1,0 +1,1 @@
+//! nestfs-fuse: an overlay filesystem served over FUSE with the semantics of kernel overlayfs.

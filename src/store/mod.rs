@@ -1,0 +1,1 @@
+//! The on-disk store (placeholder until the store/CLI work lands).
