@@ -1,0 +1,884 @@
+//! Differential tests: every case runs the same calls on kernel overlayfs (the reference, mounted
+//! with `redirect_dir=off,index=off,metacopy=off,xino=off`) and on the binary under test over
+//! identical layers, and proves that every call's outcome, the merged tree, the set of copied-up
+//! paths and the state after a remount agree, and that no lower layer changed. Each case runs
+//! twice: the tested overlay over overlay-format layers and over OCI-format (`.wh.`) layers.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::Path;
+
+use common::layers::{Format, Layer};
+use common::ops::{self, Fd, Log, Res};
+use common::pair::{Pair, assert_logs_equal, case};
+
+/// Layers most cases start from (top first).
+fn base() -> Vec<Layer> {
+    let top = Layer::new()
+        .whiteout("dir/b")
+        .whiteout("gone")
+        .whiteout("dir2/x")
+        .opaque("opq")
+        .file("opq/new", "new in top")
+        .file("etc/hosts", "127.0.0.1 top\n")
+        .mode(0o600)
+        .xattr("user.layer", "top")
+        .dir("dir/sub2");
+    let bottom = Layer::new()
+        .file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+        .file("etc/hosts", "127.0.0.1 bottom\n")
+        .file("data/exec", "#!/bin/sh\necho hi\n")
+        .mode(0o751)
+        .owner(1000, 1001)
+        .mtime(1_500_000_000)
+        .xattr("user.foo", "bar")
+        .xattr("trusted.keep", "t")
+        .sparse(
+            "data/big",
+            1 << 20,
+            &[(0, b"head"), (512 * 1024, b"middle")],
+        )
+        .file("dir/a", "a")
+        .file("dir/b", "b")
+        .file("dir/sub/c", "c")
+        .dir("dir")
+        .mode(0o750)
+        .owner(5, 6)
+        .file("dir2/x", "x")
+        .file("gone/x", "gx")
+        .file("opq/old1", "o1")
+        .file("opq/old2", "o2")
+        .file("links/h1", "hardlinked")
+        .hardlink("links/h2", "links/h1")
+        .symlink("sym", "etc/passwd")
+        .symlink("abs", "/etc/passwd")
+        .symlink("dangling", "nowhere")
+        .fifo("fifo")
+        .chardev("null", 1, 3)
+        .dir("emptydir");
+    vec![top, bottom]
+}
+
+/// Declares a case run over overlay-format and OCI-format layers.
+macro_rules! diff_case {
+    ($name:ident, $layers:expr, $script:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn overlay_format() {
+                require_env!();
+                case(&$layers, Format::Overlay, $script);
+            }
+            #[test]
+            fn oci_format() {
+                require_env!();
+                case(&$layers, Format::Oci, $script);
+            }
+        }
+    };
+}
+
+const MERGED_PATHS: &[&str] = &[
+    "",
+    "etc",
+    "etc/passwd",
+    "etc/hosts",
+    "data",
+    "data/exec",
+    "data/big",
+    "dir",
+    "dir/a",
+    "dir/b",
+    "dir/.wh.b",
+    "dir/sub",
+    "dir/sub2",
+    "dir2",
+    "dir2/x",
+    "gone",
+    "gone/x",
+    "opq",
+    "opq/new",
+    "opq/old1",
+    "opq/.wh..wh..opq",
+    "links/h1",
+    "links/h2",
+    "sym",
+    "abs",
+    "dangling",
+    "fifo",
+    "null",
+    "emptydir",
+    ".wh.gone",
+];
+
+fn stat_all(r: &Path, log: &mut Log) {
+    for p in MERGED_PATHS {
+        log.rec(format!("stat {p}"), ops::stat(r, p));
+    }
+}
+
+diff_case!(lookup_and_readdir, base(), |r: &Path, log: &mut Log| {
+    stat_all(r, log);
+    for d in [
+        "", "etc", "dir", "dir2", "opq", "gone", "links", "emptydir", "dir/sub",
+    ] {
+        log.rec(format!("readdir {d}"), ops::readdir(r, d));
+    }
+    for f in [
+        "etc/passwd",
+        "etc/hosts",
+        "data/exec",
+        "data/big",
+        "dir/a",
+        "opq/new",
+        "sym",
+    ] {
+        log.rec(format!("read {f}"), ops::read(r, f));
+    }
+    log.rec("read abs", ops::readlink(r, "abs"));
+    log.rec("xattrs data/exec", ops::listxattr(r, "data/exec"));
+    log.rec("xattrs opq", ops::listxattr(r, "opq"));
+    log.rec(
+        "opaque xattr hidden",
+        ops::getxattr(r, "opq", "trusted.overlay.opaque"),
+    );
+});
+
+diff_case!(
+    write_append_truncate_copy_up,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec("write data/exec", ops::write_at(r, "data/exec", 0, b"#"));
+        log.rec("stat data/exec", ops::stat(r, "data/exec"));
+        log.rec("xattrs data/exec", ops::listxattr(r, "data/exec"));
+        log.rec(
+            "user.foo data/exec",
+            ops::getxattr(r, "data/exec", "user.foo"),
+        );
+        log.rec(
+            "append etc/passwd",
+            ops::append(r, "etc/passwd", b"new:x:1:1::/:/bin/false\n"),
+        );
+        log.rec("read etc/passwd", ops::read(r, "etc/passwd"));
+        log.rec("truncate etc/hosts", ops::truncate(r, "etc/hosts", 3));
+        log.rec("read etc/hosts", ops::read(r, "etc/hosts"));
+        log.rec("stat etc/hosts", ops::stat(r, "etc/hosts"));
+        log.rec("stat etc", ops::stat(r, "etc"));
+        log.rec("stat dir (parent of untouched)", ops::stat(r, "dir"));
+        log.rec("write dir/sub/c", ops::write_at(r, "dir/sub/c", 1, b"cc"));
+        log.rec("stat dir after child copy-up", ops::stat(r, "dir"));
+        log.rec("stat dir/sub after child copy-up", ops::stat(r, "dir/sub"));
+        log.rec("truncate dir (EISDIR)", ops::truncate(r, "dir", 0));
+        log.rec("read untouched dir/a", ops::read(r, "dir/a"));
+    }
+);
+
+/// Outcome of lseek(SEEK_DATA/SEEK_HOLE) at `off`.
+fn seek(r: &Path, p: &str, off: i64, whence: libc::c_int) -> Res {
+    let fd = ops::open(r, p, libc::O_RDONLY, 0)?;
+    let rc = unsafe { libc::lseek(fd.0, off, whence) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc.to_string())
+    }
+}
+
+fn holes(r: &Path, p: &str, log: &mut Log) {
+    for off in [0, 4096, 600 * 1024] {
+        log.rec(
+            format!("SEEK_DATA {p} {off}"),
+            seek(r, p, off, libc::SEEK_DATA),
+        );
+        log.rec(
+            format!("SEEK_HOLE {p} {off}"),
+            seek(r, p, off, libc::SEEK_HOLE),
+        );
+    }
+}
+
+diff_case!(
+    sparse_copy_up_keeps_holes,
+    base(),
+    |r: &Path, log: &mut Log| {
+        holes(r, "data/big", log);
+        log.rec("write data/big", ops::write_at(r, "data/big", 4, b"!"));
+        holes(r, "data/big", log);
+        log.rec("read data/big", ops::read(r, "data/big"));
+        log.rec("stat data/big", ops::stat(r, "data/big"));
+    }
+);
+
+diff_case!(create_flags, base(), |r: &Path, log: &mut Log| {
+    let excl = libc::O_WRONLY | libc::O_EXCL;
+    log.rec(
+        "O_EXCL lower file",
+        ops::create(r, "etc/passwd", excl, 0o644),
+    );
+    log.rec(
+        "O_EXCL whited-out name",
+        ops::create(r, "dir/b", excl, 0o640),
+    );
+    log.rec("O_EXCL new", ops::create(r, "etc/new", excl, 0o640));
+    log.rec(
+        "O_EXCL dangling symlink",
+        ops::create(r, "dangling", excl, 0o644),
+    );
+    log.rec(
+        "O_TRUNC lower",
+        ops::create(r, "etc/hosts", libc::O_WRONLY | libc::O_TRUNC, 0),
+    );
+    log.rec("stat etc/hosts", ops::stat(r, "etc/hosts"));
+    log.rec(
+        "xattr kept on O_TRUNC",
+        ops::getxattr(r, "etc/hosts", "user.layer"),
+    );
+    log.rec("O_APPEND", ops::append(r, "dir/a", b"appended"));
+    log.rec("read dir/a", ops::read(r, "dir/a"));
+    log.rec("create in opaque", ops::create(r, "opq/old1", excl, 0o600));
+    log.rec("readdir opq", ops::readdir(r, "opq"));
+    log.rec(
+        "create under file",
+        ops::create(r, "etc/passwd/x", excl, 0o600),
+    );
+    log.rec("create in gone", ops::create(r, "gone/x", excl, 0o600));
+    log.rec(
+        "O_RDONLY lower dir as file",
+        ops::create(r, "dir", libc::O_WRONLY, 0),
+    );
+    log.rec("stat etc/new", ops::stat(r, "etc/new"));
+});
+
+fn tmpfile_and_link(r: &Path, dir: &str, name: &str) -> Res {
+    let fd = ops::open(r, dir, libc::O_TMPFILE | libc::O_RDWR, 0o640)?;
+    let data = b"from a tmpfile";
+    let n = unsafe { libc::write(fd.0, data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let src = common::layers::cpath(Path::new(&format!("/proc/self/fd/{}", fd.0)));
+    let dst = common::layers::cpath(&r.join(name));
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            0x400,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(String::new())
+    }
+}
+
+diff_case!(o_tmpfile_linkat, base(), |r: &Path, log: &mut Log| {
+    log.rec(
+        "tmpfile in lower dir",
+        tmpfile_and_link(r, "dir", "dir/linked"),
+    );
+    log.rec("read dir/linked", ops::read(r, "dir/linked"));
+    log.rec("stat dir/linked", ops::stat(r, "dir/linked"));
+    log.rec("tmpfile over whiteout", tmpfile_and_link(r, "dir", "dir/b"));
+    log.rec(
+        "tmpfile onto existing",
+        tmpfile_and_link(r, "etc", "etc/passwd"),
+    );
+    log.rec("readdir dir", ops::readdir(r, "dir"));
+});
+
+diff_case!(
+    mkdir_over_whiteout_is_opaque,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec("mkdir gone", ops::mkdir(r, "gone", 0o700));
+        log.rec("readdir gone", ops::readdir(r, "gone"));
+        log.rec("stat gone/x", ops::stat(r, "gone/x"));
+        log.rec("stat gone", ops::stat(r, "gone"));
+        for p in ["dir/a", "dir/sub/c"] {
+            log.rec(format!("unlink {p}"), ops::unlink(r, p));
+        }
+        log.rec("rmdir dir/sub", ops::rmdir(r, "dir/sub"));
+        log.rec("rmdir dir/sub2", ops::rmdir(r, "dir/sub2"));
+        log.rec("rmdir dir", ops::rmdir(r, "dir"));
+        log.rec("mkdir dir", ops::mkdir(r, "dir", 0o755));
+        log.rec("readdir dir", ops::readdir(r, "dir"));
+        log.rec("stat dir/sub/c", ops::stat(r, "dir/sub/c"));
+        log.rec("mkdir existing", ops::mkdir(r, "etc", 0o755));
+        log.rec("mkdir over file", ops::mkdir(r, "etc/passwd", 0o755));
+        log.rec(
+            "mkdir over whiteout file name",
+            ops::mkdir(r, "dir2/x", 0o755),
+        );
+        log.rec("readdir dir2/x", ops::readdir(r, "dir2/x"));
+    }
+);
+
+diff_case!(unlink_and_rmdir, base(), |r: &Path, log: &mut Log| {
+    log.rec("unlink lower", ops::unlink(r, "etc/passwd"));
+    log.rec("unlink again", ops::unlink(r, "etc/passwd"));
+    log.rec(
+        "create upper",
+        ops::create(r, "etc/up", libc::O_WRONLY, 0o644),
+    );
+    log.rec("unlink upper", ops::unlink(r, "etc/up"));
+    log.rec("unlink whited-out", ops::unlink(r, "dir/b"));
+    log.rec("unlink dir", ops::unlink(r, "dir"));
+    log.rec("rmdir file", ops::rmdir(r, "dir/a"));
+    log.rec("rmdir nonempty", ops::rmdir(r, "dir"));
+    log.rec("rmdir all-whited-out", ops::rmdir(r, "dir2"));
+    log.rec("rmdir emptydir", ops::rmdir(r, "emptydir"));
+    log.rec("unlink opq/new", ops::unlink(r, "opq/new"));
+    log.rec("rmdir opq", ops::rmdir(r, "opq"));
+    log.rec("unlink symlink", ops::unlink(r, "sym"));
+    log.rec("unlink fifo", ops::unlink(r, "fifo"));
+    log.rec("unlink chardev", ops::unlink(r, "null"));
+    log.rec("unlink h1", ops::unlink(r, "links/h1"));
+    log.rec("stat h2", ops::stat(r, "links/h2"));
+    log.rec("readdir root", ops::readdir(r, ""));
+    log.rec(
+        "recreate etc/passwd",
+        ops::create(r, "etc/passwd", libc::O_WRONLY, 0o600),
+    );
+    log.rec("stat etc/passwd", ops::stat(r, "etc/passwd"));
+});
+
+diff_case!(rename_files, base(), |r: &Path, log: &mut Log| {
+    log.rec(
+        "lower -> new",
+        ops::rename(r, "etc/passwd", "etc/passwd.moved", 0),
+    );
+    log.rec("read moved", ops::read(r, "etc/passwd.moved"));
+    log.rec("old gone", ops::stat(r, "etc/passwd"));
+    log.rec("over existing", ops::rename(r, "dir/a", "etc/hosts", 0));
+    log.rec("read etc/hosts", ops::read(r, "etc/hosts"));
+    log.rec("xattrs etc/hosts", ops::listxattr(r, "etc/hosts"));
+    let noreplace = libc::RENAME_NOREPLACE;
+    log.rec(
+        "NOREPLACE existing",
+        ops::rename(r, "data/exec", "etc/hosts", noreplace),
+    );
+    log.rec(
+        "NOREPLACE onto whiteout",
+        ops::rename(r, "data/exec", "dir/b", noreplace),
+    );
+    log.rec("stat dir/b", ops::stat(r, "dir/b"));
+    let exchange = libc::RENAME_EXCHANGE;
+    log.rec(
+        "EXCHANGE lower files",
+        ops::rename(r, "links/h1", "sym", exchange),
+    );
+    log.rec("readlink links/h1", ops::readlink(r, "links/h1"));
+    log.rec("read sym", ops::read(r, "sym"));
+    log.rec(
+        "EXCHANGE with missing",
+        ops::rename(r, "opq/new", "opq/none", exchange),
+    );
+    log.rec(
+        "rename onto dir",
+        ops::rename(r, "etc/hosts", "emptydir", 0),
+    );
+    log.rec("rename missing", ops::rename(r, "nope", "nope2", 0));
+    log.rec("rename fifo", ops::rename(r, "fifo", "dir/fifo", 0));
+    log.rec(
+        "rename into whited-out dir",
+        ops::rename(r, "abs", "gone/abs", 0),
+    );
+    log.rec("readdir root", ops::readdir(r, ""));
+    log.rec("readdir dir", ops::readdir(r, "dir"));
+});
+
+diff_case!(rename_dirs, base(), |r: &Path, log: &mut Log| {
+    log.rec("mkdir new", ops::mkdir(r, "newdir", 0o755));
+    log.rec(
+        "populate",
+        ops::create(r, "newdir/f", libc::O_WRONLY, 0o644),
+    );
+    log.rec(
+        "rename pure-upper dir",
+        ops::rename(r, "newdir", "newdir2", 0),
+    );
+    log.rec("readdir newdir2", ops::readdir(r, "newdir2"));
+    log.rec(
+        "rename lower dir (EXDEV)",
+        ops::rename(r, "dir", "dir.moved", 0),
+    );
+    log.rec(
+        "rename lower empty dir",
+        ops::rename(r, "emptydir", "emptydir2", 0),
+    );
+    log.rec("rename opaque dir", ops::rename(r, "opq", "opq2", 0));
+    log.rec(
+        "rename upper dir over lower empty dir",
+        ops::rename(r, "newdir2", "emptydir", 0),
+    );
+    log.rec("mkdir e2", ops::mkdir(r, "e2", 0o755));
+    log.rec(
+        "rename upper empty over all-whited-out",
+        ops::rename(r, "e2", "dir2", 0),
+    );
+    log.rec("readdir dir2", ops::readdir(r, "dir2"));
+    log.rec(
+        "rename dir into itself",
+        ops::rename(r, "dir2", "dir2/in", 0),
+    );
+    log.rec("readdir root", ops::readdir(r, ""));
+});
+
+diff_case!(hardlinks, base(), |r: &Path, log: &mut Log| {
+    log.rec("stat h1", ops::stat(r, "links/h1"));
+    log.rec("link lower", ops::link(r, "etc/passwd", "etc/passwd2"));
+    log.rec("stat passwd", ops::stat(r, "etc/passwd"));
+    log.rec("stat passwd2", ops::stat(r, "etc/passwd2"));
+    log.rec("append via link", ops::append(r, "etc/passwd2", b"x"));
+    log.rec("read passwd", ops::read(r, "etc/passwd"));
+    log.rec("write h1", ops::write_at(r, "links/h1", 0, b"H"));
+    log.rec("read h2", ops::read(r, "links/h2"));
+    log.rec("stat h1 after", ops::stat(r, "links/h1"));
+    log.rec("link onto existing", ops::link(r, "dir/a", "etc/hosts"));
+    log.rec("link dir", ops::link(r, "dir", "dir.l"));
+    log.rec("link onto whiteout", ops::link(r, "dir/a", "dir/b"));
+    log.rec("link symlink", ops::link(r, "sym", "sym2"));
+    log.rec("readlink sym2", ops::readlink(r, "sym2"));
+});
+
+diff_case!(
+    symlinks_and_special_files,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec("readlink sym", ops::readlink(r, "sym"));
+        log.rec("readlink dangling", ops::readlink(r, "dangling"));
+        log.rec("readlink file", ops::readlink(r, "etc/passwd"));
+        log.rec("symlink new", ops::symlink(r, "../etc/hosts", "dir/s"));
+        log.rec("read through", ops::read(r, "dir/s"));
+        log.rec("symlink over existing", ops::symlink(r, "x", "etc/passwd"));
+        log.rec("symlink over whiteout", ops::symlink(r, "x", "gone"));
+        log.rec("stat gone", ops::stat(r, "gone"));
+        log.rec("mknod fifo", ops::mknod(r, "p", libc::S_IFIFO | 0o640, 0));
+        log.rec(
+            "mknod socket",
+            ops::mknod(r, "s", libc::S_IFSOCK | 0o600, 0),
+        );
+        log.rec(
+            "mknod chardev",
+            ops::mknod(r, "zero", libc::S_IFCHR | 0o666, libc::makedev(1, 5)),
+        );
+        log.rec(
+            "mknod whiteout-like",
+            ops::mknod(r, "w", libc::S_IFCHR | 0o600, 0),
+        );
+        for p in ["p", "s", "zero", "w", "dir/s", "null", "fifo"] {
+            log.rec(format!("stat {p}"), ops::stat(r, p));
+        }
+        log.rec("readdir root", ops::readdir(r, ""));
+    }
+);
+
+diff_case!(chmod_chown_utimes, base(), |r: &Path, log: &mut Log| {
+    log.rec("chmod lower", ops::chmod(r, "etc/passwd", 0o4711));
+    log.rec("chown lower", ops::lchown(r, "data/exec", 7, 8));
+    log.rec("stat exec", ops::stat(r, "data/exec"));
+    log.rec(
+        "xattr after chown",
+        ops::getxattr(r, "data/exec", "user.foo"),
+    );
+    log.rec("utimes lower", ops::utimes(r, "dir/a", 1_234_567_890));
+    log.rec("stat dir/a", ops::stat(r, "dir/a"));
+    log.rec("chmod lower dir", ops::chmod(r, "dir", 0o700));
+    log.rec("chown lower dir", ops::lchown(r, "dir", 0, 0));
+    log.rec("stat dir", ops::stat(r, "dir"));
+    log.rec("readdir dir after copy-up", ops::readdir(r, "dir"));
+    log.rec("lchown symlink", ops::lchown(r, "sym", 3, 3));
+    log.rec("stat sym", ops::stat(r, "sym"));
+    log.rec("stat sym target", ops::stat(r, "etc/passwd"));
+    log.rec("utimes symlink", ops::utimes(r, "abs", 1_111_111_111));
+    log.rec("stat abs", ops::stat(r, "abs"));
+    log.rec("chmod fifo", ops::chmod(r, "fifo", 0o600));
+    log.rec("stat fifo", ops::stat(r, "fifo"));
+    log.rec("chmod missing", ops::chmod(r, "dir/b", 0o600));
+    log.rec("truncate up", ops::truncate(r, "dir/sub/c", 10_000));
+    log.rec("stat c", ops::stat(r, "dir/sub/c"));
+});
+
+diff_case!(xattrs, base(), |r: &Path, log: &mut Log| {
+    log.rec("list exec", ops::listxattr(r, "data/exec"));
+    log.rec("set on lower", ops::setxattr(r, "dir/a", "user.a", b"1", 0));
+    log.rec("get", ops::getxattr(r, "dir/a", "user.a"));
+    log.rec(
+        "CREATE existing",
+        ops::setxattr(r, "dir/a", "user.a", b"2", libc::XATTR_CREATE),
+    );
+    log.rec(
+        "REPLACE missing",
+        ops::setxattr(r, "dir/a", "user.b", b"2", libc::XATTR_REPLACE),
+    );
+    log.rec(
+        "remove copied",
+        ops::removexattr(r, "data/exec", "user.foo"),
+    );
+    log.rec(
+        "remove missing",
+        ops::removexattr(r, "data/exec", "user.foo"),
+    );
+    log.rec("list exec after", ops::listxattr(r, "data/exec"));
+    log.rec("get missing", ops::getxattr(r, "etc/passwd", "user.none"));
+    log.rec(
+        "set on lower dir",
+        ops::setxattr(r, "dir", "user.d", b"dir", 0),
+    );
+    log.rec("list dir", ops::listxattr(r, "dir"));
+    log.rec(
+        "set overlay xattr",
+        ops::setxattr(r, "etc/passwd", "trusted.overlay.x", b"1", 0),
+    );
+    log.rec(
+        "get overlay opaque",
+        ops::getxattr(r, "opq", "trusted.overlay.opaque"),
+    );
+    log.rec("list opq", ops::listxattr(r, "opq"));
+    log.rec(
+        "set trusted",
+        ops::setxattr(r, "etc/passwd", "trusted.mine", b"t", 0),
+    );
+    log.rec("list passwd", ops::listxattr(r, "etc/passwd"));
+    log.rec("set on symlink", ops::setxattr(r, "sym", "user.s", b"s", 0));
+    log.rec(
+        "set on fifo",
+        ops::setxattr(r, "fifo", "trusted.f", b"f", 0),
+    );
+    log.rec("list fifo", ops::listxattr(r, "fifo"));
+    log.rec(
+        "empty value",
+        ops::setxattr(r, "dir/a", "user.empty", b"", 0),
+    );
+    log.rec("get empty", ops::getxattr(r, "dir/a", "user.empty"));
+});
+
+fn statfs(r: &Path) -> Res {
+    let c = common::layers::cpath(r);
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(format!(
+        "bsize={} blocks={} namemax={}",
+        s.f_bsize, s.f_blocks, s.f_namemax
+    ))
+}
+
+diff_case!(statfs_sanity, base(), |r: &Path, log: &mut Log| {
+    log.rec("statvfs", statfs(r));
+    log.rec("statvfs subdir", statfs(&r.join("dir")));
+});
+
+fn fd_call(r: &Path, p: &str, f: impl Fn(&Fd) -> libc::c_int) -> Res {
+    let fd = ops::open(r, p, libc::O_RDWR, 0)?;
+    if f(&fd) < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(String::new())
+    }
+}
+
+diff_case!(
+    fsync_fallocate_punch_hole,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec(
+            "fsync lower",
+            fd_call(r, "etc/passwd", |fd| unsafe { libc::fsync(fd.0) }),
+        );
+        log.rec(
+            "fdatasync",
+            fd_call(r, "dir/a", |fd| unsafe { libc::fdatasync(fd.0) }),
+        );
+        log.rec(
+            "fallocate grow",
+            fd_call(r, "dir/a", |fd| unsafe {
+                libc::fallocate(fd.0, 0, 0, 65536)
+            }),
+        );
+        log.rec("stat dir/a", ops::stat(r, "dir/a"));
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        log.rec(
+            "fallocate keep size",
+            fd_call(r, "etc/hosts", |fd| unsafe {
+                libc::fallocate(fd.0, keep, 0, 1 << 20)
+            }),
+        );
+        log.rec("stat etc/hosts", ops::stat(r, "etc/hosts"));
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        log.rec(
+            "punch hole",
+            fd_call(r, "data/big", |fd| unsafe {
+                libc::fallocate(fd.0, punch, 0, 8192)
+            }),
+        );
+        holes(r, "data/big", log);
+        log.rec("read data/big", ops::read(r, "data/big"));
+        let dir_fsync = || -> Res {
+            let fd = ops::open(r, "etc", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            if unsafe { libc::fsync(fd.0) } < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(String::new())
+            }
+        };
+        log.rec("fsync dir", dir_fsync());
+    }
+);
+
+fn copy_range(r: &Path, from: &str, to: &str, len: usize) -> Res {
+    let src = ops::open(r, from, libc::O_RDONLY, 0)?;
+    let dst = ops::open(r, to, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)?;
+    let mut copied = 0usize;
+    while copied < len {
+        let n = unsafe {
+            libc::copy_file_range(
+                src.0,
+                std::ptr::null_mut(),
+                dst.0,
+                std::ptr::null_mut(),
+                len - copied,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        copied += n as usize;
+    }
+    Ok(copied.to_string())
+}
+
+diff_case!(
+    copy_file_range_lower_to_new,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec(
+            "copy passwd",
+            copy_range(r, "etc/passwd", "etc/passwd.copy", 1 << 20),
+        );
+        log.rec("read copy", ops::read(r, "etc/passwd.copy"));
+        log.rec("copy big", copy_range(r, "data/big", "big.copy", 1 << 20));
+        log.rec("read big.copy", ops::read(r, "big.copy"));
+        log.rec("copy onto lower", copy_range(r, "dir/a", "etc/hosts", 16));
+        log.rec("read hosts", ops::read(r, "etc/hosts"));
+    }
+);
+
+/// Writes through a MAP_SHARED mapping, msyncs and unmaps, returning what read() then sees.
+fn mmap_write(r: &Path, p: &str) -> Res {
+    let fd = ops::open(r, p, libc::O_RDWR, 0)?;
+    let len = 4096;
+    if unsafe { libc::ftruncate(fd.0, len as i64) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let m = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.0, 0) };
+    if m == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let msg = b"written through mmap";
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), m.cast::<u8>().add(100), msg.len());
+        let synced = libc::msync(m, len, libc::MS_SYNC);
+        libc::munmap(m, len);
+        if synced < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    drop(fd);
+    ops::read(r, p)
+}
+
+diff_case!(shared_mmap_write, base(), |r: &Path, log: &mut Log| {
+    log.rec("mmap lower file", mmap_write(r, "etc/passwd"));
+    log.rec(
+        "mmap new file",
+        ops::create(r, "m", libc::O_WRONLY, 0o644).and_then(|_| mmap_write(r, "m")),
+    );
+    log.rec("stat passwd", ops::stat(r, "etc/passwd"));
+});
+
+diff_case!(dir_nlink_and_mtime, base(), |r: &Path, log: &mut Log| {
+    for d in [
+        "", "etc", "dir", "dir2", "opq", "emptydir", "links", "dir/sub",
+    ] {
+        log.rec(format!("stat {d}"), ops::stat(r, d));
+    }
+    log.rec("mkdir dir/n", ops::mkdir(r, "dir/n", 0o755));
+    log.rec("mkdir new", ops::mkdir(r, "new", 0o755));
+    log.rec("mkdir new/a", ops::mkdir(r, "new/a", 0o755));
+    log.rec("write etc/passwd", ops::append(r, "etc/passwd", b"x"));
+    for d in ["", "etc", "dir", "new", "dir/sub"] {
+        log.rec(format!("stat {d} after"), ops::stat(r, d));
+    }
+    log.rec("rmdir dir/sub2", ops::rmdir(r, "dir/sub2"));
+    log.rec("stat dir after rmdir", ops::stat(r, "dir"));
+});
+
+/// The read-only mount (lowerdir only) must refuse every change with EROFS, like the kernel.
+#[test]
+fn read_only_mount() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let layers = base();
+    let k = common::mounts::Side::build(
+        &scratch.sub("k"),
+        common::mounts::Impl::Kernel,
+        &layers,
+        Format::Overlay,
+    );
+    let n = common::mounts::Side::build(
+        &scratch.sub("n"),
+        common::mounts::Impl::Nestfs,
+        &layers,
+        Format::Oci,
+    );
+    let script = |r: &Path, log: &mut Log| {
+        log.rec("readdir", ops::readdir(r, ""));
+        log.rec("read", ops::read(r, "etc/hosts"));
+        log.rec("write", ops::write_at(r, "etc/passwd", 0, b"x"));
+        log.rec("create", ops::create(r, "new", libc::O_WRONLY, 0o644));
+        log.rec("mkdir", ops::mkdir(r, "d", 0o755));
+        log.rec("unlink", ops::unlink(r, "dir/a"));
+        log.rec("chmod", ops::chmod(r, "dir/a", 0o777));
+        log.rec("setxattr", ops::setxattr(r, "dir/a", "user.x", b"1", 0));
+        log.rec("rename", ops::rename(r, "dir/a", "dir/z", 0));
+    };
+    let (mut kl, mut nl) = (Log::default(), Log::default());
+    {
+        let km = k.mount_with(false);
+        let nm = n.mount_with(false);
+        script(km.root(), &mut kl);
+        script(nm.root(), &mut nl);
+        let ks = common::snapshot::snapshot(km.root(), common::snapshot::Detail::Merged);
+        let ns = common::snapshot::snapshot(nm.root(), common::snapshot::Detail::Merged);
+        if let Some(d) = common::snapshot::diff("kernel", &ks, "nestfs", &ns) {
+            panic!("read-only merged trees differ:\n{d}");
+        }
+    }
+    assert_logs_equal(&kl, &nl);
+}
+
+/// Inode numbers: for each path, whether st_ino survives an unmount/remount and whether it stays
+/// the same across copy-up; both implementations must behave alike. The root's number is left
+/// out on purpose: a FUSE root is always inode 1, the kernel's is the upper dir's.
+fn inode_stability(format: Format) {
+    let paths = [
+        "etc",
+        "etc/passwd",
+        "etc/hosts",
+        "dir/a",
+        "links/h1",
+        "links/h2",
+        "sym",
+        "newf",
+        "newd",
+    ];
+    let mut pair = Pair::new(&base(), format);
+    let before_copy_up = |r: &Path| -> Vec<u64> {
+        paths
+            .iter()
+            .map(|p| {
+                std::fs::symlink_metadata(r.join(p)).map_or(0, |m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino()
+                })
+            })
+            .collect()
+    };
+    let k0 = before_copy_up(pair.kroot());
+    let n0 = before_copy_up(pair.nroot());
+    pair.run(|r: &Path, log: &mut Log| {
+        log.rec("copy-up passwd", ops::append(r, "etc/passwd", b"x"));
+        log.rec("copy-up h1", ops::append(r, "links/h1", b"x"));
+        log.rec("chmod etc", ops::chmod(r, "etc", 0o700));
+        log.rec("create newf", ops::create(r, "newf", libc::O_WRONLY, 0o644));
+        log.rec("mkdir newd", ops::mkdir(r, "newd", 0o755));
+    });
+    let k1: Vec<u64> = paths.iter().map(|p| ops::ino(pair.kroot(), p)).collect();
+    let n1: Vec<u64> = paths.iter().map(|p| ops::ino(pair.nroot(), p)).collect();
+    pair.remount();
+    let k2: Vec<u64> = paths.iter().map(|p| ops::ino(pair.kroot(), p)).collect();
+    let n2: Vec<u64> = paths.iter().map(|p| ops::ino(pair.nroot(), p)).collect();
+    let describe = |i0: &[u64], i1: &[u64], i2: &[u64]| -> Log {
+        let mut log = Log::default();
+        for (i, p) in paths.iter().enumerate() {
+            let copy_up = if i0[i] == 0 {
+                "new".to_string()
+            } else {
+                (i0[i] == i1[i]).to_string()
+            };
+            log.note(format!(
+                "{p}: same after copy-up={copy_up} same after remount={}",
+                i1[i] == i2[i]
+            ));
+        }
+        log.note(format!("h1/h2 share an inode: {}", i2[4] == i2[5]));
+        log
+    };
+    assert_logs_equal(&describe(&k0, &k1, &k2), &describe(&n0, &n1, &n2));
+    pair.finish();
+}
+
+#[test]
+fn inode_numbers_stable_overlay_format() {
+    require_env!();
+    inode_stability(Format::Overlay);
+}
+
+#[test]
+fn inode_numbers_stable_oci_format() {
+    require_env!();
+    inode_stability(Format::Oci);
+}
+
+/// Every change must survive a remount, including whiteouts and opaque dirs the overlay created.
+fn state_survives_remount(format: Format) {
+    let mut pair = Pair::new(&base(), format);
+    let script = |r: &Path, log: &mut Log| {
+        log.rec("unlink", ops::unlink(r, "dir/a"));
+        log.rec(
+            "rmdir tree",
+            ops::unlink(r, "dir/sub/c").and_then(|_| ops::rmdir(r, "dir/sub")),
+        );
+        log.rec(
+            "mkdir opaque",
+            ops::rmdir(r, "emptydir").and_then(|_| ops::mkdir(r, "emptydir", 0o700)),
+        );
+        log.rec("write", ops::write_at(r, "data/big", 300_000, b"mid"));
+        log.rec("xattr", ops::setxattr(r, "etc/passwd", "user.x", b"y", 0));
+        log.rec("rename", ops::rename(r, "etc/hosts", "hosts", 0));
+        log.rec("symlink", ops::symlink(r, "/x", "etc/l"));
+    };
+    pair.run(script);
+    pair.compare_trees("before remount");
+    pair.remount();
+    pair.run(|r: &Path, log: &mut Log| {
+        stat_all(r, log);
+        log.rec("readdir dir", ops::readdir(r, "dir"));
+        log.rec("xattr", ops::getxattr(r, "etc/passwd", "user.x"));
+        log.rec("read big", ops::read(r, "data/big"));
+    });
+    pair.finish();
+}
+
+#[test]
+fn state_survives_remount_overlay_format() {
+    require_env!();
+    state_survives_remount(Format::Overlay);
+}
+
+#[test]
+fn state_survives_remount_oci_format() {
+    require_env!();
+    state_survives_remount(Format::Oci);
+}
