@@ -63,11 +63,13 @@ impl Pair {
     }
 
     /// Runs `script` on the kernel mount, then on the tested one; panics if any outcome differs.
-    pub fn run(&self, script: impl Fn(&Path, &mut Log)) {
+    /// Returns the (agreed) log.
+    pub fn run(&self, script: impl Fn(&Path, &mut Log)) -> Log {
         let (mut k, mut n) = (Log::default(), Log::default());
         script(self.kroot(), &mut k);
         script(self.nroot(), &mut n);
         assert_logs_equal(&k, &n);
+        k
     }
 
     /// Panics with a readable diff if the merged trees differ.
