@@ -17,14 +17,19 @@ pub struct Pair {
     kmnt: Option<Box<dyn Mounted>>,
     nmnt: Option<Box<dyn Mounted>>,
     // Last field: dropped after the mounts above.
-    _scratch: Scratch,
+    scratch: Scratch,
 }
 
 impl Pair {
     /// Builds both copies of `layers` (top first; the kernel's always in overlay format, the
     /// tested one in `format`) and mounts both read-write.
     pub fn new(layers: &[Layer], format: Format) -> Pair {
-        let scratch = Scratch::new();
+        Self::new_in(Scratch::new(), layers, format)
+    }
+
+    /// Like `new`, in a scratch dir the caller prepared (e.g. with canaries next to the sides,
+    /// which live in `kernel/` and `nestfs/` under it).
+    pub fn new_in(scratch: Scratch, layers: &[Layer], format: Format) -> Pair {
         let kernel = Side::build(
             &scratch.sub("kernel"),
             Impl::Kernel,
@@ -44,7 +49,7 @@ impl Pair {
             lowers_before,
             kmnt: None,
             nmnt: None,
-            _scratch: scratch,
+            scratch,
         };
         pair.mount();
         pair
@@ -101,14 +106,16 @@ impl Pair {
         self.mount();
     }
 
-    /// Final checks: merged trees, upper dirs, then (unmounted) every lower unchanged.
-    pub fn finish(mut self) {
+    /// Final checks: merged trees, upper dirs, then (unmounted) every lower unchanged. Hands back
+    /// the scratch dir so callers can check what else lives there before it is removed.
+    pub fn finish(mut self) -> Scratch {
         self.compare_trees("at the end");
         self.compare_uppers("at the end");
         self.remount();
         self.compare_trees("after a remount");
         self.unmount();
         self.assert_lowers_unchanged();
+        self.scratch
     }
 
     pub fn assert_lowers_unchanged(&self) {
