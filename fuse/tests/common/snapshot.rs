@@ -25,10 +25,19 @@ pub enum Detail {
 /// path (relative, "" = root) -> description.
 pub type Snapshot = BTreeMap<String, String>;
 
+/// Per-walk state: which paths share an inode, and each inode's content hash (images hardlink
+/// big files hundreds of times; hashing them once keeps debug-build tests fast).
+#[derive(Default)]
+struct Inodes {
+    links: BTreeMap<(u64, u64), Vec<String>>,
+    hashes: BTreeMap<(u64, u64), String>,
+}
+
 pub fn snapshot(root: &Path, detail: Detail) -> Snapshot {
     let mut out = Snapshot::new();
-    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    let mut inodes = Inodes::default();
     walk(root, "", detail, &mut out, &mut inodes);
+    let inodes = inodes.links;
     for paths in inodes.values().filter(|p| p.len() > 1) {
         for p in paths {
             let line = out.get_mut(p).expect("linked path recorded");
@@ -38,13 +47,7 @@ pub fn snapshot(root: &Path, detail: Detail) -> Snapshot {
     out
 }
 
-fn walk(
-    root: &Path,
-    rel: &str,
-    detail: Detail,
-    out: &mut Snapshot,
-    inodes: &mut BTreeMap<(u64, u64), Vec<String>>,
-) {
+fn walk(root: &Path, rel: &str, detail: Detail, out: &mut Snapshot, inodes: &mut Inodes) {
     let path = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -76,13 +79,18 @@ fn walk(
         .unwrap(),
     }
     if ft.is_file() {
-        write!(line, " size={} sha256={}", md.size(), file_hash(&path)).unwrap();
-        if md.nlink() > 1 {
+        let key = (md.dev(), md.ino());
+        let hash = if md.nlink() > 1 {
+            inodes.links.entry(key).or_default().push(rel.to_string());
             inodes
-                .entry((md.dev(), md.ino()))
-                .or_default()
-                .push(rel.to_string());
-        }
+                .hashes
+                .entry(key)
+                .or_insert_with(|| file_hash(&path))
+                .clone()
+        } else {
+            file_hash(&path)
+        };
+        write!(line, " size={} sha256={hash}", md.size()).unwrap();
     } else if ft.is_symlink() {
         let t = std::fs::read_link(&path).expect("readlink");
         write!(line, " -> {}", t.display()).unwrap();
