@@ -830,13 +830,13 @@ fn inode_stability(format: Format) {
 }
 
 #[test]
-fn inode_numbers_stable_overlay_format() {
+fn inode_numbers_stable_root_excluded_overlay_format() {
     require_env!();
     inode_stability(Format::Overlay);
 }
 
 #[test]
-fn inode_numbers_stable_oci_format() {
+fn inode_numbers_stable_root_excluded_oci_format() {
     require_env!();
     inode_stability(Format::Oci);
 }
