@@ -569,6 +569,192 @@ fn statfs(r: &Path) -> Res {
     ))
 }
 
+// Names that look like OCI whiteout markers are plain names once created through the mount:
+// they must stay ordinary entries (also after the remount in `finish`).
+diff_case!(
+    whiteout_lookalike_names_are_plain,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec(
+            "create .wh.etc",
+            ops::create(r, ".wh.etc", libc::O_WRONLY, 0o644),
+        );
+        log.rec(
+            "create opq marker",
+            ops::create(r, "dir/.wh..wh..opq", libc::O_WRONLY, 0o644),
+        );
+        log.rec("mkdir .wh.x", ops::mkdir(r, "dir/.wh.sub", 0o755));
+        log.rec("readdir root", ops::readdir(r, ""));
+        log.rec("readdir dir", ops::readdir(r, "dir"));
+        log.rec("stat etc", ops::stat(r, "etc"));
+        log.rec("stat dir/sub", ops::stat(r, "dir/sub"));
+        log.rec("unlink .wh.etc", ops::unlink(r, ".wh.etc"));
+        log.rec("stat etc after", ops::stat(r, "etc"));
+    }
+);
+
+fn long_layers() -> Vec<Layer> {
+    let name = format!("long/{}", "n".repeat(255));
+    vec![
+        Layer::new().file("long/short", "s"),
+        Layer::new().file(&name, "long"),
+    ]
+}
+
+// 255-byte names: whiting one out must work although a `.wh.` form of it cannot exist.
+diff_case!(longest_names, long_layers(), |r: &Path, log: &mut Log| {
+    let longest = format!("long/{}", "n".repeat(255));
+    let too_long = format!("long/{}", "m".repeat(256));
+    log.rec(
+        "readdir",
+        ops::readdir(r, "long").map(|s| s.len().to_string()),
+    );
+    log.rec("read longest", ops::read(r, &longest));
+    log.rec(
+        "create too long",
+        ops::create(r, &too_long, libc::O_WRONLY, 0o644),
+    );
+    log.rec("unlink longest (whiteout)", ops::unlink(r, &longest));
+    log.rec("readdir after", ops::readdir(r, "long"));
+    log.rec(
+        "recreate longest",
+        ops::create(r, &longest, libc::O_WRONLY, 0o600),
+    );
+    log.rec("rename longest", ops::rename(r, &longest, "long/short", 0));
+    log.rec("readdir end", ops::readdir(r, "long"));
+});
+
+/// A read-only fd opened before another fd's write copies the file up.
+fn read_fd_across_copy_up(r: &Path) -> Res {
+    let ro = ops::open(r, "etc/passwd", libc::O_RDONLY, 0)?;
+    ops::write_at(r, "etc/passwd", 0, b"ROOT")?;
+    let mut buf = [0u8; 8];
+    let n = unsafe { libc::pread(ro.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+diff_case!(
+    fd_opened_before_copy_up,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec("pread old fd after copy-up", read_fd_across_copy_up(r));
+    }
+);
+
+/// Runs `f` on a thread whose filesystem uid/gid are `uid`/`gid`: the kernel drops the
+/// filesystem capabilities of that thread, so permission checks apply as for that user.
+fn as_user(uid: u32, gid: u32, f: impl FnOnce() + Send) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // setfsuid/setfsgid return the previous id; the change is checked through stat below.
+            unsafe {
+                libc::setfsgid(gid);
+                libc::setfsuid(uid);
+            }
+            assert_eq!(unsafe { libc::setfsuid(u32::MAX) } as u32, uid, "setfsuid");
+            f();
+        });
+    });
+}
+
+fn user_layers() -> Vec<Layer> {
+    let mut l = base();
+    l.push(
+        Layer::new()
+            .dir("home/user")
+            .mode(0o700)
+            .owner(1000, 1000)
+            .file("home/user/notes", "mine")
+            .owner(1000, 1000)
+            .dir("tmp")
+            .mode(0o1777)
+            .file("tmp/roots", "root's")
+            .mode(0o666)
+            .dir("private")
+            .mode(0o700)
+            .file("private/f", "secret")
+            .mode(0o644),
+    );
+    l
+}
+
+// Permission checks for an unprivileged caller must match the kernel's (the daemon runs as root,
+// so a missing check would let anyone read or change anything).
+diff_case!(
+    unprivileged_caller_permissions,
+    user_layers(),
+    |r: &Path, log: &mut Log| {
+        as_user(1000, 1000, || {
+            log.rec("read 0600 root file", ops::read(r, "etc/hosts"));
+            log.rec("read 0751 own file", ops::read(r, "data/exec"));
+            log.rec("write 0644 root file", ops::append(r, "etc/passwd", b"x"));
+            log.rec(
+                "create in root-owned dir",
+                ops::create(r, "etc/mine", libc::O_WRONLY, 0o644),
+            );
+            log.rec(
+                "create in own dir",
+                ops::create(r, "home/user/new", libc::O_WRONLY, 0o600),
+            );
+            log.rec(
+                "write own lower file",
+                ops::append(r, "home/user/notes", b"!"),
+            );
+            log.rec("readdir 0700 root dir", ops::readdir(r, "private"));
+            log.rec("stat through 0700 root dir", ops::stat(r, "private/f"));
+            log.rec(
+                "unlink other's file in sticky dir",
+                ops::unlink(r, "tmp/roots"),
+            );
+            log.rec(
+                "write 0666 in sticky dir",
+                ops::append(r, "tmp/roots", b"w"),
+            );
+            log.rec(
+                "create in sticky dir",
+                ops::create(r, "tmp/u", libc::O_WRONLY, 0o644),
+            );
+            log.rec("chmod other's file", ops::chmod(r, "etc/passwd", 0o777));
+            log.rec("chown own file", ops::lchown(r, "home/user/notes", 0, 0));
+            log.rec(
+                "chmod own file setgid",
+                ops::chmod(r, "home/user/notes", 0o2755),
+            );
+            log.rec("utimes other's file", ops::utimes(r, "etc/passwd", 5));
+            log.rec(
+                "xattr other's file",
+                ops::setxattr(r, "tmp/roots", "user.u", b"1", 0),
+            );
+            log.rec(
+                "xattr own file",
+                ops::setxattr(r, "home/user/notes", "user.u", b"1", 0),
+            );
+            log.rec(
+                "trusted xattr own file",
+                ops::setxattr(r, "home/user/notes", "trusted.u", b"1", 0),
+            );
+            log.rec(
+                "mknod fifo in own dir",
+                ops::mknod(r, "home/user/p", libc::S_IFIFO | 0o600, 0),
+            );
+            log.rec(
+                "mknod dev in own dir",
+                ops::mknod(r, "home/user/d", libc::S_IFCHR | 0o600, libc::makedev(1, 3)),
+            );
+            log.rec(
+                "rename other's into own dir",
+                ops::rename(r, "etc/hosts", "home/user/h", 0),
+            );
+            log.rec("link other's file", ops::link(r, "tmp/roots", "tmp/l"));
+            log.rec("truncate other's 0666", ops::truncate(r, "tmp/roots", 1));
+            log.rec("stat new", ops::stat(r, "home/user/new"));
+        });
+    }
+);
+
 diff_case!(statfs_sanity, base(), |r: &Path, log: &mut Log| {
     log.rec("statvfs", statfs(r));
     log.rec("statvfs subdir", statfs(&r.join("dir")));

@@ -277,6 +277,11 @@ pub fn errno_name(e: &io::Error) -> String {
         libc::ERANGE => "ERANGE",
         libc::EIO => "EIO",
         libc::ENOSYS => "ENOSYS",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOTCONN => "ENOTCONN (daemon gone)",
+        libc::ECONNABORTED => "ECONNABORTED (daemon aborted)",
+        libc::EDQUOT => "EDQUOT",
+        libc::ENOSPC => "ENOSPC",
         _ => return format!("errno {n}"),
     };
     name.to_string()
