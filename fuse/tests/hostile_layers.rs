@@ -69,7 +69,7 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
 fn hostile_case(
     format: Format,
     layers: impl Fn(&str) -> Vec<Layer>,
-    script: impl Fn(&Path, &mut Log),
+    script: impl Fn(&Path, &mut Log) + Sync,
 ) {
     let scratch = common::Scratch::new();
     let canary = Canary::plant(&scratch);

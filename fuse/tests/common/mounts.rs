@@ -65,6 +65,10 @@ fn overlay_opts(lowers: &[PathBuf], rw: Option<(&Path, &Path)>) -> String {
 /// Anything mounted that a test can walk.
 pub trait Mounted {
     fn root(&self) -> &Path;
+
+    /// Makes every pending and future request on the mount fail, for a server that stopped
+    /// answering. Only a userspace server can hang; the kernel's mount has nothing to do.
+    fn abort(&self) {}
 }
 
 /// A kernel overlayfs mount, unmounted on drop (lazily if busy).
@@ -157,6 +161,12 @@ impl NestfsOverlay {
 impl Mounted for NestfsOverlay {
     fn root(&self) -> &Path {
         &self.mnt
+    }
+
+    /// Kills the daemon: closing its /dev/fuse fd aborts the connection (fusectl's `abort` file
+    /// would do too, but fusectl is not mounted everywhere). Drop still reaps and unmounts.
+    fn abort(&self) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
     }
 }
 

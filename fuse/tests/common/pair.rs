@@ -3,6 +3,8 @@
 //! that no lower layer changed.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use super::Scratch;
 use super::layers::{Format, Layer};
@@ -69,10 +71,10 @@ impl Pair {
 
     /// Runs `script` on the kernel mount, then on the tested one; panics if any outcome differs.
     /// Returns the (agreed) log.
-    pub fn run(&self, script: impl Fn(&Path, &mut Log)) -> Log {
-        let (mut k, mut n) = (Log::default(), Log::default());
+    pub fn run(&self, script: impl Fn(&Path, &mut Log) + Sync) -> Log {
+        let mut k = Log::default();
         script(self.kroot(), &mut k);
-        script(self.nroot(), &mut n);
+        let n = run_guarded(self.nmnt.as_deref().expect("nestfs mounted"), &script);
         assert_logs_equal(&k, &n);
         k
     }
@@ -128,6 +130,32 @@ impl Pair {
     }
 }
 
+/// How long one script may run on the tested mount before the daemon is declared stuck.
+const STUCK: Duration = Duration::from_secs(120);
+
+/// Runs `script` on a helper thread; if it does not finish in `STUCK`, aborts the mount (which
+/// fails every pending request, so the thread returns) and panics.
+fn run_guarded(mount: &dyn Mounted, script: &(impl Fn(&Path, &mut Log) + Sync)) -> Log {
+    let root = mount.root();
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        let worker = s.spawn(move || {
+            let mut log = Log::default();
+            script(root, &mut log);
+            let _ = tx.send(());
+            log
+        });
+        if rx.recv_timeout(STUCK).is_err() && !worker.is_finished() {
+            mount.abort();
+            let _ = worker.join();
+            panic!("the tested daemon did not answer within {STUCK:?}; connection aborted");
+        }
+        worker
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
 pub fn assert_logs_equal(k: &Log, n: &Log) {
     let mut report = String::new();
     let len = k.lines.len().max(n.lines.len());
@@ -145,7 +173,7 @@ pub fn assert_logs_equal(k: &Log, n: &Log) {
 }
 
 /// One differential case: layers, the script, then all final checks.
-pub fn case(layers: &[Layer], format: Format, script: impl Fn(&Path, &mut Log)) {
+pub fn case(layers: &[Layer], format: Format, script: impl Fn(&Path, &mut Log) + Sync) {
     let pair = Pair::new(layers, format);
     pair.run(script);
     pair.finish();
