@@ -118,12 +118,74 @@ fn stat_all(r: &Path, log: &mut Log) {
     }
 }
 
+/// For each entry of `d`: whether readdir's d_type and d_ino agree with lstat.
+fn dirent_consistency(r: &Path, d: &str) -> Res {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(r.join(d))? {
+        let e = e?;
+        let md = std::fs::symlink_metadata(e.path())?;
+        let same_type = e.file_type()? == md.file_type();
+        let same_ino = e.ino() == md.ino();
+        out.push(format!(
+            "{}:{same_type}:{same_ino}",
+            e.file_name().to_string_lossy()
+        ));
+    }
+    out.sort();
+    Ok(out.join(","))
+}
+
+/// Reads `p` with reads of `chunk` bytes; the outcome is the total and a short hash.
+fn read_in_chunks(r: &Path, p: &str, chunk: usize) -> Res {
+    let fd = ops::open(r, p, libc::O_RDONLY, 0)?;
+    let (mut data, mut buf) = (Vec::new(), vec![0u8; chunk]);
+    loop {
+        let n = unsafe { libc::read(fd.0, buf.as_mut_ptr().cast(), chunk) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n as usize]);
+    }
+    Ok(format!("{} bytes {}", data.len(), ops::short_hash(&data)))
+}
+
+// Requests bigger than one FUSE message, odd sizes and offsets, across copy-up.
+diff_case!(large_and_odd_sized_io, base(), |r: &Path, log: &mut Log| {
+    for chunk in [1, 4095, 65_537, 1 << 20] {
+        log.rec(
+            format!("read data/big by {chunk}"),
+            read_in_chunks(r, "data/big", chunk),
+        );
+    }
+    let pattern: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
+    log.rec(
+        "3 MiB write at odd offset",
+        ops::write_at(r, "data/big", 12_345, &pattern),
+    );
+    log.rec(
+        "read back by 128 KiB",
+        read_in_chunks(r, "data/big", 128 * 1024),
+    );
+    log.rec("stat data/big", ops::stat(r, "data/big"));
+    log.rec(
+        "write past EOF",
+        ops::write_at(r, "etc/passwd", 10 << 20, b"tail"),
+    );
+    log.rec("read sparse tail", read_in_chunks(r, "etc/passwd", 1 << 20));
+    holes(r, "etc/passwd", log);
+});
+
 diff_case!(lookup_and_readdir, base(), |r: &Path, log: &mut Log| {
     stat_all(r, log);
     for d in [
         "", "etc", "dir", "dir2", "opq", "gone", "links", "emptydir", "dir/sub",
     ] {
         log.rec(format!("readdir {d}"), ops::readdir(r, d));
+        log.rec(format!("d_type/d_ino {d}"), dirent_consistency(r, d));
     }
     for f in [
         "etc/passwd",
