@@ -1,0 +1,163 @@
+//! The daemon's life around its mount, with fuse-overlayfs's command line: without `-f` it returns
+//! only once the mount answers and keeps serving after the parent exits; with `-f` it exits by
+//! itself (successfully) when the mount is unmounted; bad options fail without mounting anything.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::layers::{Format, Layer};
+use common::mounts::{Impl, Side, is_mounted, overlay_bin};
+
+/// Only a stuck daemon takes this long.
+const HANG: Duration = Duration::from_secs(30);
+
+/// Unmounts `0` on drop if a test left it mounted.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        }
+        if is_mounted(&self.0) {
+            let c = common::layers::cpath(&self.0);
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn side(scratch: &common::Scratch) -> Side {
+    let layers = [Layer::new().file("hello", "world").dir("d")];
+    Side::build(&scratch.sub("side"), Impl::Nestfs, &layers, Format::Oci)
+}
+
+fn opts(s: &Side) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        s.lowers[0].display(),
+        s.upper.display(),
+        s.work.display()
+    )
+}
+
+fn wait_with_limit(mut child: std::process::Child, what: &str) -> std::process::ExitStatus {
+    let (tx, rx) = mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(status) => status.expect("wait for daemon"),
+        Err(_) => {
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{what}: the process did not exit within {HANG:?}");
+        }
+    }
+}
+
+#[test]
+fn without_f_returns_once_the_mount_answers() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let _guard = Unmount(s.mnt.clone());
+    let child = Command::new(overlay_bin())
+        .arg("-o")
+        .arg(opts(&s))
+        .arg(&s.mnt)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn daemon");
+    let status = wait_with_limit(child, "daemonising parent");
+    assert!(status.success(), "daemonising parent exited with {status}");
+    assert!(
+        is_mounted(&s.mnt),
+        "parent returned before the mount existed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.mnt.join("hello")).unwrap(),
+        "world"
+    );
+    std::fs::write(s.mnt.join("new"), "served by the detached daemon").unwrap();
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&s.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fusermount3 -u: {out:?}");
+    assert!(!is_mounted(&s.mnt));
+    assert_eq!(
+        std::fs::read_to_string(s.upper.join("new")).unwrap(),
+        "served by the detached daemon"
+    );
+}
+
+#[test]
+fn foreground_daemon_exits_cleanly_after_unmount() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let _guard = Unmount(s.mnt.clone());
+    let mut child = Command::new(overlay_bin())
+        .arg("-f")
+        .arg("-o")
+        .arg(opts(&s))
+        .arg(&s.mnt)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn daemon");
+    while !is_mounted(&s.mnt) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("daemon exited with {st} before mounting");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(Path::new(&s.mnt.join("d")).is_dir());
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&s.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fusermount3 -u: {out:?}");
+    let status = wait_with_limit(child, "foreground daemon after unmount");
+    assert!(
+        status.success(),
+        "daemon exited with {status} after a clean unmount"
+    );
+}
+
+#[test]
+fn bad_options_fail_without_mounting() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let _guard = Unmount(s.mnt.clone());
+    let missing = scratch.path().join("no-such-layer");
+    for o in [
+        String::new(),
+        format!("lowerdir={}", missing.display()),
+        format!(
+            "lowerdir={},upperdir={}",
+            s.lowers[0].display(),
+            missing.display()
+        ),
+    ] {
+        let child = Command::new(overlay_bin())
+            .arg("-f")
+            .arg("-o")
+            .arg(&o)
+            .arg(&s.mnt)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon");
+        let status = wait_with_limit(child, &format!("-o {o:?}"));
+        assert!(!status.success(), "-o {o:?} was accepted");
+        assert!(!is_mounted(&s.mnt), "-o {o:?} left a mount");
+    }
+}
