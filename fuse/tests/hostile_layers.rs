@@ -57,11 +57,18 @@ impl Canary {
 /// Runs `f` on a helper thread; panics if it does not finish within `HANG` (the daemon is stuck).
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let worker = std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(HANG)
-        .unwrap_or_else(|_| panic!("{what}: no answer within {HANG:?}"))
+    match rx.recv_timeout(HANG) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {HANG:?}"),
+        // The closure panicked: report its panic, not a hang.
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(e) => std::panic::resume_unwind(e),
+            Ok(()) => unreachable!("{what}: worker ended without a result"),
+        },
+    }
 }
 
 /// Runs a differential case with a canary planted next to the layers; `layers` gets the canary's
@@ -475,5 +482,111 @@ fn daemon_survives_hostile_tree_walk() {
         "walk saw {snap:?}"
     );
     assert!(m.alive(), "daemon died while walking hostile layers");
+    canary.assert_untouched();
+}
+
+/// Every path under `root` with its lstat result, xattr names and (for files) content; errors are
+/// recorded, not fatal: refusing odd entries is fine, serving what lies outside is not.
+fn tolerant_walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let md = std::fs::symlink_metadata(&path);
+            let xattrs = ops::listxattr(root, &rel);
+            let content = match &md {
+                Ok(m) if m.is_file() => std::fs::read(&path)
+                    .map(|d| String::from_utf8_lossy(&d).into_owned())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            if md.as_ref().is_ok_and(|m| m.is_dir()) {
+                stack.push(path.clone());
+            }
+            out.push(format!(
+                "{rel}: {:?} {xattrs:?} {content:?}",
+                md.map(|m| m.file_type())
+            ));
+        }
+    }
+    out
+}
+
+/// Layers carrying overlayfs's own metadata xattrs aimed outside (redirects, origins, metacopy):
+/// whatever the overlay makes of them, it must not serve or change anything outside its dirs,
+/// must keep the `trusted.overlay.*` names hidden, and must keep running.
+#[test]
+fn overlay_metadata_xattrs_in_layers_cannot_escape() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let canary = Canary::plant(&scratch);
+    let escape = format!("/../../{CANARY}");
+    let layers = [
+        Layer::new()
+            .dir("r")
+            .xattr("trusted.overlay.redirect", &escape)
+            .dir("r2")
+            .xattr("trusted.overlay.redirect", "/../../../../..")
+            .file("meta", "")
+            .xattr("trusted.overlay.metacopy", "")
+            .xattr(
+                "trusted.overlay.redirect",
+                format!("/../../{CANARY}/passwd"),
+            )
+            .file("origin", "o")
+            .xattr("trusted.overlay.origin", [0u8; 16]),
+        Layer::new().file("r/lower", "l").file("meta", "lower meta"),
+    ];
+    let side = common::mounts::Side::build(
+        &scratch.sub("solo"),
+        common::mounts::Impl::Nestfs,
+        &layers,
+        Format::Overlay,
+    );
+    let mut m = common::mounts::NestfsOverlay::mount(
+        &side.lowers,
+        Some((side.upper.as_path(), side.work.as_path())),
+        &side.mnt,
+    );
+    let root = side.mnt.clone();
+    let seen = within("walk", move || tolerant_walk(&root));
+    for line in &seen {
+        assert!(
+            !line.contains("trusted.overlay."),
+            "overlay xattrs visible: {line}"
+        );
+        assert!(!line.contains("canary"), "canary content served: {line}");
+    }
+    for p in ["r/passwd", "r2/tmp", "r/sub/file"] {
+        assert!(
+            std::fs::symlink_metadata(side.mnt.join(p)).is_err(),
+            "{p} reached outside"
+        );
+    }
+    let root = side.mnt.clone();
+    let written = within("writes", move || {
+        let mut log = Log::default();
+        log.rec("append meta", ops::append(&root, "meta", b"x"));
+        log.rec(
+            "create r/passwd",
+            ops::create(&root, "r/passwd", libc::O_WRONLY, 0o644),
+        );
+        log.rec(
+            "write r/passwd",
+            ops::write_at(&root, "r/passwd", 0, b"mine"),
+        );
+        log.rec("chmod r", ops::chmod(&root, "r", 0o700));
+        log.rec("unlink r/lower", ops::unlink(&root, "r/lower"));
+        log.rec("rmdir r2", ops::rmdir(&root, "r2"));
+        log
+    });
+    println!("{}", written.lines.join("\n"));
+    assert!(m.alive(), "daemon died on overlay metadata in layers");
+    drop(m);
     canary.assert_untouched();
 }
