@@ -198,7 +198,7 @@ diff_case!(lookup_and_readdir, base(), |r: &Path, log: &mut Log| {
     ] {
         log.rec(format!("read {f}"), ops::read(r, f));
     }
-    log.rec("read abs", ops::readlink(r, "abs"));
+    log.rec("readlink abs", ops::readlink(r, "abs"));
     log.rec("xattrs data/exec", ops::listxattr(r, "data/exec"));
     log.rec("xattrs opq", ops::listxattr(r, "opq"));
     log.rec(
@@ -306,7 +306,7 @@ diff_case!(create_flags, base(), |r: &Path, log: &mut Log| {
     );
     log.rec("create in gone", ops::create(r, "gone/x", excl, 0o600));
     log.rec(
-        "O_RDONLY lower dir as file",
+        "O_WRONLY on a lower dir",
         ops::create(r, "dir", libc::O_WRONLY, 0),
     );
     log.rec("stat etc/new", ops::stat(r, "etc/new"));
@@ -645,7 +645,7 @@ diff_case!(
             "create opq marker",
             ops::create(r, "dir/.wh..wh..opq", libc::O_WRONLY, 0o644),
         );
-        log.rec("mkdir .wh.x", ops::mkdir(r, "dir/.wh.sub", 0o755));
+        log.rec("mkdir dir/.wh.sub", ops::mkdir(r, "dir/.wh.sub", 0o755));
         log.rec("readdir root", ops::readdir(r, ""));
         log.rec("readdir dir", ops::readdir(r, "dir"));
         log.rec("stat etc", ops::stat(r, "etc"));
