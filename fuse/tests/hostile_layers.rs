@@ -54,6 +54,28 @@ impl Canary {
     }
 }
 
+/// Exact snapshots of lower dirs, for tests that mount a single side without a `Pair`.
+struct LowerGuard(Vec<(PathBuf, Snapshot)>);
+
+impl LowerGuard {
+    fn record(lowers: &[PathBuf]) -> Self {
+        LowerGuard(
+            lowers
+                .iter()
+                .map(|l| (l.clone(), snapshot(l, Detail::Exact)))
+                .collect(),
+        )
+    }
+
+    fn assert_unchanged(&self) {
+        for (dir, before) in &self.0 {
+            if let Some(d) = diff("before", before, "after", &snapshot(dir, Detail::Exact)) {
+                panic!("lower layer {} changed:\n{d}", dir.display());
+            }
+        }
+    }
+}
+
 /// Runs `f` on a helper thread; panics if it does not finish within `HANG` (the daemon is stuck).
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -470,6 +492,7 @@ fn daemon_survives_hostile_tree_walk() {
         &layers,
         Format::Oci,
     );
+    let lowers = LowerGuard::record(&side.lowers);
     let mut m = common::mounts::NestfsOverlay::mount(
         &side.lowers,
         Some((side.upper.as_path(), side.work.as_path())),
@@ -482,7 +505,9 @@ fn daemon_survives_hostile_tree_walk() {
         "walk saw {snap:?}"
     );
     assert!(m.alive(), "daemon died while walking hostile layers");
+    drop(m);
     canary.assert_untouched();
+    lowers.assert_unchanged();
 }
 
 /// Every path under `root` with its lstat result, xattr names and (for files) content; errors are
@@ -548,6 +573,7 @@ fn overlay_metadata_xattrs_in_layers_cannot_escape() {
         &layers,
         Format::Overlay,
     );
+    let lowers = LowerGuard::record(&side.lowers);
     let mut m = common::mounts::NestfsOverlay::mount(
         &side.lowers,
         Some((side.upper.as_path(), side.work.as_path())),
@@ -589,4 +615,5 @@ fn overlay_metadata_xattrs_in_layers_cannot_escape() {
     assert!(m.alive(), "daemon died on overlay metadata in layers");
     drop(m);
     canary.assert_untouched();
+    lowers.assert_unchanged();
 }
