@@ -72,6 +72,8 @@ enum Op {
     SetXattr(String, String, Vec<u8>),
     RemoveXattr(String, String),
     Read(String),
+    ListXattr(String),
+    Readlink(String),
     Stat(String),
     Readdir(String),
 }
@@ -134,7 +136,12 @@ fn gen_op(rng: &mut ChaCha8Rng) -> Op {
             data(rng)[..].iter().take(40).copied().collect(),
         ),
         14 => Op::RemoveXattr(path(rng), pick(rng, XATTRS).to_string()),
-        15 => [Op::Read(path(rng)), Op::Stat(path(rng))][rng.random_range(0..2)].clone(),
+        15 => match rng.random_range(0..4) {
+            0 => Op::Read(path(rng)),
+            1 => Op::Stat(path(rng)),
+            2 => Op::ListXattr(path(rng)),
+            _ => Op::Readlink(path(rng)),
+        },
         _ => Op::Readdir(pick(rng, DIRS).to_string()),
     }
 }
@@ -160,6 +167,8 @@ fn apply(r: &Path, op: &Op) -> Res {
         Op::Read(p) => ops::read(r, p),
         Op::Stat(p) => ops::stat(r, p),
         Op::Readdir(p) => ops::readdir(r, p),
+        Op::ListXattr(p) => ops::listxattr(r, p),
+        Op::Readlink(p) => ops::readlink(r, p),
     }
 }
 
