@@ -1,6 +1,8 @@
-//! The GrootFS-compatible command line (placeholder until the store/CLI work lands).
+//! The GrootFS-compatible command line (the store and its commands are issue 3).
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    0
+    // Garden shows the plugin's stdout to its users, so the message goes there.
+    println!("nestfs: commands are not implemented yet");
+    1
 }
