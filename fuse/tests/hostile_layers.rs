@@ -54,6 +54,32 @@ impl Canary {
     }
 }
 
+/// Builds the layers and mounts them with nestfs alone (no kernel reference), recording the
+/// lowers so the caller can prove them unchanged afterwards.
+fn mount_solo(
+    scratch: &common::Scratch,
+    layers: &[Layer],
+    format: Format,
+) -> (
+    common::mounts::Side,
+    LowerGuard,
+    common::mounts::NestfsOverlay,
+) {
+    let side = common::mounts::Side::build(
+        &scratch.sub("solo"),
+        common::mounts::Impl::Nestfs,
+        layers,
+        format,
+    );
+    let lowers = LowerGuard::record(&side.lowers);
+    let m = common::mounts::NestfsOverlay::mount(
+        &side.lowers,
+        Some((side.upper.as_path(), side.work.as_path())),
+        &side.mnt,
+    );
+    (side, lowers, m)
+}
+
 /// Exact snapshots of lower dirs, for tests that mount a single side without a `Pair`.
 struct LowerGuard(Vec<(PathBuf, Snapshot)>);
 
@@ -494,18 +520,7 @@ fn daemon_survives_hostile_tree_walk() {
     let mut layers = escaping_symlinks(&target);
     layers.extend(fifo_layers(""));
     layers.extend(device_layers(""));
-    let side = common::mounts::Side::build(
-        &scratch.sub("solo"),
-        common::mounts::Impl::Nestfs,
-        &layers,
-        Format::Oci,
-    );
-    let lowers = LowerGuard::record(&side.lowers);
-    let mut m = common::mounts::NestfsOverlay::mount(
-        &side.lowers,
-        Some((side.upper.as_path(), side.work.as_path())),
-        &side.mnt,
-    );
+    let (side, lowers, mut m) = mount_solo(&scratch, &layers, Format::Oci);
     let root = side.mnt.clone();
     let snap = within("walk", move || snapshot(&root, Detail::Merged));
     assert!(
@@ -576,18 +591,7 @@ fn overlay_metadata_xattrs_in_layers_cannot_escape() {
             .xattr("trusted.overlay.origin", [0u8; 16]),
         Layer::new().file("r/lower", "l").file("meta", "lower meta"),
     ];
-    let side = common::mounts::Side::build(
-        &scratch.sub("solo"),
-        common::mounts::Impl::Nestfs,
-        &layers,
-        Format::Overlay,
-    );
-    let lowers = LowerGuard::record(&side.lowers);
-    let mut m = common::mounts::NestfsOverlay::mount(
-        &side.lowers,
-        Some((side.upper.as_path(), side.work.as_path())),
-        &side.mnt,
-    );
+    let (side, lowers, mut m) = mount_solo(&scratch, &layers, Format::Overlay);
     let root = side.mnt.clone();
     let seen = within("walk", move || tolerant_walk(&root));
     for line in &seen {
