@@ -1,1 +1,136 @@
-//! nestfs-fuse: an overlay filesystem served over FUSE with the semantics of kernel overlayfs.
+//! nestfs-fuse: an overlay filesystem served over FUSE with kernel overlayfs semantics.
+//!
+//! It merges read-only lower directories (top first) with an optional upper and work directory,
+//! reads whiteouts and opaque directories in both the overlayfs and the OCI format, and resolves
+//! every name beneath its layer's directory fd without following symlinks, so hostile layer
+//! content cannot lead the daemon elsewhere. [`mount`] serves in the background; [`serve`] in the
+//! foreground until the mount goes away.
+//!
+//! Differences from kernel overlayfs: the root directory's inode number is 1 (FUSE's root id);
+//! O_TMPFILE is not supported (fuser has no tmpfile request); directories that have lower copies
+//! cannot be renamed (EXDEV), as with overlayfs's `redirect_dir=off`.
+
+mod copyup;
+mod dir;
+mod modify;
+mod node;
+mod ops;
+pub mod options;
+mod overlay;
+mod sys;
+mod whiteout;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use fuser::{Config, MountOption, SessionACL};
+
+/// What to mount.
+#[derive(Clone, Debug, Default)]
+pub struct OverlayConfig {
+    /// Read-only layers, top first.
+    pub lowerdirs: Vec<PathBuf>,
+    /// Where changes go; without it the mount is read-only.
+    pub upperdir: Option<PathBuf>,
+    /// Scratch space on the upper dir's filesystem for atomic copy-up.
+    pub workdir: Option<PathBuf>,
+    /// Mount read-only even with an upper dir.
+    pub read_only: bool,
+    /// Source shown in /proc/mounts (`fsname=`).
+    pub fsname: String,
+    /// Worker threads (0: one per CPU, at least 2).
+    pub threads: usize,
+}
+
+impl OverlayConfig {
+    fn mount_config(&self) -> Config {
+        let privileged = unsafe { libc::geteuid() } == 0;
+        let mut opts = vec![
+            MountOption::FSName(if self.fsname.is_empty() {
+                "nestfs-overlay".into()
+            } else {
+                self.fsname.clone()
+            }),
+            MountOption::Subtype("nestfs-overlay".into()),
+            MountOption::DefaultPermissions,
+        ];
+        if self.upperdir.is_none() || self.read_only {
+            opts.push(MountOption::RO);
+        }
+        if privileged {
+            // Root filesystems of containers hold device nodes and setuid binaries.
+            opts.extend([MountOption::Dev, MountOption::Suid]);
+        }
+        let threads = if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2)
+        };
+        let mut cfg = Config::default();
+        cfg.mount_options = opts;
+        cfg.acl = if privileged {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        cfg.n_threads = Some(threads);
+        cfg.clone_fd = true;
+        cfg
+    }
+}
+
+/// A live mount served on background threads; unmounted when dropped.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Mounted {
+    pub fn unmount(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.session.take() {
+            s.umount_and_join().context("unmount")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}
+
+fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Session<ops::Fs>> {
+    options::validate(cfg)?;
+    // Modes are set exactly as asked; the daemon's own umask must not interfere.
+    unsafe { libc::umask(0) };
+    let ov = overlay::Overlay::new(cfg)?;
+    fuser::Session::new(ops::Fs::new(ov), mountpoint, &cfg.mount_config())
+        .with_context(|| format!("mount {}", mountpoint.display()))
+}
+
+/// Mounts and serves in the background.
+pub fn mount(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<Mounted> {
+    let s = session(cfg, mountpoint)?
+        .spawn()
+        .context("start FUSE session")?;
+    Ok(Mounted { session: Some(s) })
+}
+
+/// A mount made but not yet served: lets a caller report success once the mount exists and
+/// before it blocks serving it.
+pub struct Prepared(fuser::Session<ops::Fs>);
+
+pub fn prepare(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<Prepared> {
+    Ok(Prepared(session(cfg, mountpoint)?))
+}
+
+impl Prepared {
+    /// Serves until the mount is unmounted.
+    pub fn serve(self) -> anyhow::Result<()> {
+        self.0.run().context("serve FUSE requests")
+    }
+}

@@ -66,13 +66,11 @@ macro_rules! diff_case {
         mod $name {
             use super::*;
             #[test]
-            #[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
             fn overlay_format() {
                 require_env!();
                 case(&$layers, Format::Overlay, $script);
             }
             #[test]
-            #[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
             fn oci_format() {
                 require_env!();
                 case(&$layers, Format::Oci, $script);
@@ -976,7 +974,6 @@ diff_case!(dir_nlink_and_mtime, base(), |r: &Path, log: &mut Log| {
 
 /// The read-only mount (lowerdir only) must refuse every change with EROFS, like the kernel.
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn read_only_mount() {
     require_env!();
     let scratch = common::Scratch::new();
@@ -1081,14 +1078,12 @@ fn inode_stability(format: Format) {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn inode_numbers_stable_root_excluded_overlay_format() {
     require_env!();
     inode_stability(Format::Overlay);
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn inode_numbers_stable_root_excluded_oci_format() {
     require_env!();
     inode_stability(Format::Oci);
@@ -1125,14 +1120,12 @@ fn state_survives_remount(format: Format) {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn state_survives_remount_overlay_format() {
     require_env!();
     state_survives_remount(Format::Overlay);
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn state_survives_remount_oci_format() {
     require_env!();
     state_survives_remount(Format::Oci);

@@ -390,7 +390,6 @@ fn check_fixture(name: &str, extra: impl Fn(&Path, &Model)) {
 macro_rules! fixture_tests {
     ($($test:ident: $name:expr;)*) => {$(
         #[test]
-        #[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
         fn $test() {
             require_env!();
             check_fixture($name, |_, _| {});
@@ -411,7 +410,6 @@ fixture_tests! {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn garden_rootfs_32_layers() {
     require_env!();
     assert_eq!(layer_tars(&fixtures_dir().join("garden-rootfs")).len(), 32);
@@ -419,7 +417,6 @@ fn garden_rootfs_32_layers() {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn hardlink_fixture_keeps_links() {
     require_env!();
     check_fixture("hardlink", |root, _| {
@@ -442,7 +439,6 @@ fn hardlink_fixture_keeps_links() {
 
 /// The busybox image is a usable root: a program runs from the mount.
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn busybox_runs_from_the_mount() {
     require_env!();
     check_fixture("busybox-1.25", |root, m| {

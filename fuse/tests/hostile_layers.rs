@@ -208,14 +208,12 @@ fn symlink_entry_ops(r: &Path, log: &mut Log) {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn symlink_entries_are_never_followed_overlay_format() {
     require_env!();
     hostile_case(Format::Overlay, escaping_symlinks, symlink_entry_ops);
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn symlink_entries_are_never_followed_oci_format() {
     require_env!();
     hostile_case(Format::Oci, escaping_symlinks, symlink_entry_ops);
@@ -256,7 +254,6 @@ fn write_in_root(r: &Path, p: &str) -> Res {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn writes_through_escaping_symlinks_stay_in_the_mount() {
     require_env!();
     for format in [Format::Overlay, Format::Oci] {
@@ -291,7 +288,6 @@ fn symlink_under_dir(canary: &str) -> Vec<Layer> {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn lower_symlink_is_not_merged_under_a_dir() {
     require_env!();
     for format in [Format::Overlay, Format::Oci] {
@@ -392,7 +388,6 @@ fn fifo_script(r: &Path, log: &mut Log) {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn lower_fifo_never_blocks_the_daemon() {
     require_env!();
     for format in [Format::Overlay, Format::Oci] {
@@ -425,7 +420,6 @@ fn read_dev(r: &Path, p: &str) -> Res {
 /// succeeds only where it succeeds through kernel overlayfs, with the same bytes. (`/dev/mem` is
 /// never read: only its metadata is compared.)
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn device_nodes_grant_no_more_than_kernel() {
     require_env!();
     for format in [Format::Overlay, Format::Oci] {
@@ -478,7 +472,6 @@ fn odd_hardlinks(_: &str) -> Vec<Layer> {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn hardlinks_in_odd_places() {
     require_env!();
     for format in [Format::Overlay, Format::Oci] {
@@ -511,7 +504,6 @@ fn hardlinks_in_odd_places() {
 /// After all of the above the daemon must still be alive: a crash on hostile input is a failure
 /// even when the kernel's answers were matched by luck.
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn daemon_survives_hostile_tree_walk() {
     require_env!();
     let scratch = common::Scratch::new();
@@ -569,7 +561,6 @@ fn tolerant_walk(root: &Path) -> Vec<String> {
 /// whatever the overlay makes of them, it must not serve or change anything outside its dirs,
 /// must keep the `trusted.overlay.*` names hidden, and must keep running.
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn overlay_metadata_xattrs_in_layers_cannot_escape() {
     require_env!();
     let scratch = common::Scratch::new();

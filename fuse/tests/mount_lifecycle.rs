@@ -61,7 +61,6 @@ fn wait_with_limit(mut child: std::process::Child, what: &str) -> std::process::
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn without_f_returns_once_the_mount_answers() {
     require_env!();
     let scratch = common::Scratch::new();
@@ -99,7 +98,6 @@ fn without_f_returns_once_the_mount_answers() {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn foreground_daemon_exits_cleanly_after_unmount() {
     require_env!();
     let scratch = common::Scratch::new();
@@ -134,7 +132,6 @@ fn foreground_daemon_exits_cleanly_after_unmount() {
 }
 
 #[test]
-#[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
 fn bad_options_fail_without_mounting() {
     require_env!();
     let scratch = common::Scratch::new();

@@ -208,7 +208,6 @@ fn run_seed(seed: u64, format: Format) {
 macro_rules! seeds {
     ($($name:ident: $seed:expr, $format:expr;)*) => {$(
         #[test]
-        #[ignore = "needs the nestfs-overlay filesystem, not implemented yet (issue 2)"]
         fn $name() {
             require_env!();
             run_seed($seed, $format);

@@ -1,6 +1,201 @@
-//! `nestfs-overlay`: the overlay filesystem with fuse-overlayfs's command line (issue 2).
+//! `nestfs-overlay`: the overlay filesystem with fuse-overlayfs's command line, so it can stand
+//! in for fuse-overlayfs (podman's `mount_program`, `mount -t fuse.nestfs-overlay`, test suites).
+//!
+//! Without `-f` it forks before mounting; the parent exits 0 once the mount is live, or
+//! non-zero with the child's error. SIGTERM/SIGINT/SIGHUP unmount and exit cleanly.
 
-fn main() {
-    eprintln!("nestfs-overlay: the overlay filesystem is not implemented yet");
-    std::process::exit(2);
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use nestfs_fuse::{OverlayConfig, options};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Overlay filesystem over FUSE (fuse-overlayfs compatible)"
+)]
+struct Args {
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Debug logs on stderr (implies -f).
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Mount options: lowerdir=A:B,upperdir=U,workdir=W,... (repeatable).
+    #[arg(short = 'o', action = clap::ArgAction::Append)]
+    opts: Vec<String>,
+    /// [SOURCE] MOUNTPOINT (mount(8) passes a source first).
+    #[arg(num_args = 1..=2, required = true)]
+    paths: Vec<PathBuf>,
+}
+
+fn config(args: &Args) -> anyhow::Result<(OverlayConfig, PathBuf)> {
+    let mut cfg = OverlayConfig::default();
+    for list in &args.opts {
+        for w in options::apply(&mut cfg, list)? {
+            eprintln!("nestfs-overlay: {w}");
+        }
+    }
+    options::validate(&cfg)?;
+    let mnt = args
+        .paths
+        .last()
+        .expect("clap requires a mountpoint")
+        .clone();
+    for l in &cfg.lowerdirs {
+        must_be_dir(l, "lowerdir")?;
+    }
+    if let Some(u) = &cfg.upperdir {
+        must_be_dir(u, "upperdir")?;
+    }
+    if let Some(w) = &cfg.workdir {
+        must_be_dir(w, "workdir")?;
+    }
+    must_be_dir(&mnt, "mountpoint")?;
+    Ok((cfg, mnt))
+}
+
+fn must_be_dir(p: &Path, what: &str) -> anyhow::Result<()> {
+    let md = std::fs::metadata(p).with_context(|| format!("{what} {}", p.display()))?;
+    if !md.is_dir() {
+        bail!("{what} {}: not a directory", p.display());
+    }
+    Ok(())
+}
+
+/// Blocks the stop signals in every thread and unmounts when one arrives, so the serving
+/// loop ends and the process exits 0 with nothing left mounted.
+fn unmount_on_signal(mnt: PathBuf) {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("no NUL");
+            if libc::umount2(c.as_ptr(), libc::MNT_DETACH) != 0 {
+                let _ = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&mnt)
+                    .status();
+            }
+        });
+    }
+}
+
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks: the parent waits for the child's verdict on the mount and exits with it.
+/// Returns (in the child) the pipe to report on.
+fn daemonize() -> anyhow::Result<std::fs::File> {
+    let (r, w) = pipe()?;
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(r);
+            unsafe { libc::setsid() };
+            Ok(std::fs::File::from(w))
+        }
+        _ => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut msg);
+            if msg == "ok" {
+                std::process::exit(0);
+            }
+            let msg = msg.trim();
+            eprintln!(
+                "nestfs-overlay: {}",
+                if msg.is_empty() {
+                    "the daemon died before mounting"
+                } else {
+                    msg
+                }
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Points stdio at /dev/null so the detached daemon holds nothing of its caller's.
+fn detach_stdio() {
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let foreground = args.foreground || args.debug;
+    if args.debug {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let (cfg, mnt) = match config(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("nestfs-overlay: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut report = if foreground {
+        None
+    } else {
+        match daemonize() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("nestfs-overlay: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+    };
+    unmount_on_signal(mnt.clone());
+    let prepared = match nestfs_fuse::prepare(&cfg, &mnt) {
+        Ok(p) => p,
+        Err(e) => {
+            match report.as_mut() {
+                Some(w) => {
+                    let _ = write!(w, "{e:#}");
+                }
+                None => eprintln!("nestfs-overlay: {e:#}"),
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(mut w) = report.take() {
+        let _ = w.write_all(b"ok");
+        detach_stdio();
+    }
+    match prepared.serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nestfs-overlay: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

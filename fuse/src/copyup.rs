@@ -1,0 +1,233 @@
+//! Copy-up: the first change to an object from a lower layer copies it (data, owner, mode,
+//! xattrs, times) into the upper dir, parents first. The copy is built in the work dir and
+//! renamed into place, so the upper dir never holds a half-copied file.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use crate::node::LayerDir;
+use crate::overlay::{Overlay, UPPER, remove_tree};
+use crate::sys::{self, Stat};
+use crate::whiteout;
+
+impl Overlay {
+    /// Copies node `ino` (and its parents) up unless it is already in the upper dir.
+    /// Callers hold the change lock.
+    pub fn copy_up(&self, ino: u64) -> io::Result<()> {
+        self.writable()?;
+        let (parent, name, top, is_dir) = {
+            let nodes = self.nodes.lock();
+            let n = nodes.get(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
+            (n.parent, n.name.clone(), n.top_layer(), n.is_dir())
+        };
+        if self.is_upper(top) {
+            return Ok(());
+        }
+        if ino == crate::node::ROOT {
+            return Ok(());
+        }
+        self.copy_up(parent)?;
+        let pdirs = self.dirs_of(parent)?;
+        let pupper = pdirs
+            .iter()
+            .find(|d| d.layer == UPPER)
+            .map(|d| d.fd.clone())
+            .ok_or_else(|| sys::err(libc::EIO))?;
+        let src_dir = pdirs
+            .iter()
+            .find(|d| d.layer == top)
+            .map(|d| d.fd.clone())
+            .ok_or_else(|| sys::err(libc::ENOENT))?;
+        let pst = sys::fstat(pupper.as_raw_fd())?;
+        let work = self.work_fd()?;
+        let tmp = self.tmp_name();
+        let built = self.build_copy(src_dir.as_raw_fd(), &name, work, &tmp, ino, is_dir);
+        let placed = built.and_then(|()| {
+            sys::rename_at(
+                work,
+                &tmp,
+                pupper.as_raw_fd(),
+                &name,
+                libc::RENAME_NOREPLACE,
+            )
+        });
+        if let Err(e) = placed {
+            let _ = remove_tree(work, &tmp);
+            return Err(e);
+        }
+        // Adding the entry changed the parent's times; overlayfs hides that, and so do we.
+        let _ = sys::futimens(pupper.as_raw_fd(), &times_of(&pst));
+        let mut nodes = self.nodes.lock();
+        if let Some(n) = nodes.get_mut(&ino) {
+            if is_dir {
+                let fd = Arc::new(sys::open_dir_path(pupper.as_raw_fd(), &name)?);
+                n.dirs.insert(0, LayerDir { layer: UPPER, fd });
+            } else {
+                n.layer = UPPER;
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds `tmp` in the work dir as a copy of `name` beneath `src_dir`.
+    fn build_copy(
+        &self,
+        src_dir: RawFd,
+        name: &CStr,
+        work: RawFd,
+        tmp: &CStr,
+        ino: u64,
+        is_dir: bool,
+    ) -> io::Result<()> {
+        let st = sys::stat_at(src_dir, name)?;
+        let fmt = st.st_mode & libc::S_IFMT;
+        match fmt {
+            libc::S_IFDIR => sys::mkdir_at(work, tmp, 0o700)?,
+            libc::S_IFREG => {
+                let src = sys::open_at(src_dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+                let dst = sys::open_at(
+                    work,
+                    tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    0o600,
+                )?;
+                copy_data(src.as_raw_fd(), dst.as_raw_fd(), st.st_size as u64)?;
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlink_at(src_dir, name)?;
+                let target = std::ffi::CString::new(target).map_err(|_| sys::err(libc::EINVAL))?;
+                sys::symlink_at(&target, work, tmp)?;
+            }
+            _ => sys::mknod_at(work, tmp, st.st_mode, st.st_rdev)?,
+        }
+        copy_xattrs(
+            &sys::xattr_path(src_dir, Some(name)),
+            &sys::xattr_path(work, Some(tmp)),
+        )?;
+        if let Err(e) = sys::chown_at(work, tmp, st.st_uid, st.st_gid)
+            && self.privileged
+        {
+            return Err(e);
+        }
+        if fmt != libc::S_IFLNK {
+            sys::chmod_at(work, tmp, st.st_mode & 0o7777)?;
+        }
+        if !is_dir {
+            self.set_origin(work, tmp, ino)?;
+        }
+        sys::utimens_at(work, tmp, &times_of(&st))
+    }
+}
+
+pub fn times_of(st: &Stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ]
+}
+
+/// Copies user-visible xattrs; overlay-private ones stay behind.
+fn copy_xattrs(src: &sys::XPath, dst: &sys::XPath) -> io::Result<()> {
+    let list = match sys::llistxattr(src) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for key in list.split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        if whiteout::is_private_xattr(key) {
+            continue;
+        }
+        let k = std::ffi::CString::new(key).expect("split on NUL");
+        let v = match sys::lgetxattr(src, &k) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::lsetxattr(dst, &k, &v, 0) {
+            Ok(()) => {}
+            // An unprivileged daemon cannot write trusted.*/security.*; those stay behind.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && !sys::is_root() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes keeping holes: a clone where the filesystem shares extents, otherwise
+/// copy_file_range over each data segment.
+fn copy_data(src: RawFd, dst: RawFd, len: u64) -> io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    if len == 0 || unsafe { libc::ioctl(dst, FICLONE, src) } == 0 {
+        return Ok(());
+    }
+    let mut off: i64 = 0;
+    while (off as u64) < len {
+        let data = unsafe { libc::lseek(src, off, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(e);
+        }
+        let hole = unsafe { libc::lseek(src, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        copy_range(src, dst, data, hole - data)?;
+        off = hole;
+    }
+    if unsafe { libc::ftruncate(dst, len as i64) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn copy_range(src: RawFd, dst: RawFd, start: i64, len: i64) -> io::Result<()> {
+    let (mut inoff, mut outoff, mut left) = (start, start, len as usize);
+    while left > 0 {
+        let n = unsafe {
+            libc::copy_file_range(src, &mut inoff, dst, &mut outoff, left.min(1 << 30), 0)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+            ) {
+                return copy_by_hand(src, dst, inoff, left);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break; // the source shrank under us
+        }
+        left -= n as usize;
+    }
+    Ok(())
+}
+
+fn copy_by_hand(src: RawFd, dst: RawFd, mut off: i64, mut left: usize) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = sys::pread(src, &mut buf[..left.min(1 << 20)], off as u64)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += sys::pwrite(dst, &buf[done..n], off as u64 + done as u64)?;
+        }
+        off += n as i64;
+        left -= n;
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! Changes to the namespace and to metadata: create, mkdir, mknod, symlink, link, unlink,
+//! rmdir, rename, setattr and xattrs. Each copies up what it touches and runs under the
+//! change lock.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use fuser::{FileAttr, TimeOrNow};
+
+use crate::dir;
+use crate::overlay::{Found, Overlay, Target, UPPER};
+use crate::sys;
+use crate::whiteout::{self, Style};
+
+/// Who asked for a new file: it is created with their ids when the daemon may chown.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a new object is.
+pub enum NewKind<'a> {
+    Dir(u32),
+    Node { mode: u32, rdev: u64 },
+    Symlink(&'a CStr),
+}
+
+fn check_name(name: &CStr) -> io::Result<()> {
+    // OCI whiteout names would turn into whiteouts on the next mount.
+    if whiteout::is_oci_name(name.to_bytes()) {
+        return Err(sys::err(libc::EINVAL));
+    }
+    Ok(())
+}
+
+impl Target {
+    fn proc_path(&self) -> std::ffi::CString {
+        self.xattr_path().path
+    }
+
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        match self {
+            Target::Dir(_) => {
+                let p = self.proc_path();
+                if unsafe { libc::chmod(p.as_ptr(), mode) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            Target::Entry(d, n) => sys::chmod_at(d.as_raw_fd(), n, mode),
+        }
+    }
+
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        match self {
+            Target::Dir(fd) => {
+                let r = unsafe {
+                    libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH)
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            Target::Entry(d, n) => sys::chown_at(d.as_raw_fd(), n, uid, gid),
+        }
+    }
+
+    pub fn utimens(&self, times: &[libc::timespec; 2]) -> io::Result<()> {
+        match self {
+            Target::Dir(_) => {
+                let p = self.proc_path();
+                let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            Target::Entry(d, n) => sys::utimens_at(d.as_raw_fd(), n, times),
+        }
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => {
+            let (sec, nsec) = match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let (s, n) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                    if n == 0 {
+                        (-s, 0)
+                    } else {
+                        (-s - 1, 1_000_000_000 - n)
+                    }
+                }
+            };
+            libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            }
+        }
+    }
+}
+
+impl Overlay {
+    /// Makes room for a new `name` in `parent`: EEXIST if it is visible, otherwise the
+    /// parent's upper copy, with any whiteout for the name removed (reported in the bool).
+    fn prepare_new(&self, parent: u64, name: &CStr) -> io::Result<(Arc<OwnedFd>, bool)> {
+        self.writable()?;
+        check_name(name)?;
+        let dirs = self.dirs_of(parent)?;
+        match self.resolve(&dirs, name) {
+            Ok(_) => return Err(sys::err(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let upper = self.upper_dir(parent)?;
+        let had = whiteout::remove_whiteout(upper.as_raw_fd(), name)?;
+        Ok((upper, had))
+    }
+
+    /// Gives a new object its caller's ids (the group stays the directory's under setgid).
+    fn own(&self, dir: &OwnedFd, name: &CStr, who: Caller, mode: Option<u32>) -> io::Result<()> {
+        if !self.privileged {
+            return Ok(());
+        }
+        let pst = sys::fstat(dir.as_raw_fd())?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            u32::MAX
+        } else {
+            who.gid
+        };
+        sys::chown_at(dir.as_raw_fd(), name, who.uid, gid)?;
+        // chown clears set-id bits; put back what the caller asked for.
+        if let Some(m) = mode
+            && m & 0o6000 != 0
+        {
+            sys::chmod_at(dir.as_raw_fd(), name, m)?;
+        }
+        Ok(())
+    }
+
+    fn found_new(&self, parent: u64, name: &CStr) -> io::Result<FileAttr> {
+        let dirs = self.dirs_of(parent)?;
+        let f: Found = self.resolve(&dirs, name)?;
+        Ok(self.remember(parent, name, f))
+    }
+
+    /// mkdir, mknod and symlink. `mode` already has the umask applied.
+    pub fn make(
+        &self,
+        parent: u64,
+        name: &CStr,
+        kind: NewKind,
+        who: Caller,
+    ) -> io::Result<FileAttr> {
+        let _g = self.lock_changes();
+        let (upper, had_whiteout) = self.prepare_new(parent, name)?;
+        let fd = upper.as_raw_fd();
+        let made = match kind {
+            NewKind::Dir(mode) => sys::mkdir_at(fd, name, mode & 0o7777).and_then(|()| {
+                self.own(&upper, name, who, Some(mode & 0o7777))?;
+                // A directory made where a lower one was deleted must not show its old entries.
+                if had_whiteout {
+                    self.style.mark_opaque(fd, name)?;
+                }
+                Ok(())
+            }),
+            NewKind::Node { mode, rdev } => sys::mknod_at(fd, name, mode, rdev)
+                .and_then(|()| self.own(&upper, name, who, Some(mode & 0o7777))),
+            NewKind::Symlink(target) => {
+                sys::symlink_at(target, fd, name).and_then(|()| self.own(&upper, name, who, None))
+            }
+        };
+        if let Err(e) = made {
+            let _ = crate::overlay::remove_tree(fd, name);
+            if had_whiteout {
+                let _ = self.style.write_whiteout(fd, name);
+            }
+            return Err(e);
+        }
+        self.found_new(parent, name)
+    }
+
+    /// Creates and opens a regular file; returns its attributes and the open fd.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> io::Result<(FileAttr, OwnedFd)> {
+        let _g = self.lock_changes();
+        let (upper, had_whiteout) = self.prepare_new(parent, name)?;
+        let dfd = upper.as_raw_fd();
+        let oflags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
+            | libc::O_CREAT
+            | libc::O_EXCL;
+        let file = sys::open_at(dfd, name, oflags, mode & 0o7777)
+            .and_then(|f| self.own(&upper, name, who, Some(mode & 0o7777)).map(|()| f));
+        match file {
+            Ok(f) => Ok((self.found_new(parent, name)?, f)),
+            Err(e) => {
+                let _ = sys::unlink_at(dfd, name, false);
+                if had_whiteout {
+                    let _ = self.style.write_whiteout(dfd, name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &CStr) -> io::Result<FileAttr> {
+        let _g = self.lock_changes();
+        self.writable()?;
+        self.copy_up(ino)?;
+        let Target::Entry(sdir, sname) = self.target(ino)? else {
+            return Err(sys::err(libc::EPERM));
+        };
+        let (upper, had_whiteout) = self.prepare_new(newparent, newname)?;
+        if let Err(e) = sys::link_at(sdir.as_raw_fd(), &sname, upper.as_raw_fd(), newname) {
+            if had_whiteout {
+                let _ = self.style.write_whiteout(upper.as_raw_fd(), newname);
+            }
+            return Err(e);
+        }
+        self.found_new(newparent, newname)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &CStr, is_dir: bool) -> io::Result<()> {
+        let _g = self.lock_changes();
+        self.writable()?;
+        let dirs = self.dirs_of(parent)?;
+        let found = self.resolve(&dirs, name)?;
+        match (is_dir, !found.dirs.is_empty()) {
+            (false, true) => return Err(sys::err(libc::EISDIR)),
+            (true, false) => return Err(sys::err(libc::ENOTDIR)),
+            (true, true) if !dir::is_empty(&found.dirs)? => return Err(sys::err(libc::ENOTEMPTY)),
+            _ => {}
+        }
+        let upper = self.upper_dir(parent)?;
+        let fd = upper.as_raw_fd();
+        if self.is_upper(found.layer) {
+            if is_dir {
+                dir::clear_whiteouts(&found.dirs[0])?;
+            }
+            sys::unlink_at(fd, name, is_dir)?;
+        }
+        if dir::in_lower(&dirs, Some(UPPER), name) {
+            self.style.write_whiteout(fd, name)?;
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &CStr,
+        newparent: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let _g = self.lock_changes();
+        self.writable()?;
+        check_name(newname)?;
+        let sdirs = self.dirs_of(parent)?;
+        let ddirs = self.dirs_of(newparent)?;
+        let src = self.resolve(&sdirs, name)?;
+        let dst = match self.resolve(&ddirs, newname) {
+            Ok(d) => Some(d),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        // Without redirects a directory that has lower copies cannot move (overlayfs says EXDEV).
+        let pinned = |f: &Found| {
+            !f.dirs.is_empty() && !(f.dirs.len() == 1 && self.is_upper(f.dirs[0].layer))
+        };
+        if pinned(&src) {
+            return Err(sys::err(libc::EXDEV));
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            let dst = dst.ok_or_else(|| sys::err(libc::ENOENT))?;
+            if pinned(&dst) {
+                return Err(sys::err(libc::EXDEV));
+            }
+            return self.exchange(parent, name, &src, newparent, newname, &dst);
+        }
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(sys::err(libc::EEXIST));
+            }
+            if d.ino == src.ino && d.dirs.is_empty() {
+                return Ok(()); // two names of one file: rename does nothing
+            }
+            match (src.dirs.is_empty(), d.dirs.is_empty()) {
+                (true, false) => return Err(sys::err(libc::EISDIR)),
+                (false, true) => return Err(sys::err(libc::ENOTDIR)),
+                (false, false) if !dir::is_empty(&d.dirs)? => {
+                    return Err(sys::err(libc::ENOTEMPTY));
+                }
+                _ => {}
+            }
+        }
+        self.copy_up(src.ino)?;
+        let supper = self.upper_dir(parent)?;
+        let dupper = self.upper_dir(newparent)?;
+        let dst_in_lower = dir::in_lower(&ddirs, Some(UPPER), newname);
+        if let Some(d) = &dst
+            && !d.dirs.is_empty()
+        {
+            if self.is_upper(d.dirs[0].layer) {
+                dir::clear_whiteouts(&d.dirs[0])?;
+            } else {
+                // A lower-only (empty) directory: the upper needs nothing in the way.
+            }
+        }
+        if dst.is_none() {
+            whiteout::remove_whiteout(dupper.as_raw_fd(), newname)?;
+        }
+        let src_in_lower = dir::in_lower(&sdirs, Some(UPPER), name);
+        let rflags = if src_in_lower && self.style == Style::Overlay {
+            libc::RENAME_WHITEOUT
+        } else {
+            0
+        };
+        sys::rename_at(
+            supper.as_raw_fd(),
+            name,
+            dupper.as_raw_fd(),
+            newname,
+            rflags,
+        )?;
+        if src_in_lower && self.style == Style::Oci {
+            self.style.write_whiteout(supper.as_raw_fd(), name)?;
+        }
+        if !src.dirs.is_empty() && dst_in_lower {
+            self.style.mark_opaque(dupper.as_raw_fd(), newname)?;
+        }
+        let mut nodes = self.nodes.lock();
+        if let Some(n) = nodes.get_mut(&src.ino) {
+            n.parent = newparent;
+            n.name = newname.to_owned();
+            if n.dirs.is_empty() {
+                n.layer = UPPER;
+            }
+        }
+        Ok(())
+    }
+
+    fn exchange(
+        &self,
+        parent: u64,
+        name: &CStr,
+        src: &Found,
+        newparent: u64,
+        newname: &CStr,
+        dst: &Found,
+    ) -> io::Result<()> {
+        self.copy_up(src.ino)?;
+        self.copy_up(dst.ino)?;
+        let supper = self.upper_dir(parent)?;
+        let dupper = self.upper_dir(newparent)?;
+        sys::rename_at(
+            supper.as_raw_fd(),
+            name,
+            dupper.as_raw_fd(),
+            newname,
+            libc::RENAME_EXCHANGE,
+        )?;
+        let mut nodes = self.nodes.lock();
+        for (ino, p, n) in [(src.ino, newparent, newname), (dst.ino, parent, name)] {
+            if let Some(node) = nodes.get_mut(&ino) {
+                node.parent = p;
+                node.name = n.to_owned();
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<u64>,
+    ) -> io::Result<FileAttr> {
+        {
+            let _g = self.lock_changes();
+            self.writable()?;
+            self.copy_up(ino)?;
+        }
+        let t = self.target(ino)?;
+        if uid.is_some() || gid.is_some() {
+            t.chown(uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(m) = mode {
+            t.chmod(m & 0o7777)?;
+        }
+        if let Some(len) = size {
+            let r = match (fh, &t) {
+                (Some(fd), _) => unsafe { libc::ftruncate(fd as i32, len as i64) },
+                (None, Target::Entry(d, n)) => {
+                    let f = sys::open_at(d.as_raw_fd(), n, libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
+                    unsafe { libc::ftruncate(f.as_raw_fd(), len as i64) }
+                }
+                (None, Target::Dir(_)) => return Err(sys::err(libc::EISDIR)),
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            t.utimens(&[timespec(atime), timespec(mtime)])?;
+        }
+        self.getattr(ino)
+    }
+
+    pub fn getxattr(&self, ino: u64, key: &CStr) -> io::Result<Vec<u8>> {
+        if whiteout::is_private_xattr(key.to_bytes()) {
+            return Err(sys::err(libc::ENODATA));
+        }
+        sys::lgetxattr(&self.target(ino)?.xattr_path(), key)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let all = sys::llistxattr(&self.target(ino)?.xattr_path())?;
+        let mut out = Vec::with_capacity(all.len());
+        for k in all.split(|b| *b == 0).filter(|k| !k.is_empty()) {
+            if !whiteout::is_private_xattr(k) {
+                out.extend_from_slice(k);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, ino: u64, key: &CStr, value: Option<(&[u8], i32)>) -> io::Result<()> {
+        if whiteout::is_private_xattr(key.to_bytes()) {
+            return Err(sys::err(libc::EPERM));
+        }
+        {
+            let _g = self.lock_changes();
+            self.writable()?;
+            self.copy_up(ino)?;
+        }
+        let path = self.target(ino)?.xattr_path();
+        match value {
+            Some((v, flags)) => sys::lsetxattr(&path, key, v, flags),
+            None => sys::lremovexattr(&path, key),
+        }
+    }
+}

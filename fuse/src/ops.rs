@@ -1,0 +1,710 @@
+//! The FUSE request handlers: each turns a request into an [`Overlay`] call and its reply.
+//! File handles are the daemon's own fds (one per open), directory handles index a snapshot
+//! of the merged listing taken at opendir.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::dir::{self, Entry};
+use crate::modify::{Caller, NewKind};
+use crate::overlay::{Overlay, Target};
+use crate::sys;
+
+pub struct Fs {
+    ov: Overlay,
+    dirs: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
+    next_dir: AtomicU64,
+}
+
+impl Fs {
+    pub fn new(ov: Overlay) -> Fs {
+        Fs {
+            ov,
+            dirs: Mutex::default(),
+            next_dir: AtomicU64::new(1),
+        }
+    }
+
+    /// The inode a `.` or `..` entry of directory `ino` stands for.
+    fn dot(&self, ino: u64, name: &std::ffi::CStr) -> Option<u64> {
+        match name.to_bytes() {
+            b"." => Some(ino),
+            b".." => Some(self.ov.nodes.lock().get(&ino).map_or(ino, |n| n.parent)),
+            _ => None,
+        }
+    }
+
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<Entry>>> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(sys::errno(&e))
+}
+
+fn cname(name: &OsStr) -> Result<std::ffi::CString, Errno> {
+    sys::cname(name).map_err(errno)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn gen0() -> Generation {
+    Generation(0)
+}
+
+/// Flags the daemon must not pass on when it opens the real file.
+fn open_flags(flags: i32) -> i32 {
+    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC)
+}
+
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+macro_rules! tryr {
+    ($reply:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return $reply.error(e.into()),
+        }
+    };
+}
+
+struct E(Errno);
+impl From<io::Error> for E {
+    fn from(e: io::Error) -> E {
+        E(errno(e))
+    }
+}
+impl From<Errno> for E {
+    fn from(e: Errno) -> E {
+        E(e)
+    }
+}
+impl From<E> for Errno {
+    fn from(e: E) -> Errno {
+        e.0
+    }
+}
+
+fn io_err(r: libc::ssize_t) -> Result<usize, Errno> {
+    if r < 0 {
+        Err(errno(io::Error::last_os_error()))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let want = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_EXPORT_SUPPORT;
+        let _ = config.add_capabilities(want & config.capabilities());
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = tryr!(reply, cname(name));
+        let attr = tryr!(reply, self.ov.lookup(parent.0, &name).map_err(E::from));
+        reply.entry(&self.ov.ttl, &attr, gen0());
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.nodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let res = self.ov.getattr(ino.0).or_else(|e| match fh {
+            // An open file whose name is gone (unlinked) still answers through its fd.
+            Some(fh) if e.raw_os_error() == Some(libc::ENOENT) && self.listing(fh).is_none() => {
+                sys::fstat(fh.0 as RawFd).map(|st| crate::overlay::attr(&st, ino.0, false))
+            }
+            _ => Err(e),
+        });
+        let attr = tryr!(reply, res.map_err(E::from));
+        reply.attr(&self.ov.ttl, &attr);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fh = fh.map(|f| f.0).filter(|f| *f > 0);
+        let attr = tryr!(
+            reply,
+            self.ov
+                .setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)
+                .map_err(E::from)
+        );
+        reply.attr(&self.ov.ttl, &attr);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let t = tryr!(reply, self.ov.target(ino.0).map_err(E::from));
+        let Target::Entry(d, n) = t else {
+            return reply.error(Errno::EINVAL);
+        };
+        let link = tryr!(reply, sys::readlink_at(d.as_raw_fd(), &n).map_err(E::from));
+        reply.data(&link);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = tryr!(reply, cname(name));
+        let kind = NewKind::Node {
+            mode: mode & !(umask & 0o777),
+            rdev: rdev as u64,
+        };
+        let attr = tryr!(
+            reply,
+            self.ov
+                .make(parent.0, &name, kind, caller(req))
+                .map_err(E::from)
+        );
+        reply.entry(&self.ov.ttl, &attr, gen0());
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = tryr!(reply, cname(name));
+        let kind = NewKind::Dir(mode & !(umask & 0o777));
+        let attr = tryr!(
+            reply,
+            self.ov
+                .make(parent.0, &name, kind, caller(req))
+                .map_err(E::from)
+        );
+        reply.entry(&self.ov.ttl, &attr, gen0());
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = tryr!(reply, cname(name));
+        tryr!(
+            reply,
+            self.ov.unlink(parent.0, &name, false).map_err(E::from)
+        );
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = tryr!(reply, cname(name));
+        tryr!(
+            reply,
+            self.ov.unlink(parent.0, &name, true).map_err(E::from)
+        );
+        reply.ok();
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = tryr!(reply, cname(link_name));
+        let target = tryr!(reply, cname(target.as_os_str()));
+        let kind = NewKind::Symlink(&target);
+        let attr = tryr!(
+            reply,
+            self.ov
+                .make(parent.0, &name, kind, caller(req))
+                .map_err(E::from)
+        );
+        reply.entry(&self.ov.ttl, &attr, gen0());
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let name = tryr!(reply, cname(name));
+        let newname = tryr!(reply, cname(newname));
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        tryr!(
+            reply,
+            self.ov
+                .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                .map_err(E::from)
+        );
+        reply.ok();
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = tryr!(reply, cname(newname));
+        let attr = tryr!(
+            reply,
+            self.ov.link(ino.0, newparent.0, &newname).map_err(E::from)
+        );
+        reply.entry(&self.ov.ttl, &attr, gen0());
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
+        if wants_write(flags) {
+            let _g = self.ov.lock_changes();
+            tryr!(reply, self.ov.copy_up(ino.0).map_err(E::from));
+        }
+        let t = tryr!(reply, self.ov.target(ino.0).map_err(E::from));
+        let Target::Entry(d, n) = t else {
+            return reply.error(Errno::EISDIR);
+        };
+        let fd = tryr!(
+            reply,
+            sys::open_at(d.as_raw_fd(), &n, open_flags(flags), 0).map_err(E::from)
+        );
+        if flags & libc::O_TRUNC != 0 && unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } < 0 {
+            return reply.error(errno(io::Error::last_os_error()));
+        }
+        reply.opened(
+            FileHandle(fd.into_raw_fd() as u64),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut buf = vec![0u8; size as usize];
+        let n = tryr!(
+            reply,
+            sys::pread(fh.0 as RawFd, &mut buf, offset).map_err(E::from)
+        );
+        reply.data(&buf[..n]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let n = tryr!(
+            reply,
+            sys::pwrite(fh.0 as RawFd, data, offset).map_err(E::from)
+        );
+        reply.written(n as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        unsafe { libc::close(fh.0 as RawFd) };
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fd = fh.0 as RawFd;
+        let r = unsafe {
+            if datasync {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        };
+        tryr!(reply, io_err(r as isize));
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
+        let mut entries = vec![
+            Entry {
+                name: c".".into(),
+                dtype: libc::DT_DIR,
+            },
+            Entry {
+                name: c"..".into(),
+                dtype: libc::DT_DIR,
+            },
+        ];
+        entries.extend(tryr!(reply, dir::list(&dirs).map_err(E::from)));
+        let id = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::new(entries));
+        reply.opened(FileHandle(id), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(list) = self.listing(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            // d_ino as a lookup would report it; 1 only if the entry vanished meanwhile.
+            let child = match self.dot(ino.0, &e.name) {
+                Some(d) => d,
+                None => self.ov.resolve(&dirs, &e.name).map(|f| f.ino).unwrap_or(1),
+            };
+            if reply.add(
+                INodeNo(child),
+                i as u64 + 1,
+                dir::dtype_kind(e.dtype),
+                OsStr::from_bytes(e.name.to_bytes()),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(list) = self.listing(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            if let Some(d) = self.dot(ino.0, &e.name) {
+                // The kernel takes nothing from dot entries but their place in the listing.
+                let Ok(attr) = self.ov.getattr(d) else {
+                    continue;
+                };
+                let name = OsStr::from_bytes(e.name.to_bytes());
+                if reply.add(INodeNo(d), i as u64 + 1, name, &self.ov.ttl, &attr, gen0()) {
+                    break;
+                }
+                continue;
+            }
+            let Ok(found) = self.ov.resolve(&dirs, &e.name) else {
+                continue; // removed since opendir
+            };
+            let attr = crate::overlay::attr(&found.st, found.ino, found.dirs.len() > 1);
+            let name = OsStr::from_bytes(e.name.to_bytes());
+            if reply.add(
+                INodeNo(found.ino),
+                i as u64 + 1,
+                name,
+                &self.ov.ttl,
+                &attr,
+                gen0(),
+            ) {
+                break;
+            }
+            // The kernel counts every entry it was given as a lookup.
+            self.ov.remember(ino.0, &e.name, found);
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let t = tryr!(reply, self.ov.target(ino.0).map_err(E::from));
+        if let Target::Dir(fd) = t {
+            let d = tryr!(reply, sys::reopen_dir(fd.as_raw_fd()).map_err(E::from));
+            let r = unsafe {
+                if datasync {
+                    libc::fdatasync(d.as_raw_fd())
+                } else {
+                    libc::fsync(d.as_raw_fd())
+                }
+            };
+            tryr!(reply, io_err(r as isize));
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let root = &self.ov.layers[0].root;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(root.as_raw_fd(), &mut st) } < 0 {
+            return reply.error(errno(io::Error::last_os_error()));
+        }
+        reply.statfs(
+            st.f_blocks,
+            st.f_bfree,
+            st.f_bavail,
+            st.f_files,
+            st.f_ffree,
+            st.f_bsize as u32,
+            st.f_namemax as u32,
+            st.f_frsize as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = tryr!(reply, cname(name));
+        tryr!(
+            reply,
+            self.ov
+                .setxattr(ino.0, &name, Some((value, flags)))
+                .map_err(E::from)
+        );
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = tryr!(reply, cname(name));
+        let v = tryr!(reply, self.ov.getxattr(ino.0, &name).map_err(E::from));
+        xattr_reply(reply, &v, size);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let v = tryr!(reply, self.ov.listxattr(ino.0).map_err(E::from));
+        xattr_reply(reply, &v, size);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = tryr!(reply, cname(name));
+        tryr!(reply, self.ov.setxattr(ino.0, &name, None).map_err(E::from));
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel has checked already.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = tryr!(reply, cname(name));
+        let mode = mode & !(umask & 0o777);
+        let (attr, fd) = tryr!(
+            reply,
+            self.ov
+                .create(parent.0, &name, mode, flags, caller(req))
+                .map_err(E::from)
+        );
+        reply.created(
+            &self.ov.ttl,
+            &attr,
+            gen0(),
+            FileHandle(fd.into_raw_fd() as u64),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = unsafe { libc::fallocate(fh.0 as RawFd, mode, offset as i64, length as i64) };
+        tryr!(reply, io_err(r as isize));
+        reply.ok();
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = unsafe { libc::lseek(fh.0 as RawFd, offset, whence) };
+        let off = tryr!(reply, io_err(r as isize));
+        reply.offset(off as i64);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (mut i, mut o) = (offset_in as i64, offset_out as i64);
+        let r = unsafe {
+            libc::copy_file_range(
+                fh_in.0 as RawFd,
+                &mut i,
+                fh_out.0 as RawFd,
+                &mut o,
+                len as usize,
+                0,
+            )
+        };
+        let n = tryr!(reply, io_err(r));
+        reply.written(n as u32);
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}

@@ -1,0 +1,182 @@
+//! fuse-overlayfs's `-o` option list, turned into an [`OverlayConfig`].
+
+use std::path::PathBuf;
+
+use crate::OverlayConfig;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionError {
+    #[error("no lowerdir= given")]
+    NoLowerdir,
+    #[error("empty path in lowerdir=")]
+    EmptyLower,
+    #[error("upperdir= needs workdir= too")]
+    UpperWithoutWork,
+    #[error("workdir= needs upperdir= too")]
+    WorkWithoutUpper,
+    #[error("option {0} is not supported yet")]
+    Unsupported(String),
+}
+
+/// Options that only make sense to the kernel or to fuse-overlayfs's own tuning; accepted so
+/// existing command lines keep working.
+const IGNORED: &[&str] = &[
+    "rw",
+    "default_permissions",
+    "allow_other",
+    "allow_root",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "async",
+    "sync",
+    "dirsync",
+    "auto_unmount",
+    "noacl",
+    "fast_ino",
+    "static_nlink",
+    "volatile",
+    "debug",
+    "threaded",
+    "xattr_permissions",
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "plugins",
+    "timeout",
+    "noxattrs",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+];
+
+/// Applies one comma-separated `-o` list to `cfg`. Unknown options come back as warnings.
+pub fn apply(cfg: &mut OverlayConfig, list: &str) -> Result<Vec<String>, OptionError> {
+    let mut warnings = Vec::new();
+    for opt in split(list) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("lowerdir", Some(v)) => {
+                let mut dirs = Vec::new();
+                for p in v.split(':') {
+                    if p.is_empty() {
+                        return Err(OptionError::EmptyLower);
+                    }
+                    dirs.push(PathBuf::from(p));
+                }
+                cfg.lowerdirs = dirs;
+            }
+            ("upperdir", Some(v)) => cfg.upperdir = Some(PathBuf::from(v)),
+            ("workdir", Some(v)) => cfg.workdir = Some(PathBuf::from(v)),
+            ("fsname", Some(v)) => cfg.fsname = v.to_string(),
+            ("subtype", Some(_)) => {}
+            ("ro", None) => cfg.read_only = true,
+            ("uidmapping" | "gidmapping", Some(_)) => {
+                return Err(OptionError::Unsupported(key.to_string()));
+            }
+            (k, _) if IGNORED.contains(&k) => {}
+            _ => warnings.push(format!("unknown option {opt} ignored")),
+        }
+    }
+    Ok(warnings)
+}
+
+/// Checks the combination once every `-o` list has been applied.
+pub fn validate(cfg: &OverlayConfig) -> Result<(), OptionError> {
+    if cfg.lowerdirs.is_empty() {
+        return Err(OptionError::NoLowerdir);
+    }
+    match (&cfg.upperdir, &cfg.workdir) {
+        (Some(_), None) => Err(OptionError::UpperWithoutWork),
+        (None, Some(_)) => Err(OptionError::WorkWithoutUpper),
+        _ => Ok(()),
+    }
+}
+
+/// Splits on commas, honouring `\,` escapes as mount(8) and fuse-overlayfs do.
+fn split(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fuse_overlayfs_options() {
+        let mut cfg = OverlayConfig::default();
+        let w = apply(
+            &mut cfg,
+            "lowerdir=/a:/b,upperdir=/u,workdir=/w,allow_other,fsname=x,bogus",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.lowerdirs,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+        assert_eq!(cfg.upperdir, Some(PathBuf::from("/u")));
+        assert_eq!(cfg.workdir, Some(PathBuf::from("/w")));
+        assert_eq!(cfg.fsname, "x");
+        assert_eq!(w, vec!["unknown option bogus ignored".to_string()]);
+        validate(&cfg).unwrap();
+    }
+
+    #[test]
+    fn escaped_commas_stay_in_paths() {
+        let mut cfg = OverlayConfig::default();
+        apply(&mut cfg, r"lowerdir=/a\,b").unwrap();
+        assert_eq!(cfg.lowerdirs, vec![PathBuf::from("/a,b")]);
+    }
+
+    #[test]
+    fn rejects_bad_combinations() {
+        let mut cfg = OverlayConfig::default();
+        assert_eq!(validate(&cfg), Err(OptionError::NoLowerdir));
+        assert_eq!(
+            apply(&mut cfg, "lowerdir=/a::/b"),
+            Err(OptionError::EmptyLower)
+        );
+        apply(&mut cfg, "lowerdir=/a,upperdir=/u").unwrap();
+        assert_eq!(validate(&cfg), Err(OptionError::UpperWithoutWork));
+        let mut cfg = OverlayConfig::default();
+        apply(&mut cfg, "lowerdir=/a,workdir=/w").unwrap();
+        assert_eq!(validate(&cfg), Err(OptionError::WorkWithoutUpper));
+        assert!(matches!(
+            apply(&mut cfg, "uidmapping=0:1000:1"),
+            Err(OptionError::Unsupported(_))
+        ));
+    }
+}

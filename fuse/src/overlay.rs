@@ -1,0 +1,441 @@
+//! The overlay's state and its read side: resolving a name through the layers, attributes and
+//! inode numbers.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::OverlayConfig;
+use crate::node::{LayerDir, Node, ROOT, Table};
+use crate::sys::{self, Stat};
+use crate::whiteout::{self, Style};
+
+/// The upper layer's index when the mount is writable.
+pub const UPPER: usize = 0;
+
+pub struct Layer {
+    pub root: Arc<OwnedFd>,
+    /// High bits mixed into inode numbers when layers sit on different filesystems.
+    pub ino_tag: u64,
+}
+
+pub struct Overlay {
+    pub layers: Vec<Layer>,
+    pub has_upper: bool,
+    pub work: Option<OwnedFd>,
+    pub style: Style,
+    /// Whether the daemon may chown, mknod devices and write trusted xattrs.
+    pub privileged: bool,
+    pub nodes: Table,
+    /// Serialises changes to the namespace (and copy-ups), so no two of them interleave.
+    mutate: Mutex<()>,
+    pub tmp_seq: AtomicU64,
+    pub origin_key: &'static CStr,
+    pub ttl: Duration,
+}
+
+/// What a name resolved to.
+pub struct Found {
+    pub ino: u64,
+    pub st: Stat,
+    pub dirs: Vec<LayerDir>,
+    pub layer: usize,
+}
+
+/// How to reach a node's object: a directory fd, or a name beneath one.
+pub enum Target {
+    Dir(Arc<OwnedFd>),
+    Entry(Arc<OwnedFd>, CString),
+}
+
+impl Target {
+    pub fn stat(&self) -> io::Result<Stat> {
+        match self {
+            Target::Dir(fd) => sys::fstat(fd.as_raw_fd()),
+            Target::Entry(dir, name) => sys::stat_at(dir.as_raw_fd(), name),
+        }
+    }
+
+    pub fn xattr_path(&self) -> sys::XPath {
+        match self {
+            Target::Dir(fd) => sys::xattr_path(fd.as_raw_fd(), None),
+            Target::Entry(dir, name) => sys::xattr_path(dir.as_raw_fd(), Some(name)),
+        }
+    }
+}
+
+fn open_root(path: &std::path::Path, what: &str) -> anyhow::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{what} {}: NUL in path", path.display()))?;
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        bail!("{what} {}: {e}", path.display());
+    }
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Prefix of the overlay's temporary names in the work dir.
+pub const TMP_PREFIX: &str = "#nestfs-";
+
+impl Overlay {
+    pub fn new(cfg: &OverlayConfig) -> anyhow::Result<Overlay> {
+        let mut roots = Vec::new();
+        let has_upper = cfg.upperdir.is_some() && !cfg.read_only;
+        if let (Some(upper), false) = (&cfg.upperdir, cfg.read_only) {
+            roots.push(open_root(upper, "upperdir")?);
+        }
+        for l in &cfg.lowerdirs {
+            roots.push(open_root(l, "lowerdir")?);
+        }
+        let work = match (&cfg.workdir, has_upper) {
+            (Some(w), true) => {
+                let fd = open_root(w, "workdir")?;
+                let wdev = sys::fstat(fd.as_raw_fd())?.st_dev;
+                let udev = sys::fstat(roots[UPPER].as_raw_fd())?.st_dev;
+                if wdev != udev {
+                    bail!(
+                        "workdir {} is not on the same filesystem as upperdir",
+                        w.display()
+                    );
+                }
+                clean_work(fd.as_raw_fd())
+                    .with_context(|| format!("clean workdir {}", w.display()))?;
+                Some(fd)
+            }
+            _ => None,
+        };
+        let mut devs: Vec<u64> = Vec::new();
+        let mut layers = Vec::new();
+        for fd in roots {
+            let dev = sys::fstat(fd.as_raw_fd())?.st_dev;
+            let idx = devs.iter().position(|d| *d == dev).unwrap_or_else(|| {
+                devs.push(dev);
+                devs.len() - 1
+            });
+            layers.push((fd, idx as u64));
+        }
+        let multi_dev = devs.len() > 1;
+        let layers: Vec<Layer> = layers
+            .into_iter()
+            .map(|(fd, idx)| Layer {
+                root: Arc::new(fd),
+                ino_tag: if multi_dev { idx << 56 } else { 0 },
+            })
+            .collect();
+        let privileged = sys::is_root();
+        let ov = Overlay {
+            has_upper,
+            work,
+            style: Style::for_current_user(),
+            privileged,
+            nodes: Table::default(),
+            mutate: Mutex::new(()),
+            tmp_seq: AtomicU64::new(0),
+            origin_key: if privileged {
+                c"trusted.nestfs.origin"
+            } else {
+                c"user.nestfs.origin"
+            },
+            ttl: Duration::from_secs(86400),
+            layers,
+        };
+        let root_dirs = ov
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerDir {
+                layer: i,
+                fd: l.root.clone(),
+            })
+            .collect();
+        ov.nodes.lock().insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                name: CString::default(),
+                lookups: 1,
+                dirs: root_dirs,
+                layer: 0,
+            },
+        );
+        Ok(ov)
+    }
+
+    pub fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        self.mutate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_upper(&self, layer: usize) -> bool {
+        self.has_upper && layer == UPPER
+    }
+
+    pub fn writable(&self) -> io::Result<()> {
+        if self.has_upper {
+            Ok(())
+        } else {
+            Err(sys::err(libc::EROFS))
+        }
+    }
+
+    fn present_ino(&self, layer: usize, st_ino: u64) -> u64 {
+        let ino = st_ino | self.layers[layer].ino_tag;
+        // Node id 1 is the FUSE root; another object with inode 1 moves to a free high bit.
+        if ino == ROOT { ino | 1 << 63 } else { ino }
+    }
+
+    /// The node's directory layers, or ENOTDIR / ENOENT.
+    pub fn dirs_of(&self, ino: u64) -> io::Result<Vec<LayerDir>> {
+        let nodes = self.nodes.lock();
+        let node = nodes.get(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
+        if !node.is_dir() {
+            return Err(sys::err(libc::ENOTDIR));
+        }
+        Ok(node.dirs.clone())
+    }
+
+    pub fn target(&self, ino: u64) -> io::Result<Target> {
+        let nodes = self.nodes.lock();
+        let node = nodes.get(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
+        if let Some(d) = node.dirs.first() {
+            return Ok(Target::Dir(d.fd.clone()));
+        }
+        let parent = nodes
+            .get(&node.parent)
+            .ok_or_else(|| sys::err(libc::ENOENT))?;
+        let dir = parent
+            .dir_in(node.layer)
+            .ok_or_else(|| sys::err(libc::ENOENT))?;
+        Ok(Target::Entry(dir, node.name.clone()))
+    }
+
+    /// Walks `name` through the parent's layers, top first, honouring whiteouts and opaque dirs.
+    pub fn resolve(&self, parent: &[LayerDir], name: &CStr) -> io::Result<Found> {
+        for (i, pd) in parent.iter().enumerate() {
+            let fd = pd.fd.as_raw_fd();
+            if whiteout::has_oci_whiteout(fd, name) {
+                break;
+            }
+            let st = match sys::stat_at(fd, name) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            if whiteout::is_device_whiteout(&st) {
+                break;
+            }
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                let ino = if self.is_upper(pd.layer) {
+                    self.origin(fd, name)
+                        .unwrap_or_else(|| self.present_ino(pd.layer, st.st_ino))
+                } else {
+                    self.present_ino(pd.layer, st.st_ino)
+                };
+                return Ok(Found {
+                    ino,
+                    st,
+                    dirs: Vec::new(),
+                    layer: pd.layer,
+                });
+            }
+            let mut dirs = vec![LayerDir {
+                layer: pd.layer,
+                fd: Arc::new(sys::open_dir_path(fd, name)?),
+            }];
+            let mut ino = self.present_ino(pd.layer, st.st_ino);
+            if !whiteout::is_opaque(dirs[0].fd.as_raw_fd()) {
+                self.merge_lower_dirs(&parent[i + 1..], name, &mut dirs, &mut ino)?;
+            }
+            return Ok(Found {
+                ino,
+                st,
+                dirs,
+                layer: pd.layer,
+            });
+        }
+        Err(sys::err(libc::ENOENT))
+    }
+
+    /// Adds the copies of directory `name` in the layers below, up to a whiteout, a
+    /// non-directory or an opaque one. The directory takes the inode number of its topmost
+    /// lower copy, as overlayfs does.
+    fn merge_lower_dirs(
+        &self,
+        below: &[LayerDir],
+        name: &CStr,
+        dirs: &mut Vec<LayerDir>,
+        ino: &mut u64,
+    ) -> io::Result<()> {
+        for pd in below {
+            let fd = pd.fd.as_raw_fd();
+            if whiteout::has_oci_whiteout(fd, name) {
+                break;
+            }
+            let st = match sys::stat_at(fd, name) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                break;
+            }
+            if dirs.len() == 1 && self.is_upper(dirs[0].layer) {
+                *ino = self.present_ino(pd.layer, st.st_ino);
+            }
+            let dfd = Arc::new(sys::open_dir_path(fd, name)?);
+            let opaque = whiteout::is_opaque(dfd.as_raw_fd());
+            dirs.push(LayerDir {
+                layer: pd.layer,
+                fd: dfd,
+            });
+            if opaque {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The inode number recorded on an upper file when it was copied up.
+    fn origin(&self, dir: RawFd, name: &CStr) -> Option<u64> {
+        let v = sys::lgetxattr(&sys::xattr_path(dir, Some(name)), self.origin_key).ok()?;
+        Some(u64::from_le_bytes(v.try_into().ok()?))
+    }
+
+    pub fn set_origin(&self, dir: RawFd, name: &CStr, ino: u64) -> io::Result<()> {
+        sys::lsetxattr(
+            &sys::xattr_path(dir, Some(name)),
+            self.origin_key,
+            &ino.to_le_bytes(),
+            0,
+        )
+    }
+
+    /// Looks `name` up in `parent` and records the lookup.
+    pub fn lookup(&self, parent: u64, name: &CStr) -> io::Result<FileAttr> {
+        let dirs = self.dirs_of(parent)?;
+        let found = self.resolve(&dirs, name)?;
+        Ok(self.remember(parent, name, found))
+    }
+
+    pub fn remember(&self, parent: u64, name: &CStr, f: Found) -> FileAttr {
+        let attr = attr(&f.st, f.ino, f.dirs.len() > 1);
+        self.nodes
+            .remember(f.ino, parent, name.to_owned(), f.dirs, f.layer);
+        attr
+    }
+
+    pub fn getattr(&self, ino: u64) -> io::Result<FileAttr> {
+        let (target, merged) = {
+            let nodes = self.nodes.lock();
+            let merged = nodes.get(&ino).is_some_and(|n| n.dirs.len() > 1);
+            drop(nodes);
+            (self.target(ino)?, merged)
+        };
+        let st = target.stat()?;
+        Ok(attr(&st, ino, merged))
+    }
+
+    /// The upper copy of a directory node, copying it up first.
+    pub fn upper_dir(&self, ino: u64) -> io::Result<Arc<OwnedFd>> {
+        self.writable()?;
+        self.copy_up(ino)?;
+        self.dirs_of(ino)?
+            .into_iter()
+            .find(|d| d.layer == UPPER)
+            .map(|d| d.fd)
+            .ok_or_else(|| sys::err(libc::EIO))
+    }
+
+    /// A fresh name in the work dir.
+    pub fn tmp_name(&self) -> CString {
+        let n = self
+            .tmp_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CString::new(format!("{TMP_PREFIX}{n}")).expect("no NUL")
+    }
+
+    pub fn work_fd(&self) -> io::Result<RawFd> {
+        self.work
+            .as_ref()
+            .map(|w| w.as_raw_fd())
+            .ok_or_else(|| sys::err(libc::EROFS))
+    }
+}
+
+/// Removes what an earlier daemon left in the work dir when it died mid-copy-up.
+fn clean_work(work: RawFd) -> io::Result<()> {
+    for (name, _) in sys::read_dir_names(work)? {
+        if name.starts_with(TMP_PREFIX.as_bytes()) {
+            let c = CString::new(name).expect("no NUL in a dir entry");
+            remove_tree(work, &c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `name` beneath `dir`, recursively, never following symlinks.
+pub fn remove_tree(dir: RawFd, name: &CStr) -> io::Result<()> {
+    let st = sys::stat_at(dir, name)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let d = sys::open_dir_path(dir, name)?;
+        for (child, _) in sys::read_dir_names(d.as_raw_fd())? {
+            remove_tree(d.as_raw_fd(), &CString::new(child).expect("no NUL"))?;
+        }
+        sys::unlink_at(dir, name, true)
+    } else {
+        sys::unlink_at(dir, name, false)
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new((-sec) as u64, 0) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+pub fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// FUSE attributes of `st`, shown as inode `ino`. Merged directories report one link, as
+/// overlayfs does, since their real count would depend on every layer.
+pub fn attr(st: &Stat, ino: u64, merged_dir: bool) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: kind(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: if merged_dir { 1 } else { st.st_nlink as u32 },
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}

@@ -1,0 +1,137 @@
+//! Whiteouts and opaque directories in both formats: overlayfs (a 0/0 character device, the
+//! `*.overlay.opaque` xattr) and OCI (`.wh.NAME` files, a `.wh..wh..opq` file).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::sys::{self, Stat};
+
+pub const OCI_PREFIX: &[u8] = b".wh.";
+pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
+const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
+
+/// Xattr namespaces the overlay keeps for itself; users never see or set them.
+const PRIVATE_XATTRS: [&[u8]; 4] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"trusted.nestfs.",
+    b"user.nestfs.",
+];
+
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    PRIVATE_XATTRS.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether a stat result is an overlayfs-format whiteout.
+pub fn is_device_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Whether a name is reserved for OCI whiteouts (never shown, never creatable).
+pub fn is_oci_name(name: &[u8]) -> bool {
+    name.starts_with(OCI_PREFIX)
+}
+
+pub fn oci_name(name: &CStr) -> CString {
+    let mut v = OCI_PREFIX.to_vec();
+    v.extend_from_slice(name.to_bytes());
+    CString::new(v).expect("no NUL in a name")
+}
+
+/// Whether `dir` has an OCI whiteout for `name`.
+pub fn has_oci_whiteout(dir: RawFd, name: &CStr) -> bool {
+    sys::stat_at(dir, &oci_name(name)).is_ok()
+}
+
+/// Whether the directory held by `dir` hides the layers below it.
+pub fn is_opaque(dir: RawFd) -> bool {
+    if sys::stat_at(dir, OCI_OPAQUE).is_ok() {
+        return true;
+    }
+    let path = sys::xattr_path(dir, None);
+    OPAQUE_XATTRS
+        .iter()
+        .any(|k| sys::lgetxattr(&path, k).is_ok_and(|v| v == b"y"))
+}
+
+/// How whiteouts and opaque markers are written into the upper dir: devices and trusted
+/// xattrs need root; the OCI files work for anyone. Both are read back on remount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    Overlay,
+    Oci,
+}
+
+impl Style {
+    pub fn for_current_user() -> Style {
+        if sys::is_root() {
+            Style::Overlay
+        } else {
+            Style::Oci
+        }
+    }
+
+    pub fn write_whiteout(self, dir: RawFd, name: &CStr) -> io::Result<()> {
+        match self {
+            Style::Overlay => sys::mknod_at(dir, name, libc::S_IFCHR, 0),
+            Style::Oci => {
+                sys::open_at(dir, &oci_name(name), libc::O_CREAT | libc::O_WRONLY, 0o600).map(drop)
+            }
+        }
+    }
+
+    pub fn mark_opaque(self, dir: RawFd, name: &CStr) -> io::Result<()> {
+        match self {
+            Style::Overlay => {
+                let path = sys::xattr_path(dir, Some(name));
+                sys::lsetxattr(&path, OPAQUE_XATTRS[0], b"y", 0)
+            }
+            Style::Oci => {
+                let d = sys::open_dir_path(dir, name)?;
+                sys::open_at(d_raw(&d), OCI_OPAQUE, libc::O_CREAT | libc::O_WRONLY, 0o600).map(drop)
+            }
+        }
+    }
+}
+
+fn d_raw(fd: &std::os::fd::OwnedFd) -> RawFd {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+/// Removes whatever whiteout of either format stands for `name` in an upper dir.
+pub fn remove_whiteout(dir: RawFd, name: &CStr) -> io::Result<bool> {
+    if let Ok(st) = sys::stat_at(dir, name)
+        && is_device_whiteout(&st)
+    {
+        sys::unlink_at(dir, name, false)?;
+        return Ok(true);
+    }
+    match sys::unlink_at(dir, &oci_name(name), false) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_xattrs_are_recognised() {
+        assert!(is_private_xattr(b"trusted.overlay.opaque"));
+        assert!(is_private_xattr(b"user.nestfs.origin"));
+        assert!(!is_private_xattr(b"user.mime_type"));
+        assert!(!is_private_xattr(b"security.capability"));
+    }
+
+    #[test]
+    fn oci_names() {
+        assert!(is_oci_name(b".wh.foo"));
+        assert!(is_oci_name(b".wh..wh..opq"));
+        assert!(!is_oci_name(b"wh.foo"));
+        assert_eq!(oci_name(c"etc").as_bytes(), b".wh.etc");
+    }
+}
