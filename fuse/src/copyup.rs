@@ -5,9 +5,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
-use crate::node::LayerDir;
 use crate::overlay::{Overlay, UPPER, remove_tree};
 use crate::sys::{self, Stat};
 use crate::whiteout;
@@ -44,29 +42,44 @@ impl Overlay {
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
         let built = self.build_copy(src_dir.as_raw_fd(), &name, work, &tmp, ino, is_dir);
-        let placed = built.and_then(|()| {
-            sys::rename_at(
-                work,
-                &tmp,
-                pupper.as_raw_fd(),
-                &name,
-                libc::RENAME_NOREPLACE,
-            )
+        let placed = built.and_then(|st| {
+            sys::rename_at(work, &tmp, pupper.as_raw_fd(), &name, libc::RENAME_NOREPLACE)?;
+            // Moving a directory rewrites its `..`, which touches its times: set them last.
+            sys::utimens_at(pupper.as_raw_fd(), &name, &times_of(&st))?;
+            Ok(st)
         });
-        if let Err(e) = placed {
-            let _ = remove_tree(work, &tmp);
-            return Err(e);
-        }
+        let st = match placed {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = remove_tree(work, &tmp);
+                return Err(e);
+            }
+        };
         // Adding the entry changed the parent's times; overlayfs hides that, and so do we.
         let _ = sys::futimens(pupper.as_raw_fd(), &times_of(&pst));
         let mut nodes = self.nodes.lock();
         if let Some(n) = nodes.get_mut(&ino) {
             if is_dir {
-                let fd = Arc::new(sys::open_dir_path(pupper.as_raw_fd(), &name)?);
-                n.dirs.insert(0, LayerDir { layer: UPPER, fd });
+                let d = self.layer_dir(UPPER, sys::open_dir_path(pupper.as_raw_fd(), &name)?);
+                n.dirs.insert(0, d);
+            } else if st.st_nlink > 1 {
+                // Copying up one name of a lower hardlink makes a new file (as overlayfs does
+                // without an index): the node stays with the other names; the kernel must look
+                // this name up again to meet the copy.
+                drop(nodes);
+                self.forget_entry_later(parent, &name);
+                return Ok(());
             } else {
                 n.layer = UPPER;
+                drop(nodes);
+                self.redirect_lower_fds(ino, pupper.as_raw_fd(), &name);
+                return Ok(());
             }
+        }
+        drop(nodes);
+        if is_dir {
+            // A directory that gained an upper copy is merged now: nlink and ino as overlayfs.
+            self.forget_attrs(ino);
         }
         Ok(())
     }
@@ -80,7 +93,7 @@ impl Overlay {
         tmp: &CStr,
         ino: u64,
         is_dir: bool,
-    ) -> io::Result<()> {
+    ) -> io::Result<Stat> {
         let st = sys::stat_at(src_dir, name)?;
         let fmt = st.st_mode & libc::S_IFMT;
         match fmt {
@@ -114,10 +127,10 @@ impl Overlay {
         if fmt != libc::S_IFLNK {
             sys::chmod_at(work, tmp, st.st_mode & 0o7777)?;
         }
-        if !is_dir {
+        if !is_dir && st.st_nlink == 1 {
             self.set_origin(work, tmp, ino)?;
         }
-        sys::utimens_at(work, tmp, &times_of(&st))
+        Ok(st)
     }
 }
 
@@ -161,16 +174,18 @@ fn copy_xattrs(src: &sys::XPath, dst: &sys::XPath) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies `len` bytes keeping holes: a clone where the filesystem shares extents, otherwise
-/// copy_file_range over each data segment.
+/// Copies `len` bytes: a clone where the filesystem shares extents, otherwise in 1 MiB chunks
+/// that skip holes found at a chunk boundary, which is what overlayfs does (so holes come out
+/// the same as with the kernel).
 fn copy_data(src: RawFd, dst: RawFd, len: u64) -> io::Result<()> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
+    const CHUNK: i64 = 1 << 20;
     if len == 0 || unsafe { libc::ioctl(dst, FICLONE, src) } == 0 {
         return Ok(());
     }
-    let mut off: i64 = 0;
-    while (off as u64) < len {
-        let data = unsafe { libc::lseek(src, off, libc::SEEK_DATA) };
+    let (len, mut pos) = (len as i64, 0i64);
+    while pos < len {
+        let data = unsafe { libc::lseek(src, pos, libc::SEEK_DATA) };
         if data < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENXIO) {
@@ -178,14 +193,15 @@ fn copy_data(src: RawFd, dst: RawFd, len: u64) -> io::Result<()> {
             }
             return Err(e);
         }
-        let hole = unsafe { libc::lseek(src, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
+        if data > pos {
+            pos = data;
+            continue;
         }
-        copy_range(src, dst, data, hole - data)?;
-        off = hole;
+        let n = CHUNK.min(len - pos);
+        copy_range(src, dst, pos, n)?;
+        pos += n;
     }
-    if unsafe { libc::ftruncate(dst, len as i64) } < 0 {
+    if unsafe { libc::ftruncate(dst, len) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -24,7 +24,7 @@ pub fn list(dirs: &[LayerDir]) -> io::Result<Vec<Entry>> {
         let fd = d.fd.as_raw_fd();
         let mut hidden = Vec::new();
         for (name, dtype) in sys::read_dir_names(fd)? {
-            if whiteout::is_oci_name(&name) {
+            if d.oci && whiteout::is_oci_name(&name) {
                 if let Some(target) = name.strip_prefix(whiteout::OCI_PREFIX) {
                     hidden.push(target.to_vec());
                 }
@@ -59,7 +59,7 @@ pub fn clear_whiteouts(dir: &LayerDir) -> io::Result<()> {
     let fd = dir.fd.as_raw_fd();
     for (name, _) in sys::read_dir_names(fd)? {
         let c = CString::new(name.clone()).expect("no NUL in a dir entry");
-        let is_wh = whiteout::is_oci_name(&name)
+        let is_wh = (dir.oci && whiteout::is_oci_name(&name))
             || sys::stat_at(fd, &c).is_ok_and(|st| whiteout::is_device_whiteout(&st));
         if !is_wh {
             return Err(sys::err(libc::ENOTEMPTY));
@@ -87,7 +87,7 @@ pub fn dtype_kind(dtype: u8) -> fuser::FileType {
 pub fn in_lower(dirs: &[LayerDir], upper: Option<usize>, name: &CStr) -> bool {
     for d in dirs.iter().filter(|d| Some(d.layer) != upper) {
         let fd = d.fd.as_raw_fd();
-        if whiteout::has_oci_whiteout(fd, name) {
+        if d.oci && whiteout::has_oci_whiteout(fd, name) {
             return false;
         }
         match sys::stat_at(fd, name) {

@@ -21,6 +21,7 @@ mod sys;
 mod whiteout;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
@@ -107,9 +108,12 @@ fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Sess
     options::validate(cfg)?;
     // Modes are set exactly as asked; the daemon's own umask must not interfere.
     unsafe { libc::umask(0) };
-    let ov = overlay::Overlay::new(cfg)?;
-    fuser::Session::new(ops::Fs::new(ov), mountpoint, &cfg.mount_config())
-        .with_context(|| format!("mount {}", mountpoint.display()))
+    let notifier = Arc::new(OnceLock::new());
+    let ov = overlay::Overlay::new(cfg, notifier.clone())?;
+    let s = fuser::Session::new(ops::Fs::new(ov), mountpoint, &cfg.mount_config())
+        .with_context(|| format!("mount {}", mountpoint.display()))?;
+    let _ = notifier.set(s.notifier());
+    Ok(s)
 }
 
 /// Mounts and serves in the background.

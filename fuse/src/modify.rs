@@ -2,7 +2,7 @@
 //! rmdir, rename, setattr and xattrs. Each copies up what it touches and runs under the
 //! change lock.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -28,9 +28,9 @@ pub enum NewKind<'a> {
     Symlink(&'a CStr),
 }
 
-fn check_name(name: &CStr) -> io::Result<()> {
-    // OCI whiteout names would turn into whiteouts on the next mount.
-    if whiteout::is_oci_name(name.to_bytes()) {
+fn check_name(style: Style, name: &CStr) -> io::Result<()> {
+    // Where whiteouts are written as OCI markers, such a name would become one.
+    if style == Style::Oci && whiteout::is_oci_name(name.to_bytes()) {
         return Err(sys::err(libc::EINVAL));
     }
     Ok(())
@@ -120,7 +120,7 @@ impl Overlay {
     /// parent's upper copy, with any whiteout for the name removed (reported in the bool).
     fn prepare_new(&self, parent: u64, name: &CStr) -> io::Result<(Arc<OwnedFd>, bool)> {
         self.writable()?;
-        check_name(name)?;
+        check_name(self.style, name)?;
         let dirs = self.dirs_of(parent)?;
         match self.resolve(&dirs, name) {
             Ok(_) => return Err(sys::err(libc::EEXIST)),
@@ -128,7 +128,7 @@ impl Overlay {
             Err(e) => return Err(e),
         }
         let upper = self.upper_dir(parent)?;
-        let had = whiteout::remove_whiteout(upper.as_raw_fd(), name)?;
+        let had = whiteout::remove_whiteout(upper.as_raw_fd(), name, self.oci_markers(UPPER))?;
         Ok((upper, had))
     }
 
@@ -179,6 +179,10 @@ impl Overlay {
                 }
                 Ok(())
             }),
+            // A 0/0 character device is how overlayfs spells a whiteout.
+            NewKind::Node { mode, rdev: 0 } if mode & libc::S_IFMT == libc::S_IFCHR => {
+                Err(sys::err(libc::EPERM))
+            }
             NewKind::Node { mode, rdev } => sys::mknod_at(fd, name, mode, rdev)
                 .and_then(|()| self.own(&upper, name, who, Some(mode & 0o7777))),
             NewKind::Symlink(target) => {
@@ -228,7 +232,7 @@ impl Overlay {
         let _g = self.lock_changes();
         self.writable()?;
         self.copy_up(ino)?;
-        let Target::Entry(sdir, sname) = self.target(ino)? else {
+        let Target::Entry(sdir, sname) = self.upper_target(ino)? else {
             return Err(sys::err(libc::EPERM));
         };
         let (upper, had_whiteout) = self.prepare_new(newparent, newname)?;
@@ -276,7 +280,7 @@ impl Overlay {
     ) -> io::Result<()> {
         let _g = self.lock_changes();
         self.writable()?;
-        check_name(newname)?;
+        check_name(self.style, newname)?;
         let sdirs = self.dirs_of(parent)?;
         let ddirs = self.dirs_of(newparent)?;
         let src = self.resolve(&sdirs, name)?;
@@ -329,7 +333,7 @@ impl Overlay {
             }
         }
         if dst.is_none() {
-            whiteout::remove_whiteout(dupper.as_raw_fd(), newname)?;
+            whiteout::remove_whiteout(dupper.as_raw_fd(), newname, self.oci_markers(UPPER))?;
         }
         let src_in_lower = dir::in_lower(&sdirs, Some(UPPER), name);
         let rflags = if src_in_lower && self.style == Style::Overlay {
@@ -408,7 +412,7 @@ impl Overlay {
             self.writable()?;
             self.copy_up(ino)?;
         }
-        let t = self.target(ino)?;
+        let t = self.upper_target(ino)?;
         if uid.is_some() || gid.is_some() {
             t.chown(uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
         }
@@ -435,18 +439,17 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, ino: u64, key: &CStr) -> io::Result<Vec<u8>> {
-        if whiteout::is_private_xattr(key.to_bytes()) {
-            return Err(sys::err(libc::ENODATA));
-        }
-        sys::lgetxattr(&self.target(ino)?.xattr_path(), key)
+        let real = whiteout::real_xattr(key.to_bytes()).ok_or_else(|| sys::err(libc::ENODATA))?;
+        let real = CString::new(real).expect("from a CStr");
+        sys::lgetxattr(&self.target(ino)?.xattr_path(), &real)
     }
 
     pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
         let all = sys::llistxattr(&self.target(ino)?.xattr_path())?;
         let mut out = Vec::with_capacity(all.len());
         for k in all.split(|b| *b == 0).filter(|k| !k.is_empty()) {
-            if !whiteout::is_private_xattr(k) {
-                out.extend_from_slice(k);
+            if let Some(shown) = whiteout::user_xattr(k) {
+                out.extend_from_slice(&shown);
                 out.push(0);
             }
         }
@@ -454,18 +457,17 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: u64, key: &CStr, value: Option<(&[u8], i32)>) -> io::Result<()> {
-        if whiteout::is_private_xattr(key.to_bytes()) {
-            return Err(sys::err(libc::EPERM));
-        }
+        let real = whiteout::real_xattr(key.to_bytes()).ok_or_else(|| sys::err(libc::EPERM))?;
+        let key = CString::new(real).expect("from a CStr");
         {
             let _g = self.lock_changes();
             self.writable()?;
             self.copy_up(ino)?;
         }
-        let path = self.target(ino)?.xattr_path();
+        let path = self.upper_target(ino)?.xattr_path();
         match value {
-            Some((v, flags)) => sys::lsetxattr(&path, key, v, flags),
-            None => sys::lremovexattr(&path, key),
+            Some((v, flags)) => sys::lsetxattr(&path, &key, v, flags),
+            None => sys::lremovexattr(&path, &key),
         }
     }
 }

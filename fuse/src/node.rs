@@ -15,6 +15,9 @@ pub const ROOT: u64 = 1;
 pub struct LayerDir {
     pub layer: usize,
     pub fd: Arc<OwnedFd>,
+    /// Whether `.wh.*` names here are OCI whiteout markers (always in lower layers; in the
+    /// upper dir only when whiteouts are written that way) rather than ordinary names.
+    pub oci: bool,
 }
 
 #[derive(Debug)]

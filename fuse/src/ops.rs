@@ -136,7 +136,7 @@ impl Filesystem for Fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = tryr!(reply, cname(name));
         let attr = tryr!(reply, self.ov.lookup(parent.0, &name).map_err(E::from));
-        reply.entry(&self.ov.ttl, &attr, gen0());
+        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -152,7 +152,7 @@ impl Filesystem for Fs {
             _ => Err(e),
         });
         let attr = tryr!(reply, res.map_err(E::from));
-        reply.attr(&self.ov.ttl, &attr);
+        reply.attr(&self.ov.ttl_of(&attr), &attr);
     }
 
     fn setattr(
@@ -180,7 +180,7 @@ impl Filesystem for Fs {
                 .setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)
                 .map_err(E::from)
         );
-        reply.attr(&self.ov.ttl, &attr);
+        reply.attr(&self.ov.ttl_of(&attr), &attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -213,7 +213,7 @@ impl Filesystem for Fs {
                 .make(parent.0, &name, kind, caller(req))
                 .map_err(E::from)
         );
-        reply.entry(&self.ov.ttl, &attr, gen0());
+        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
     }
 
     fn mkdir(
@@ -233,7 +233,7 @@ impl Filesystem for Fs {
                 .make(parent.0, &name, kind, caller(req))
                 .map_err(E::from)
         );
-        reply.entry(&self.ov.ttl, &attr, gen0());
+        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -271,7 +271,7 @@ impl Filesystem for Fs {
                 .make(parent.0, &name, kind, caller(req))
                 .map_err(E::from)
         );
-        reply.entry(&self.ov.ttl, &attr, gen0());
+        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
     }
 
     fn rename(
@@ -311,30 +311,31 @@ impl Filesystem for Fs {
             reply,
             self.ov.link(ino.0, newparent.0, &newname).map_err(E::from)
         );
-        reply.entry(&self.ov.ttl, &attr, gen0());
+        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let flags = flags.0;
-        if wants_write(flags) {
-            let _g = self.ov.lock_changes();
-            tryr!(reply, self.ov.copy_up(ino.0).map_err(E::from));
-        }
-        let t = tryr!(reply, self.ov.target(ino.0).map_err(E::from));
-        let Target::Entry(d, n) = t else {
+        let (ino, flags) = (ino.0, flags.0);
+        // Both paths hold the change lock: a write open copies up; a read-only open of a lower
+        // file must be tracked before any copy-up can slip in (see `redirect_lower_fds`).
+        let _g = (wants_write(flags) || !self.ov.in_upper(ino)).then(|| self.ov.lock_changes());
+        let t = if wants_write(flags) {
+            tryr!(reply, self.ov.copy_up(ino).map_err(E::from));
+            self.ov.upper_target(ino)
+        } else {
+            self.ov.target(ino)
+        };
+        let Target::Entry(d, n) = tryr!(reply, t.map_err(E::from)) else {
             return reply.error(Errno::EISDIR);
         };
-        let fd = tryr!(
-            reply,
-            sys::open_at(d.as_raw_fd(), &n, open_flags(flags), 0).map_err(E::from)
-        );
+        let fd = tryr!(reply, sys::open_at(d.as_raw_fd(), &n, open_flags(flags), 0).map_err(E::from));
         if flags & libc::O_TRUNC != 0 && unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } < 0 {
             return reply.error(errno(io::Error::last_os_error()));
         }
-        reply.opened(
-            FileHandle(fd.into_raw_fd() as u64),
-            FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        if !wants_write(flags) && !self.ov.in_upper(ino) {
+            self.ov.track_lower_fd(ino, fd.as_raw_fd(), true);
+        }
+        reply.opened(FileHandle(fd.into_raw_fd() as u64), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -389,13 +390,14 @@ impl Filesystem for Fs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.ov.track_lower_fd(ino.0, fh.0 as RawFd, false);
         unsafe { libc::close(fh.0 as RawFd) };
         reply.ok();
     }
@@ -490,7 +492,7 @@ impl Filesystem for Fs {
                     continue;
                 };
                 let name = OsStr::from_bytes(e.name.to_bytes());
-                if reply.add(INodeNo(d), i as u64 + 1, name, &self.ov.ttl, &attr, gen0()) {
+                if reply.add(INodeNo(d), i as u64 + 1, name, &self.ov.ttl_of(&attr), &attr, gen0()) {
                     break;
                 }
                 continue;
@@ -504,7 +506,7 @@ impl Filesystem for Fs {
                 INodeNo(found.ino),
                 i as u64 + 1,
                 name,
-                &self.ov.ttl,
+                &self.ov.ttl_of(&attr),
                 &attr,
                 gen0(),
             ) {
@@ -633,7 +635,7 @@ impl Filesystem for Fs {
                 .map_err(E::from)
         );
         reply.created(
-            &self.ov.ttl,
+            &self.ov.ttl_of(&attr),
             &attr,
             gen0(),
             FileHandle(fd.into_raw_fd() as u64),

@@ -1,11 +1,13 @@
 //! The overlay's state and its read side: resolving a name through the layers, attributes and
 //! inode numbers.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -38,6 +40,12 @@ pub struct Overlay {
     pub tmp_seq: AtomicU64,
     pub origin_key: &'static CStr,
     pub ttl: Duration,
+    /// Tells the kernel when an object changed identity behind a cached entry (set once the
+    /// session exists).
+    pub notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Open read-only fds on lower files, by node: a copy-up points them at the upper copy,
+    /// so a file opened before the copy-up reads what later writes made (as in overlayfs).
+    pub lower_fds: Mutex<HashMap<u64, Vec<RawFd>>>,
 }
 
 /// What a name resolved to.
@@ -90,7 +98,10 @@ fn open_root(path: &std::path::Path, what: &str) -> anyhow::Result<OwnedFd> {
 pub const TMP_PREFIX: &str = "#nestfs-";
 
 impl Overlay {
-    pub fn new(cfg: &OverlayConfig) -> anyhow::Result<Overlay> {
+    pub fn new(
+        cfg: &OverlayConfig,
+        notifier: Arc<OnceLock<fuser::Notifier>>,
+    ) -> anyhow::Result<Overlay> {
         let mut roots = Vec::new();
         let has_upper = cfg.upperdir.is_some() && !cfg.read_only;
         if let (Some(upper), false) = (&cfg.upperdir, cfg.read_only) {
@@ -149,6 +160,8 @@ impl Overlay {
                 c"user.nestfs.origin"
             },
             ttl: Duration::from_secs(86400),
+            notifier,
+            lower_fds: Mutex::default(),
             layers,
         };
         let root_dirs = ov
@@ -158,6 +171,7 @@ impl Overlay {
             .map(|(i, l)| LayerDir {
                 layer: i,
                 fd: l.root.clone(),
+                oci: ov.oci_markers(i),
             })
             .collect();
         ov.nodes.lock().insert(
@@ -179,6 +193,19 @@ impl Overlay {
 
     pub fn is_upper(&self, layer: usize) -> bool {
         self.has_upper && layer == UPPER
+    }
+
+    /// Whether `.wh.*` names in `layer` are OCI whiteout markers.
+    pub fn oci_markers(&self, layer: usize) -> bool {
+        !self.is_upper(layer) || self.style == Style::Oci
+    }
+
+    pub fn layer_dir(&self, layer: usize, fd: OwnedFd) -> LayerDir {
+        LayerDir {
+            layer,
+            fd: Arc::new(fd),
+            oci: self.oci_markers(layer),
+        }
     }
 
     pub fn writable(&self) -> io::Result<()> {
@@ -220,11 +247,81 @@ impl Overlay {
         Ok(Target::Entry(dir, node.name.clone()))
     }
 
+    /// How long the kernel may cache an entry and its attributes. Everything changes through
+    /// the daemon, so long, except for names of multiply-linked files: the kernel shares one
+    /// inode among them, and only a fresh lookup tells the daemon which name is being used.
+    pub fn ttl_of(&self, a: &FileAttr) -> Duration {
+        if a.kind != FileType::Directory && a.nlink > 1 {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
+    pub fn in_upper(&self, ino: u64) -> bool {
+        let nodes = self.nodes.lock();
+        nodes.get(&ino).is_some_and(|n| self.is_upper(n.top_layer()))
+    }
+
+    pub fn track_lower_fd(&self, ino: u64, fd: RawFd, open: bool) {
+        let mut m = self.lower_fds.lock().unwrap_or_else(|e| e.into_inner());
+        if open {
+            m.entry(ino).or_default().push(fd);
+        } else if let Some(v) = m.get_mut(&ino) {
+            v.retain(|f| *f != fd);
+            if v.is_empty() {
+                m.remove(&ino);
+            }
+        }
+    }
+
+    /// Swaps every tracked lower fd of `ino` for one on its new upper copy, in place.
+    pub fn redirect_lower_fds(&self, ino: u64, dir: RawFd, name: &CStr) {
+        let m = self.lower_fds.lock().unwrap_or_else(|e| e.into_inner());
+        for fd in m.get(&ino).into_iter().flatten() {
+            if let Ok(upper) = sys::open_at(dir, name, libc::O_RDONLY, 0) {
+                unsafe { libc::dup3(upper.as_raw_fd(), *fd, libc::O_CLOEXEC) };
+            }
+        }
+    }
+
+    /// Where a node's upper copy is (callers have copied it up).
+    pub fn upper_target(&self, ino: u64) -> io::Result<Target> {
+        let nodes = self.nodes.lock();
+        let node = nodes.get(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
+        if let Some(d) = node.dirs.first() {
+            return Ok(Target::Dir(d.fd.clone()));
+        }
+        let parent = nodes.get(&node.parent).ok_or_else(|| sys::err(libc::ENOENT))?;
+        let dir = parent.dir_in(UPPER).ok_or_else(|| sys::err(libc::EIO))?;
+        Ok(Target::Entry(dir, node.name.clone()))
+    }
+
+    /// Drops the kernel's cached attributes of `ino`.
+    pub fn forget_attrs(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+    }
+
+    /// Drops the kernel's cached entry `parent`/`name`, from another thread: the kernel may
+    /// hold the directory locked while it waits for the current request.
+    pub fn forget_entry_later(&self, parent: u64, name: &CStr) {
+        if let Some(n) = self.notifier.get().cloned() {
+            let name = std::ffi::OsStr::from_bytes(name.to_bytes()).to_owned();
+            std::thread::spawn(move || n.inval_entry(INodeNo(parent), &name));
+        }
+    }
+
     /// Walks `name` through the parent's layers, top first, honouring whiteouts and opaque dirs.
     pub fn resolve(&self, parent: &[LayerDir], name: &CStr) -> io::Result<Found> {
+        let marker = whiteout::is_oci_name(name.to_bytes());
         for (i, pd) in parent.iter().enumerate() {
             let fd = pd.fd.as_raw_fd();
-            if whiteout::has_oci_whiteout(fd, name) {
+            if pd.oci && marker {
+                continue; // an OCI marker is not a name of its own
+            }
+            if pd.oci && whiteout::has_oci_whiteout(fd, name) {
                 break;
             }
             let st = match sys::stat_at(fd, name) {
@@ -249,12 +346,9 @@ impl Overlay {
                     layer: pd.layer,
                 });
             }
-            let mut dirs = vec![LayerDir {
-                layer: pd.layer,
-                fd: Arc::new(sys::open_dir_path(fd, name)?),
-            }];
+            let mut dirs = vec![self.layer_dir(pd.layer, sys::open_dir_path(fd, name)?)];
             let mut ino = self.present_ino(pd.layer, st.st_ino);
-            if !whiteout::is_opaque(dirs[0].fd.as_raw_fd()) {
+            if !whiteout::is_opaque(dirs[0].fd.as_raw_fd(), pd.oci) {
                 self.merge_lower_dirs(&parent[i + 1..], name, &mut dirs, &mut ino)?;
             }
             return Ok(Found {
@@ -279,7 +373,7 @@ impl Overlay {
     ) -> io::Result<()> {
         for pd in below {
             let fd = pd.fd.as_raw_fd();
-            if whiteout::has_oci_whiteout(fd, name) {
+            if pd.oci && whiteout::has_oci_whiteout(fd, name) {
                 break;
             }
             let st = match sys::stat_at(fd, name) {
@@ -293,12 +387,9 @@ impl Overlay {
             if dirs.len() == 1 && self.is_upper(dirs[0].layer) {
                 *ino = self.present_ino(pd.layer, st.st_ino);
             }
-            let dfd = Arc::new(sys::open_dir_path(fd, name)?);
-            let opaque = whiteout::is_opaque(dfd.as_raw_fd());
-            dirs.push(LayerDir {
-                layer: pd.layer,
-                fd: dfd,
-            });
+            let d = self.layer_dir(pd.layer, sys::open_dir_path(fd, name)?);
+            let opaque = whiteout::is_opaque(d.fd.as_raw_fd(), d.oci);
+            dirs.push(d);
             if opaque {
                 break;
             }

@@ -150,8 +150,10 @@ pub fn utimens_at(dir: RawFd, name: &CStr, times: &[libc::timespec; 2]) -> io::R
     .map(drop)
 }
 
+/// Sets the times of the object an fd (even an `O_PATH` one) refers to.
 pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
-    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(drop)
+    let p = proc_path(fd, None);
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
 /// Where xattr calls go: `/proc/self/fd/DIR` (the dir itself: the magic link must be

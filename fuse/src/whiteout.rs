@@ -11,16 +11,43 @@ pub const OCI_PREFIX: &[u8] = b".wh.";
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
 const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
 
-/// Xattr namespaces the overlay keeps for itself; users never see or set them.
-const PRIVATE_XATTRS: [&[u8]; 4] = [
-    b"trusted.overlay.",
-    b"user.overlay.",
-    b"trusted.nestfs.",
-    b"user.nestfs.",
-];
+const OVERLAY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+const OWN_XATTRS: [&[u8]; 2] = [b"trusted.nestfs.", b"user.nestfs."];
 
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    PRIVATE_XATTRS.iter().any(|p| name.starts_with(p))
+/// Whether a real xattr belongs to the overlay itself (opaque markers, origins); users never
+/// see those. Users' own `*.overlay.*` xattrs are stored escaped as `*.overlay.overlay.*`,
+/// as overlayfs does, and are not private.
+pub fn is_private_xattr(real: &[u8]) -> bool {
+    OWN_XATTRS.iter().any(|p| real.starts_with(p))
+        || OVERLAY_XATTRS
+            .iter()
+            .any(|p| real.starts_with(p) && !real[p.len()..].starts_with(b"overlay."))
+}
+
+/// The real name a user's xattr is stored under; `None` for names the overlay reserves.
+pub fn real_xattr(user: &[u8]) -> Option<Vec<u8>> {
+    if OWN_XATTRS.iter().any(|p| user.starts_with(p)) {
+        return None;
+    }
+    for p in OVERLAY_XATTRS {
+        if let Some(rest) = user.strip_prefix(p) {
+            return Some([p, b"overlay.", rest].concat());
+        }
+    }
+    Some(user.to_vec())
+}
+
+/// The name a user sees for a real xattr, or `None` if it is private.
+pub fn user_xattr(real: &[u8]) -> Option<Vec<u8>> {
+    if is_private_xattr(real) {
+        return None;
+    }
+    for p in OVERLAY_XATTRS {
+        if let Some(rest) = real.strip_prefix(p) {
+            return Some([p, &rest[b"overlay.".len()..]].concat());
+        }
+    }
+    Some(real.to_vec())
 }
 
 /// Whether a stat result is an overlayfs-format whiteout.
@@ -45,8 +72,8 @@ pub fn has_oci_whiteout(dir: RawFd, name: &CStr) -> bool {
 }
 
 /// Whether the directory held by `dir` hides the layers below it.
-pub fn is_opaque(dir: RawFd) -> bool {
-    if sys::stat_at(dir, OCI_OPAQUE).is_ok() {
+pub fn is_opaque(dir: RawFd, oci: bool) -> bool {
+    if oci && sys::stat_at(dir, OCI_OPAQUE).is_ok() {
         return true;
     }
     let path = sys::xattr_path(dir, None);
@@ -101,12 +128,15 @@ fn d_raw(fd: &std::os::fd::OwnedFd) -> RawFd {
 }
 
 /// Removes whatever whiteout of either format stands for `name` in an upper dir.
-pub fn remove_whiteout(dir: RawFd, name: &CStr) -> io::Result<bool> {
+pub fn remove_whiteout(dir: RawFd, name: &CStr, oci: bool) -> io::Result<bool> {
     if let Ok(st) = sys::stat_at(dir, name)
         && is_device_whiteout(&st)
     {
         sys::unlink_at(dir, name, false)?;
         return Ok(true);
+    }
+    if !oci {
+        return Ok(false);
     }
     match sys::unlink_at(dir, &oci_name(name), false) {
         Ok(()) => Ok(true),
@@ -123,8 +153,19 @@ mod tests {
     fn private_xattrs_are_recognised() {
         assert!(is_private_xattr(b"trusted.overlay.opaque"));
         assert!(is_private_xattr(b"user.nestfs.origin"));
+        assert!(!is_private_xattr(b"trusted.overlay.overlay.x"));
         assert!(!is_private_xattr(b"user.mime_type"));
         assert!(!is_private_xattr(b"security.capability"));
+    }
+
+    #[test]
+    fn users_overlay_xattrs_are_escaped() {
+        assert_eq!(real_xattr(b"trusted.overlay.x").unwrap(), b"trusted.overlay.overlay.x");
+        assert_eq!(real_xattr(b"user.foo").unwrap(), b"user.foo");
+        assert_eq!(real_xattr(b"trusted.nestfs.origin"), None);
+        assert_eq!(user_xattr(b"trusted.overlay.overlay.x").unwrap(), b"trusted.overlay.x");
+        assert_eq!(user_xattr(b"trusted.overlay.opaque"), None);
+        assert_eq!(user_xattr(b"user.foo").unwrap(), b"user.foo");
     }
 
     #[test]
