@@ -43,7 +43,13 @@ impl Overlay {
         let tmp = self.tmp_name();
         let built = self.build_copy(src_dir.as_raw_fd(), &name, work, &tmp, ino, is_dir);
         let placed = built.and_then(|st| {
-            sys::rename_at(work, &tmp, pupper.as_raw_fd(), &name, libc::RENAME_NOREPLACE)?;
+            sys::rename_at(
+                work,
+                &tmp,
+                pupper.as_raw_fd(),
+                &name,
+                libc::RENAME_NOREPLACE,
+            )?;
             // Moving a directory rewrites its `..`, which touches its times: set them last.
             sys::utimens_at(pupper.as_raw_fd(), &name, &times_of(&st))?;
             Ok(st)
@@ -62,7 +68,7 @@ impl Overlay {
             if is_dir {
                 let d = self.layer_dir(UPPER, sys::open_dir_path(pupper.as_raw_fd(), &name)?);
                 n.dirs.insert(0, d);
-            } else if st.st_nlink > 1 {
+            } else if splits_hardlink(&st) {
                 // Copying up one name of a lower hardlink makes a new file (as overlayfs does
                 // without an index): the node stays with the other names; the kernel must look
                 // this name up again to meet the copy.
@@ -72,6 +78,11 @@ impl Overlay {
             } else {
                 n.layer = UPPER;
                 drop(nodes);
+                if st.st_nlink > 1 {
+                    let ust = sys::stat_at(pupper.as_raw_fd(), &name)?;
+                    let mut kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
+                    kept.insert(ust.st_ino, ino);
+                }
                 self.redirect_lower_fds(ino, pupper.as_raw_fd(), &name);
                 return Ok(());
             }
@@ -127,11 +138,18 @@ impl Overlay {
         if fmt != libc::S_IFLNK {
             sys::chmod_at(work, tmp, st.st_mode & 0o7777)?;
         }
+        // An origin shared by several upper copies would give them one inode after a remount.
         if !is_dir && st.st_nlink == 1 {
             self.set_origin(work, tmp, ino)?;
         }
         Ok(st)
     }
+}
+
+/// Whether copying this lower file up turns it into a new file apart from its other names.
+/// Special files keep one identity: a process blocked on a fifo must still meet its writer.
+fn splits_hardlink(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1
 }
 
 pub fn times_of(st: &Stat) -> [libc::timespec; 2] {

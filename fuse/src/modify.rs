@@ -290,9 +290,8 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         // Without redirects a directory that has lower copies cannot move (overlayfs says EXDEV).
-        let pinned = |f: &Found| {
-            !f.dirs.is_empty() && !(f.dirs.len() == 1 && self.is_upper(f.dirs[0].layer))
-        };
+        let pinned =
+            |f: &Found| f.dirs.len() > 1 || f.dirs.first().is_some_and(|d| !self.is_upper(d.layer));
         if pinned(&src) {
             return Err(sys::err(libc::EXDEV));
         }
@@ -351,7 +350,9 @@ impl Overlay {
         if src_in_lower && self.style == Style::Oci {
             self.style.write_whiteout(supper.as_raw_fd(), name)?;
         }
-        if !src.dirs.is_empty() && dst_in_lower {
+        // A directory moved into a merged parent is made opaque (as overlayfs does), so no
+        // lower directory of the same name can ever show through it.
+        if !src.dirs.is_empty() && (dst_in_lower || ddirs.len() > 1) {
             self.style.mark_opaque(dupper.as_raw_fd(), newname)?;
         }
         let mut nodes = self.nodes.lock();

@@ -328,14 +328,20 @@ impl Filesystem for Fs {
         let Target::Entry(d, n) = tryr!(reply, t.map_err(E::from)) else {
             return reply.error(Errno::EISDIR);
         };
-        let fd = tryr!(reply, sys::open_at(d.as_raw_fd(), &n, open_flags(flags), 0).map_err(E::from));
+        let fd = tryr!(
+            reply,
+            sys::open_at(d.as_raw_fd(), &n, open_flags(flags), 0).map_err(E::from)
+        );
         if flags & libc::O_TRUNC != 0 && unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } < 0 {
             return reply.error(errno(io::Error::last_os_error()));
         }
         if !wants_write(flags) && !self.ov.in_upper(ino) {
             self.ov.track_lower_fd(ino, fd.as_raw_fd(), true);
         }
-        reply.opened(FileHandle(fd.into_raw_fd() as u64), FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(
+            FileHandle(fd.into_raw_fd() as u64),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
 
     fn read(
@@ -492,7 +498,14 @@ impl Filesystem for Fs {
                     continue;
                 };
                 let name = OsStr::from_bytes(e.name.to_bytes());
-                if reply.add(INodeNo(d), i as u64 + 1, name, &self.ov.ttl_of(&attr), &attr, gen0()) {
+                if reply.add(
+                    INodeNo(d),
+                    i as u64 + 1,
+                    name,
+                    &self.ov.ttl_of(&attr),
+                    &attr,
+                    gen0(),
+                ) {
                     break;
                 }
                 continue;

@@ -46,6 +46,9 @@ pub struct Overlay {
     /// Open read-only fds on lower files, by node: a copy-up points them at the upper copy,
     /// so a file opened before the copy-up reads what later writes made (as in overlayfs).
     pub lower_fds: Mutex<HashMap<u64, Vec<RawFd>>>,
+    /// Upper inode -> shown inode, for copies that keep their lower identity for this mount
+    /// only (special files that had several names; see `copy_up`).
+    pub kept_ino: Mutex<HashMap<u64, u64>>,
 }
 
 /// What a name resolved to.
@@ -162,6 +165,7 @@ impl Overlay {
             ttl: Duration::from_secs(86400),
             notifier,
             lower_fds: Mutex::default(),
+            kept_ino: Mutex::default(),
             layers,
         };
         let root_dirs = ov
@@ -251,7 +255,11 @@ impl Overlay {
     /// the daemon, so long, except for names of multiply-linked files: the kernel shares one
     /// inode among them, and only a fresh lookup tells the daemon which name is being used.
     pub fn ttl_of(&self, a: &FileAttr) -> Duration {
-        if a.kind != FileType::Directory && a.nlink > 1 {
+        let shared = |ino: u64| {
+            let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
+            !kept.is_empty() && kept.values().any(|v| *v == ino)
+        };
+        if a.kind != FileType::Directory && (a.nlink > 1 || shared(a.ino.0)) {
             Duration::ZERO
         } else {
             self.ttl
@@ -260,7 +268,9 @@ impl Overlay {
 
     pub fn in_upper(&self, ino: u64) -> bool {
         let nodes = self.nodes.lock();
-        nodes.get(&ino).is_some_and(|n| self.is_upper(n.top_layer()))
+        nodes
+            .get(&ino)
+            .is_some_and(|n| self.is_upper(n.top_layer()))
     }
 
     pub fn track_lower_fd(&self, ino: u64, fd: RawFd, open: bool) {
@@ -292,7 +302,9 @@ impl Overlay {
         if let Some(d) = node.dirs.first() {
             return Ok(Target::Dir(d.fd.clone()));
         }
-        let parent = nodes.get(&node.parent).ok_or_else(|| sys::err(libc::ENOENT))?;
+        let parent = nodes
+            .get(&node.parent)
+            .ok_or_else(|| sys::err(libc::ENOENT))?;
         let dir = parent.dir_in(UPPER).ok_or_else(|| sys::err(libc::EIO))?;
         Ok(Target::Entry(dir, node.name.clone()))
     }
@@ -334,8 +346,12 @@ impl Overlay {
             }
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 let ino = if self.is_upper(pd.layer) {
-                    self.origin(fd, name)
-                        .unwrap_or_else(|| self.present_ino(pd.layer, st.st_ino))
+                    self.origin(fd, name).unwrap_or_else(|| {
+                        let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
+                        kept.get(&st.st_ino)
+                            .copied()
+                            .unwrap_or_else(|| self.present_ino(pd.layer, st.st_ino))
+                    })
                 } else {
                     self.present_ino(pd.layer, st.st_ino)
                 };

@@ -160,10 +160,16 @@ mod tests {
 
     #[test]
     fn users_overlay_xattrs_are_escaped() {
-        assert_eq!(real_xattr(b"trusted.overlay.x").unwrap(), b"trusted.overlay.overlay.x");
+        assert_eq!(
+            real_xattr(b"trusted.overlay.x").unwrap(),
+            b"trusted.overlay.overlay.x"
+        );
         assert_eq!(real_xattr(b"user.foo").unwrap(), b"user.foo");
         assert_eq!(real_xattr(b"trusted.nestfs.origin"), None);
-        assert_eq!(user_xattr(b"trusted.overlay.overlay.x").unwrap(), b"trusted.overlay.x");
+        assert_eq!(
+            user_xattr(b"trusted.overlay.overlay.x").unwrap(),
+            b"trusted.overlay.x"
+        );
         assert_eq!(user_xattr(b"trusted.overlay.opaque"), None);
         assert_eq!(user_xattr(b"user.foo").unwrap(), b"user.foo");
     }

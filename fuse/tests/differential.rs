@@ -341,20 +341,23 @@ fn tmpfile_and_link(r: &Path, dir: &str, name: &str) -> Res {
 
 diff_case!(
     #[ignore = "O_TMPFILE: fuser 0.18 has no FUSE_TMPFILE request, nestfs answers EOPNOTSUPP (documented)"]
-    o_tmpfile_linkat, base(), |r: &Path, log: &mut Log| {
-    log.rec(
-        "tmpfile in lower dir",
-        tmpfile_and_link(r, "dir", "dir/linked"),
-    );
-    log.rec("read dir/linked", ops::read(r, "dir/linked"));
-    log.rec("stat dir/linked", ops::stat(r, "dir/linked"));
-    log.rec("tmpfile over whiteout", tmpfile_and_link(r, "dir", "dir/b"));
-    log.rec(
-        "tmpfile onto existing",
-        tmpfile_and_link(r, "etc", "etc/passwd"),
-    );
-    log.rec("readdir dir", ops::readdir(r, "dir"));
-});
+    o_tmpfile_linkat,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec(
+            "tmpfile in lower dir",
+            tmpfile_and_link(r, "dir", "dir/linked"),
+        );
+        log.rec("read dir/linked", ops::read(r, "dir/linked"));
+        log.rec("stat dir/linked", ops::stat(r, "dir/linked"));
+        log.rec("tmpfile over whiteout", tmpfile_and_link(r, "dir", "dir/b"));
+        log.rec(
+            "tmpfile onto existing",
+            tmpfile_and_link(r, "etc", "etc/passwd"),
+        );
+        log.rec("readdir dir", ops::readdir(r, "dir"));
+    }
+);
 
 diff_case!(
     mkdir_over_whiteout_is_opaque,
