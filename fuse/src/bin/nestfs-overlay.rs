@@ -108,11 +108,20 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => {
             drop(r);
-            unsafe { libc::setsid() };
+            // New session, then fork again so the daemon belongs to init, not to our caller.
+            unsafe {
+                libc::setsid();
+                match libc::fork() {
+                    -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+                    0 => {}
+                    _ => libc::_exit(0),
+                }
+            }
             Ok(std::fs::File::from(w))
         }
-        _ => {
+        child => {
             drop(w);
+            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
             let mut msg = String::new();
             let _ = std::fs::File::from(r).read_to_string(&mut msg);
             if msg == "ok" {
