@@ -226,19 +226,25 @@ fn open_in_root(r: &Path, p: &str, flags: u64, mode: u64) -> io::Result<ops::Fd>
     // struct open_how { u64 flags; u64 mode; u64 resolve; } (libc's is non-exhaustive).
     let how: [u64; 3] = [flags | libc::O_CLOEXEC as u64, mode, libc::RESOLVE_IN_ROOT];
     let c = CString::new(p).unwrap();
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.0,
-            c.as_ptr(),
-            &how,
-            std::mem::size_of_val(&how),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ops::Fd(rc as i32))
+    loop {
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.0,
+                c.as_ptr(),
+                &how,
+                std::mem::size_of_val(&how),
+            )
+        };
+        if rc >= 0 {
+            return Ok(ops::Fd(rc as i32));
+        }
+        let e = io::Error::last_os_error();
+        // A mount or rename anywhere on the system while `..` is resolved makes openat2 ask
+        // for a retry (tests running in parallel mount all the time).
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
     }
 }
 
