@@ -1,8 +1,423 @@
-//! The GrootFS-compatible command line (the store and its commands are issue 3).
+//! The GrootFS-compatible command line. Garden runs `nestfs [global flags] COMMAND ...`, reads
+//! stdout as JSON and shows stdout to its users on failure, so every failure is one clear line
+//! on stdout and a non-zero exit; logs are lager JSON on stderr (or `--log-file`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::image::{self, ImageRef, PullOptions};
+use crate::logging::{Level, Logger};
+use crate::store::{self, CreateSpec, IdMapping, Store, StoreMeta};
+
+#[derive(Parser)]
+#[command(
+    name = "nestfs",
+    version,
+    about = "Container root filesystems served by a FUSE overlay (GrootFS-compatible)"
+)]
+struct Cli {
+    /// Store directory [default: /var/lib/nestfs for root, $XDG_DATA_HOME/nestfs otherwise]
+    #[arg(long, global = true)]
+    store: Option<PathBuf>,
+    /// YAML config file with GrootFS's keys; flags win over it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// debug, info, error or fatal [default: fatal]
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Write logs here instead of stderr.
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
+    /// GrootFS-only flags, accepted so an existing Garden configuration works unchanged.
+    #[arg(long, global = true, hide = true)]
+    tardis_bin: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    newuidmap_bin: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    newgidmap_bin: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    metron_endpoint: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    driver: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the store (idempotent).
+    InitStore {
+        /// CONTAINER:HOST:SIZE, repeatable
+        #[arg(long = "uid-mapping")]
+        uid_mappings: Vec<IdMapping>,
+        /// CONTAINER:HOST:SIZE, repeatable
+        #[arg(long = "gid-mapping")]
+        gid_mappings: Vec<IdMapping>,
+        /// Reported by `capacity`.
+        #[arg(long)]
+        store_size_bytes: Option<u64>,
+        #[arg(long, hide = true)]
+        with_direct_io: bool,
+        #[arg(long, hide = true)]
+        without_direct_io: bool,
+    },
+    /// Create a mounted root filesystem for IMAGE and print its runtime spec.
+    Create {
+        #[arg(long)]
+        disk_limit_size_bytes: Option<u64>,
+        #[arg(long)]
+        exclude_image_from_quota: bool,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+        /// host[:port] reached over plain http, repeatable
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+        #[arg(long, overrides_with = "without_clean")]
+        with_clean: bool,
+        #[arg(long)]
+        without_clean: bool,
+        #[arg(long)]
+        threshold_bytes: Option<u64>,
+        #[arg(long)]
+        skip_layer_validation: bool,
+        #[arg(long, overrides_with = "without_mount")]
+        with_mount: bool,
+        #[arg(long)]
+        without_mount: bool,
+        /// docker:///NAME[:TAG], docker://HOST[:PORT]/NAME[:TAG|@DIGEST], oci:///PATH[:TAG] or a rootfs tarball
+        image: String,
+        id: String,
+    },
+    /// Stop an image's daemon and remove it (an unknown id is not an error).
+    Delete { id: String },
+    /// Disk usage of an image, as JSON.
+    Stats { id: String },
+    /// Remove layer volumes no image uses.
+    Clean {
+        #[arg(long)]
+        threshold_bytes: Option<u64>,
+        #[arg(long = "ignore-image")]
+        ignore_images: Vec<String>,
+    },
+    /// Image paths, one per line.
+    List,
+    /// The store's capacity, as JSON.
+    Capacity,
+    /// Remove every image and the store.
+    DeleteStore,
+    /// The per-image FUSE daemon `create` starts.
+    #[command(hide = true)]
+    ServeImage { id: String },
+}
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    // Garden shows the plugin's stdout to its users, so the message goes there.
-    println!("nestfs: commands are not implemented yet");
-    1
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return 0;
+            }
+            // Garden shows stdout, not stderr, to its users.
+            println!("{}", e.kind_message_line(&e));
+            return 2;
+        }
+    };
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{e:#}");
+            return 1;
+        }
+    };
+    let level = cli
+        .log_level
+        .clone()
+        .or(config.log_level.clone())
+        .unwrap_or_else(|| "fatal".into());
+    let log_file = cli.log_file.clone().or(config.log_file.clone());
+    let logger = match level
+        .parse::<Level>()
+        .map_err(anyhow::Error::msg)
+        .and_then(|l| {
+            Logger::new(l, log_file.as_deref()).with_context(|| "open log file".to_string())
+        }) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("{e:#}");
+            return 1;
+        }
+    };
+    let root = cli
+        .store
+        .clone()
+        .or(config.store.clone())
+        .unwrap_or_else(store::default_root);
+    let store = Store::new(root);
+    let name = command_name(&cli.cmd);
+    let log = logger.session(name);
+    log.debug("starting", json!({ "store": store.root() }));
+    match run(cli.cmd, &store, &config, &log) {
+        Ok(out) => {
+            if let Some(out) = out {
+                println!("{out}");
+            }
+            log.debug("ending", json!({}));
+            0
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            log.fatal("failed", json!({ "error": msg }));
+            println!("{msg}");
+            1
+        }
+    }
+}
+
+trait KindLine {
+    fn kind_message_line(&self, e: &clap::Error) -> String;
+}
+
+impl KindLine for clap::Error {
+    /// clap's rendered error without its usage block: one line.
+    fn kind_message_line(&self, e: &clap::Error) -> String {
+        let text = e.render().to_string();
+        text.lines()
+            .next()
+            .unwrap_or("invalid arguments")
+            .trim_start_matches("error: ")
+            .to_string()
+    }
+}
+
+fn command_name(cmd: &Cmd) -> &'static str {
+    match cmd {
+        Cmd::InitStore { .. } => "init-store",
+        Cmd::Create { .. } => "create",
+        Cmd::Delete { .. } => "delete",
+        Cmd::Stats { .. } => "stats",
+        Cmd::Clean { .. } => "clean",
+        Cmd::List => "list",
+        Cmd::Capacity => "capacity",
+        Cmd::DeleteStore => "delete-store",
+        Cmd::ServeImage { .. } => "serve-image",
+    }
+}
+
+/// Runs one command; `Some(text)` goes to stdout.
+fn run(cmd: Cmd, store: &Store, config: &Config, log: &Logger) -> anyhow::Result<Option<String>> {
+    match cmd {
+        Cmd::InitStore {
+            uid_mappings,
+            gid_mappings,
+            store_size_bytes,
+            ..
+        } => {
+            let meta = StoreMeta {
+                uid_mappings,
+                gid_mappings,
+                store_size_bytes: store_size_bytes
+                    .or(config.init.store_size_bytes)
+                    .unwrap_or(0),
+            };
+            store.init(&meta)?;
+            log.info("initialised", json!({ "store": store.root() }));
+            Ok(None)
+        }
+        Cmd::Create {
+            disk_limit_size_bytes,
+            exclude_image_from_quota,
+            username,
+            password,
+            mut insecure_registries,
+            with_clean,
+            without_clean,
+            threshold_bytes,
+            skip_layer_validation,
+            with_mount: _,
+            without_mount,
+            image,
+            id,
+        } => {
+            insecure_registries.extend(config.create.insecure_registries.iter().cloned());
+            let opts = PullOptions {
+                username,
+                password,
+                insecure_registries,
+                skip_layer_validation: skip_layer_validation || config.create.skip_layer_validation,
+            };
+            if without_mount || config.create.without_mount {
+                // A FUSE rootfs cannot be handed to the caller to mount: always serve it.
+                log.info(
+                    "without-mount-ignored",
+                    json!({ "reason": "a FUSE rootfs is mounted by its daemon" }),
+                );
+            }
+            let clean = (with_clean || config.create.with_clean) && !without_clean;
+            let req = CreateRequest {
+                image,
+                id,
+                opts,
+                disk_limit: disk_limit_size_bytes
+                    .or(config.create.disk_limit_size_bytes)
+                    .unwrap_or(0),
+                exclude: exclude_image_from_quota || config.create.exclude_image_from_quota,
+                clean: clean.then(|| threshold_bytes.or(config.clean.threshold_bytes)),
+                ignore: config.clean.ignore_images.clone(),
+            };
+            create(store, req, log).map(Some)
+        }
+        Cmd::Delete { id } => {
+            store.meta()?;
+            let Some(id) = store.find_image(&id) else {
+                log.info("image-not-found", json!({ "id": id }));
+                return Ok(None);
+            };
+            let _g = store.lock(false)?;
+            store.delete_image(&id)?;
+            log.info("deleted", json!({ "id": id }));
+            Ok(None)
+        }
+        Cmd::Stats { id } => {
+            store.meta()?;
+            let found = store
+                .find_image(&id)
+                .with_context(|| format!("image not found: {id}"))?;
+            Ok(Some(
+                json!({ "disk_usage": store.stats(&found)? }).to_string(),
+            ))
+        }
+        Cmd::Clean {
+            threshold_bytes,
+            mut ignore_images,
+        } => {
+            store.meta()?;
+            ignore_images.extend(config.clean.ignore_images.iter().cloned());
+            let _g = store.lock(true)?;
+            store.sweep();
+            let removed = store.clean(
+                threshold_bytes.or(config.clean.threshold_bytes),
+                &ignore_images,
+            )?;
+            log.info("cleaned", json!({ "volumes": removed }));
+            Ok(None)
+        }
+        Cmd::List => {
+            store.meta()?;
+            let ids = store.image_ids()?;
+            if ids.is_empty() {
+                return Ok(Some("Store empty".into()));
+            }
+            let lines: Vec<String> = ids
+                .iter()
+                .map(|i| store.image_dir(i).display().to_string())
+                .collect();
+            Ok(Some(lines.join("\n")))
+        }
+        Cmd::Capacity => {
+            let meta = store.meta()?;
+            let cap = if meta.store_size_bytes > 0 {
+                meta.store_size_bytes
+            } else {
+                fs_size(store.root())?
+            };
+            Ok(Some(json!({ "capacity": cap }).to_string()))
+        }
+        Cmd::DeleteStore => {
+            if store.root().join("store.json").exists() {
+                let _g = store.lock(true)?;
+                store.delete_store()?;
+            }
+            Ok(None)
+        }
+        Cmd::ServeImage { id } => {
+            crate::daemon::serve(store, &id)?;
+            Ok(None)
+        }
+    }
+}
+
+struct CreateRequest {
+    image: String,
+    id: String,
+    opts: PullOptions,
+    disk_limit: u64,
+    exclude: bool,
+    /// `Some(threshold)` to clean before creating.
+    clean: Option<Option<u64>>,
+    ignore: Vec<String>,
+}
+
+fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<String> {
+    store.meta()?;
+    store.check_new_id(&req.id)?;
+    if let Some(threshold) = req.clean {
+        let _g = store.lock(true)?;
+        store.sweep();
+        let removed = store.clean(threshold, &req.ignore)?;
+        log.info("cleaned", json!({ "volumes": removed }));
+    }
+    let _g = store.lock(false)?;
+    let image_ref = ImageRef::parse(&req.image)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    log.info("resolving", json!({ "image": req.image }));
+    let resolved = rt.block_on(image::resolve(&image_ref, &req.opts))?;
+    let budget = if req.disk_limit > 0 && !req.exclude {
+        req.disk_limit
+    } else {
+        fs_free(store.root())?
+    };
+    log.info("pulling", json!({ "layers": resolved.layers.len() }));
+    let layers = rt
+        .block_on(store.pull(&resolved, &req.image, budget))
+        .map_err(|e| store::limit_error(e, req.disk_limit))?;
+    let spec = CreateSpec {
+        id: req.id.clone(),
+        image: req.image.clone(),
+        layers,
+        env: resolved.env.clone(),
+        disk_limit: req.disk_limit,
+        exclude_image_from_quota: req.exclude,
+    };
+    let rootfs = store.create_image(&spec)?;
+    log.info("created", json!({ "id": req.id, "rootfs": rootfs }));
+    Ok(json!({
+        "root": { "path": rootfs },
+        "process": { "env": resolved.env },
+        "mounts": [],
+    })
+    .to_string())
+}
+
+fn statvfs(p: &std::path::Path) -> anyhow::Result<libc::statvfs> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", p.display()));
+    }
+    Ok(st)
+}
+
+fn fs_size(p: &std::path::Path) -> anyhow::Result<u64> {
+    let st = statvfs(p)?;
+    Ok(st.f_blocks * st.f_frsize)
+}
+
+/// The most a pull may unpack when no disk limit applies: what the store's filesystem has free.
+fn fs_free(p: &std::path::Path) -> anyhow::Result<u64> {
+    let st = statvfs(p)?;
+    Ok(st.f_bavail * st.f_frsize)
 }

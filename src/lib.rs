@@ -7,6 +7,9 @@
 //! - [`cli`]: the GrootFS-compatible command line and its commands.
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod image;
+pub mod logging;
 pub mod store;
 pub mod unpack;

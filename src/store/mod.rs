@@ -1,1 +1,408 @@
-//! The on-disk store (placeholder until the store/CLI work lands).
+//! The on-disk store: plain directories on whatever filesystem holds it.
+//!
+//! ```text
+//! STORE/store.json            init-store settings (id mappings, size)
+//! STORE/locks/                flock files: `store` (shared by create/delete, exclusive for
+//!                             clean/delete-store) and one per volume being unpacked
+//! STORE/volumes/<chain>/      one unpacked layer, shared by every image that uses it
+//! STORE/volumes/<chain>.json  its size and the images that pulled it
+//! STORE/tmp/                  layers being unpacked; debris of killed runs is removed
+//! STORE/images/<id>/          image.json, upper/, work/, rootfs/ (the mount), daemon.log
+//! ```
+//!
+//! A volume or an image becomes visible only once complete (built under tmp/ or a dot name,
+//! then renamed), so a crash at any point leaves a usable store.
+
+mod images;
+mod lock;
+mod pull;
+pub mod usage;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use images::{CreateSpec, DiskUsage};
+pub use lock::Lock;
+pub use pull::limit_error;
+
+use crate::image::ImageError;
+
+/// Every way a store operation fails, each with the one line a Garden user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {0} is not initialised: run `nestfs init-store` first")]
+    NotInitialised(PathBuf),
+    #[error("store {0} was initialised with different id mappings")]
+    MappingsDiffer(PathBuf),
+    #[error("image id '{0}' already exists")]
+    IdExists(String),
+    #[error("invalid image id {0:?}: it must be a non-empty name without '/'")]
+    BadId(String),
+    #[error("invalid id mapping {0:?}: expected CONTAINER:HOST:SIZE")]
+    BadMapping(String),
+    #[error("disk limit of {limit} bytes is smaller than the image")]
+    LimitTooSmall { limit: u64 },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Daemon(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Wraps an io error with what was being done.
+pub fn io_ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|source| StoreError::Io {
+        what: what(),
+        source,
+    })
+}
+
+/// One `--uid-mapping`/`--gid-mapping`: container id, host id, count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+impl std::str::FromStr for IdMapping {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<IdMapping> {
+        let bad = || StoreError::BadMapping(s.to_string());
+        let parts: Vec<&str> = s.split(':').collect();
+        let [c, h, n] = parts[..] else {
+            return Err(bad());
+        };
+        let num = |x: &str| x.parse::<u32>().map_err(|_| bad());
+        let m = IdMapping {
+            container: num(c)?,
+            host: num(h)?,
+            size: num(n)?,
+        };
+        if m.size == 0 {
+            return Err(bad());
+        }
+        Ok(m)
+    }
+}
+
+/// What `init-store` records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    pub uid_mappings: Vec<IdMapping>,
+    pub gid_mappings: Vec<IdMapping>,
+    pub store_size_bytes: u64,
+}
+
+/// What `create` records about an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageMeta {
+    pub id: String,
+    /// The IMAGE argument as given.
+    pub image: String,
+    /// Volume keys (chain id hex), bottom layer first.
+    pub layers: Vec<String>,
+    pub env: Vec<String>,
+    /// 0: no limit.
+    pub disk_limit: u64,
+    pub exclude_image_from_quota: bool,
+}
+
+/// What a volume records about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VolumeMeta {
+    pub bytes: u64,
+    pub entries: u64,
+    /// IMAGE arguments that pulled it (for `clean --ignore-image`).
+    pub images: Vec<String>,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Writes `value` as JSON to `path` atomically (temp file, fsync, rename).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let data = serde_json::to_vec_pretty(value).expect("plain data serialises");
+    io_ctx(
+        (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })(),
+        || format!("write {}", path.display()),
+    )
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let data = io_ctx(std::fs::read(path), || format!("read {}", path.display()))?;
+    serde_json::from_slice(&data).map_err(|e| StoreError::Io {
+        what: format!("parse {}", path.display()),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// The default store: system-wide for root, per user otherwise.
+pub fn default_root() -> PathBuf {
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/nestfs");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("nestfs")
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.root.join("store.json")
+    }
+
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn locks(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    pub fn image_dir(&self, id: &str) -> PathBuf {
+        self.images().join(id)
+    }
+
+    pub fn volume_dir(&self, key: &str) -> PathBuf {
+        self.volumes().join(key)
+    }
+
+    /// Creates the layout and records `meta`; running it again with the same mappings is fine.
+    pub fn init(&self, meta: &StoreMeta) -> Result<()> {
+        for d in [
+            self.root.clone(),
+            self.volumes(),
+            self.images(),
+            self.tmp(),
+            self.locks(),
+        ] {
+            io_ctx(std::fs::create_dir_all(&d), || {
+                format!("create {}", d.display())
+            })?;
+        }
+        let _g = self.lock(true)?;
+        if self.meta_path().exists() {
+            let old: StoreMeta = read_json(&self.meta_path())?;
+            if old.uid_mappings != meta.uid_mappings || old.gid_mappings != meta.gid_mappings {
+                return Err(StoreError::MappingsDiffer(self.root.clone()));
+            }
+            return Ok(());
+        }
+        write_json(&self.meta_path(), meta)
+    }
+
+    /// The store's settings; fails if `init-store` never ran.
+    pub fn meta(&self) -> Result<StoreMeta> {
+        if !self.meta_path().exists() {
+            return Err(StoreError::NotInitialised(self.root.clone()));
+        }
+        read_json(&self.meta_path())
+    }
+
+    /// The store-wide lock: shared for create/delete, exclusive for clean and delete-store.
+    pub fn lock(&self, exclusive: bool) -> Result<Lock> {
+        let p = self.locks().join("store");
+        io_ctx(Lock::acquire(&p, exclusive), || {
+            format!("lock {}", p.display())
+        })
+    }
+
+    /// The image id an `ID` or a path (image dir or its rootfs) names, if it exists.
+    pub fn find_image(&self, id_or_path: &str) -> Option<String> {
+        let p = Path::new(id_or_path);
+        let id = if p.is_absolute() {
+            let rel = p.strip_prefix(self.images()).ok()?;
+            rel.components().next()?.as_os_str().to_str()?.to_string()
+        } else {
+            id_or_path.to_string()
+        };
+        (check_id(&id).is_ok() && self.image_dir(&id).join("image.json").exists()).then_some(id)
+    }
+
+    pub fn image_meta(&self, id: &str) -> Result<ImageMeta> {
+        read_json(&self.image_dir(id).join("image.json"))
+    }
+
+    pub fn volume_meta(&self, key: &str) -> VolumeMeta {
+        read_json(&self.volumes().join(format!("{key}.json"))).unwrap_or_default()
+    }
+
+    /// Ids of all images, sorted.
+    pub fn image_ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let dir = self.images();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: format!("list {}", dir.display()),
+                    source: e,
+                });
+            }
+        };
+        for e in rd.flatten() {
+            if let Some(name) = e.file_name().to_str()
+                && !name.starts_with('.')
+                && e.path().join("image.json").exists()
+            {
+                ids.push(name.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Bytes the image's layers take.
+    pub fn layers_bytes(&self, meta: &ImageMeta) -> u64 {
+        meta.layers.iter().map(|k| self.volume_meta(k).bytes).sum()
+    }
+
+    /// Removes debris of runs that were killed: tmp entries and half-made or half-deleted
+    /// images (dot names) whose owner process is gone.
+    pub fn sweep(&self) {
+        for dir in [self.tmp(), self.images()] {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let debris = dir == self.tmp() || name.starts_with('.');
+                if debris && owner_gone(&name) {
+                    let _ = remove_tree(&e.path());
+                }
+            }
+        }
+    }
+
+    /// A fresh private name for building something that appears later by rename.
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tmp()
+            .join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
+    pub fn volume_lock(&self, key: &str) -> Result<Lock> {
+        let p = self.locks().join(format!("volume-{key}"));
+        io_ctx(Lock::acquire(&p, true), || format!("lock {}", p.display()))
+    }
+}
+
+/// Debris names carry the pid of the process that made them (`<what>-<pid>-<n>`, `.<what>-<pid>-…`).
+fn owner_gone(name: &str) -> bool {
+    let pid = name
+        .split('-')
+        .find_map(|p| p.parse::<i32>().ok().filter(|p| *p > 0));
+    match pid {
+        Some(pid) => unsafe { libc::kill(pid, 0) != 0 && *libc::__errno_location() == libc::ESRCH },
+        None => true,
+    }
+}
+
+/// Removes a tree that may contain read-only directories (as images often do).
+pub fn remove_tree(p: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(p);
+            std::fs::remove_dir_all(p)
+        }
+    }
+}
+
+fn make_writable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return;
+    };
+    if md.is_dir() {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+/// Checks an image id: it becomes a directory name.
+pub fn check_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.contains('/')
+        || id == "."
+        || id == ".."
+        || id.starts_with('.')
+        || id.len() > 200
+        || id.contains('\0')
+    {
+        return Err(StoreError::BadId(id.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_parse() {
+        let m: IdMapping = "0:4294967294:1".parse().unwrap();
+        assert_eq!(
+            m,
+            IdMapping {
+                container: 0,
+                host: 4294967294,
+                size: 1
+            }
+        );
+        for bad in ["", "1:2", "1:2:3:4", "a:1:1", "0:0:0", "-1:0:1"] {
+            assert!(bad.parse::<IdMapping>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn ids() {
+        check_id("my-container_1").unwrap();
+        for bad in ["", ".", "..", "a/b", ".hidden"] {
+            assert!(check_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

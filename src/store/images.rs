@@ -1,0 +1,204 @@
+//! Images in the store: create, delete, stats, list, clean.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{ImageMeta, Result, Store, StoreError, check_id, io_ctx, remove_tree, write_json};
+use crate::daemon;
+
+/// `stats` output.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub total_bytes_used: u64,
+    pub exclusive_bytes_used: u64,
+    pub quota_size_bytes: u64,
+    pub committed_space_bytes: u64,
+}
+
+/// What `create` asks for, beyond the image itself.
+#[derive(Debug, Clone, Default)]
+pub struct CreateSpec {
+    pub id: String,
+    pub image: String,
+    pub layers: Vec<String>,
+    pub env: Vec<String>,
+    pub disk_limit: u64,
+    pub exclude_image_from_quota: bool,
+}
+
+impl Store {
+    /// Fails early (before any pull) if `id` is unusable or taken.
+    pub fn check_new_id(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        if self.image_dir(id).exists() {
+            return Err(StoreError::IdExists(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Makes images/ID (upper, work, rootfs, metadata) atomically, then starts its daemon.
+    /// Returns the rootfs path. On any failure nothing of the image is left.
+    pub fn create_image(&self, spec: &CreateSpec) -> Result<PathBuf> {
+        self.check_new_id(&spec.id)?;
+        let size = spec
+            .layers
+            .iter()
+            .map(|k| self.volume_meta(k).bytes)
+            .sum::<u64>();
+        if spec.disk_limit > 0 && !spec.exclude_image_from_quota && size >= spec.disk_limit {
+            return Err(StoreError::LimitTooSmall {
+                limit: spec.disk_limit,
+            });
+        }
+        let building = self
+            .images()
+            .join(format!(".new-{}-{}", std::process::id(), spec.id));
+        let made = (|| {
+            for d in ["upper", "work", "rootfs"] {
+                io_ctx(std::fs::create_dir_all(building.join(d)), || {
+                    format!("create image dir {d}")
+                })?;
+            }
+            let meta = ImageMeta {
+                id: spec.id.clone(),
+                image: spec.image.clone(),
+                layers: spec.layers.clone(),
+                env: spec.env.clone(),
+                disk_limit: spec.disk_limit,
+                exclude_image_from_quota: spec.exclude_image_from_quota,
+            };
+            write_json(&building.join("image.json"), &meta)?;
+            // rename(2) refuses to replace a non-empty dir: two creates of one id cannot both win.
+            std::fs::rename(&building, self.image_dir(&spec.id)).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::EEXIST | libc::ENOTEMPTY) => StoreError::IdExists(spec.id.clone()),
+                    _ => StoreError::Io {
+                        what: format!("create image {}", spec.id),
+                        source: e,
+                    },
+                }
+            })
+        })();
+        if let Err(e) = made {
+            let _ = remove_tree(&building);
+            return Err(e);
+        }
+        if let Err(e) = daemon::start(self, &spec.id) {
+            let _ = self.delete_image(&spec.id);
+            return Err(e);
+        }
+        Ok(self.image_dir(&spec.id).join("rootfs"))
+    }
+
+    /// Stops the image's daemon and removes the image. Unknown ids are not an error.
+    pub fn delete_image(&self, id: &str) -> Result<bool> {
+        let dir = self.image_dir(id);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        daemon::stop(self, id)?;
+        // Rename first: a delete killed halfway leaves debris `sweep` removes, not half an image.
+        let trash = self
+            .images()
+            .join(format!(".del-{}-{id}", std::process::id()));
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: format!("delete image {id}"),
+                    source: e,
+                });
+            }
+        }
+        io_ctx(remove_tree(&trash), || format!("remove image {id}"))?;
+        Ok(true)
+    }
+
+    pub fn stats(&self, id: &str) -> Result<DiskUsage> {
+        let meta = self.image_meta(id)?;
+        let upper = self.image_dir(id).join("upper");
+        let exclusive = io_ctx(super::usage::allocated_bytes(&upper), || {
+            format!("measure {}", upper.display())
+        })?;
+        let total = exclusive + self.layers_bytes(&meta);
+        Ok(DiskUsage {
+            total_bytes_used: total,
+            exclusive_bytes_used: exclusive,
+            quota_size_bytes: meta.disk_limit,
+            committed_space_bytes: if meta.disk_limit > 0 {
+                meta.disk_limit
+            } else {
+                total
+            },
+        })
+    }
+
+    /// Bytes all volumes take.
+    pub fn volumes_bytes(&self) -> u64 {
+        self.volume_keys()
+            .iter()
+            .map(|k| self.volume_meta(k).bytes)
+            .sum()
+    }
+
+    fn volume_keys(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.volumes()) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = rd
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Removes the volumes no image uses (except those pulled by an ignored image), if the
+    /// volumes take more than `threshold` bytes. Returns the removed keys. Callers hold the
+    /// store lock exclusively, so no pull or create runs meanwhile.
+    pub fn clean(&self, threshold: Option<u64>, ignore: &[String]) -> Result<Vec<String>> {
+        if threshold.is_some_and(|t| self.volumes_bytes() <= t) {
+            return Ok(Vec::new());
+        }
+        let mut used = std::collections::HashSet::new();
+        for id in self.image_ids()? {
+            used.extend(self.image_meta(&id)?.layers);
+        }
+        let mut removed = Vec::new();
+        for key in self.volume_keys() {
+            if used.contains(&key)
+                || self
+                    .volume_meta(&key)
+                    .images
+                    .iter()
+                    .any(|i| ignore.contains(i))
+            {
+                continue;
+            }
+            let trash = self.tmp_path(&format!("clean-{key}"));
+            io_ctx(std::fs::rename(self.volume_dir(&key), &trash), || {
+                format!("remove volume {key}")
+            })?;
+            let _ = std::fs::remove_file(self.volumes().join(format!("{key}.json")));
+            io_ctx(remove_tree(&trash), || format!("remove volume {key}"))?;
+            removed.push(key);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes every image (stopping their daemons) and the store itself.
+    pub fn delete_store(&self) -> Result<()> {
+        if !self.root().exists() {
+            return Ok(());
+        }
+        for id in self.image_ids()? {
+            self.delete_image(&id)?;
+        }
+        io_ctx(remove_tree(self.root()), || {
+            format!("remove store {}", self.root().display())
+        })
+    }
+}

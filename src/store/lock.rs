@@ -1,0 +1,36 @@
+//! Advisory file locks (flock) that serialise store changes between concurrent `nestfs` runs.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Held until dropped.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Waits for a shared (`exclusive == false`) or exclusive lock on `path` (created if missing).
+    pub fn acquire(path: &Path, exclusive: bool) -> io::Result<Lock> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(Lock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
