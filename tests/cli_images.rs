@@ -1,0 +1,217 @@
+//! Images through the real binary: create serves a live rootfs, stats measures it, delete
+//! removes it (also after its daemon was killed), clean removes exactly the unused volumes.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::Path;
+
+use common::{TestStore, daemons_for, mounts_under, oci};
+
+fn is_mount(p: &Path) -> bool {
+    mounts_under(p).iter().any(|m| Path::new(m) == p)
+}
+
+#[test]
+fn create_serves_the_image_and_delete_removes_it() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let r = s.run(&["create", &oci("garden-rootfs"), "c1"]).ok();
+    let spec = r.json();
+    let rootfs = Path::new(spec["root"]["path"].as_str().unwrap()).to_path_buf();
+    assert_eq!(rootfs, s.root().join("images/c1/rootfs"));
+    assert_eq!(spec["mounts"], serde_json::json!([]));
+    let env = spec["process"]["env"].as_array().unwrap();
+    assert_eq!(env.len(), 2, "garden-rootfs has two Env vars: {spec}");
+    assert!(
+        is_mount(&rootfs),
+        "create returned before the rootfs was mounted"
+    );
+    // The opaque dir and whiteouts of the image are honoured.
+    assert!(
+        rootfs.join("bin").is_dir() || rootfs.join("usr").is_dir(),
+        "image content visible"
+    );
+    let before = s.run(&["stats", "c1"]).ok().json();
+    std::fs::write(rootfs.join("grown"), vec![7u8; 1 << 20]).unwrap();
+    let after = s.run(&["stats", "c1"]).ok().json();
+    let excl = |v: &serde_json::Value| v["disk_usage"]["exclusive_bytes_used"].as_u64().unwrap();
+    let total = |v: &serde_json::Value| v["disk_usage"]["total_bytes_used"].as_u64().unwrap();
+    assert!(
+        excl(&after) >= excl(&before) + (1 << 20),
+        "{before} -> {after}"
+    );
+    assert!(
+        total(&after) > excl(&after),
+        "total counts the layers too: {after}"
+    );
+    assert_eq!(
+        std::fs::read(s.root().join("images/c1/upper/grown"))
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+    assert_eq!(
+        s.run(&["list"]).ok().stdout.trim(),
+        s.root().join("images/c1").display().to_string()
+    );
+    s.run(&["delete", rootfs.to_str().unwrap()]).ok();
+    assert!(!s.root().join("images/c1").exists());
+    assert!(
+        mounts_under(s.dir.path()).is_empty(),
+        "mount left after delete"
+    );
+    assert!(
+        daemons_for(s.dir.path()).is_empty(),
+        "daemon left after delete"
+    );
+    s.run(&["delete", "c1"]).ok();
+}
+
+#[test]
+fn every_fixture_creates_and_deletes() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    for (i, name) in [
+        "busybox-1.25",
+        "alpine",
+        "grootfs-busybox",
+        "empty",
+        "4mb-image",
+        "tar-layer",
+        "hardlink",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let image = match *name {
+            "empty" => format!("{}:v0.1.1", oci(name)),
+            _ => oci(name),
+        };
+        let id = format!("f{i}");
+        let rootfs = s.create(&image, &id);
+        assert!(is_mount(&rootfs), "{name}: not mounted");
+        assert!(
+            std::fs::read_dir(&rootfs).unwrap().next().is_some(),
+            "{name}: empty rootfs"
+        );
+        s.run(&["delete", &id]).ok();
+    }
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn existing_id_fails_and_keeps_the_first_image() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox-1.25"), "same");
+    std::fs::write(rootfs.join("mine"), "kept").unwrap();
+    let r = s.run(&["create", &oci("alpine"), "same"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout.trim(), "image id 'same' already exists");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("mine")).unwrap(),
+        "kept"
+    );
+}
+
+#[test]
+fn delete_after_the_daemon_was_killed() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox-1.25"), "k");
+    for pid in daemons_for(s.dir.path()) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // The mount is now "transport endpoint is not connected".
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(std::fs::read_dir(&rootfs).is_err());
+    s.run(&["stats", "k"]).ok();
+    s.run(&["delete", "k"]).ok();
+    assert!(!s.root().join("images/k").exists());
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn concurrent_creates_share_layers_and_all_succeed() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = oci("grootfs-busybox");
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            s.cmd()
+                .args(["create", &image, &format!("p{i}")])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let volumes = std::fs::read_dir(s.root().join("volumes"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .count();
+    assert_eq!(volumes, 4, "each of the 4 layers unpacked once");
+    let deletes: Vec<_> = (0..8)
+        .map(|i| s.cmd().args(["delete", &format!("p{i}")]).spawn().unwrap())
+        .collect();
+    for mut d in deletes {
+        assert!(d.wait().unwrap().success());
+    }
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn clean_removes_only_unused_volumes() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    s.create(&oci("busybox-1.25"), "keep");
+    s.create(&oci("alpine"), "drop");
+    s.run(&["delete", "drop"]).ok();
+    let count = || {
+        std::fs::read_dir(s.root().join("volumes"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count()
+    };
+    assert_eq!(count(), 2);
+    s.run(&["clean", "--threshold-bytes", "999999999999"]).ok();
+    assert_eq!(count(), 2, "under the threshold nothing is removed");
+    s.run(&["clean"]).ok();
+    assert_eq!(count(), 1, "alpine's volume is unused, busybox's is in use");
+    assert!(s.root().join("images/keep/rootfs/bin").exists());
+}
+
+#[test]
+fn disk_limit_smaller_than_the_image_fails_cleanly() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let r = s.run(&[
+        "create",
+        "--disk-limit-size-bytes",
+        "1000",
+        &oci("busybox-1.25"),
+        "small",
+    ]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout
+            .contains("disk limit of 1000 bytes is smaller than the image"),
+        "{r:#?}"
+    );
+    assert!(!s.root().join("images/small").exists());
+    s.run(&[
+        "create",
+        "--disk-limit-size-bytes",
+        "1000",
+        "--exclude-image-from-quota",
+        &oci("busybox-1.25"),
+        "excl",
+    ])
+    .ok();
+}

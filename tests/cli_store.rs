@@ -1,0 +1,181 @@
+//! Store commands through the real binary: init-store, list, capacity, delete of unknown ids,
+//! errors on stdout, lager logs and the config file.
+
+#[allow(dead_code)]
+mod common;
+
+use common::TestStore;
+
+#[test]
+fn init_store_is_idempotent_and_checks_mappings() {
+    let s = TestStore::uninitialised();
+    let m = [
+        "init-store",
+        "--uid-mapping",
+        "0:100000:65536",
+        "--gid-mapping",
+        "0:100000:65536",
+    ];
+    s.run(&m).ok();
+    s.run(&m).ok();
+    let r = s.run(&["init-store", "--uid-mapping", "0:200000:65536"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stdout.contains("different id mappings"), "{r:#?}");
+    let r = s.run(&["init-store", "--uid-mapping", "nonsense"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stdout.contains("nonsense"),
+        "the bad value is named on stdout: {r:#?}"
+    );
+}
+
+#[test]
+fn commands_on_an_uninitialised_store_say_so_on_stdout() {
+    let s = TestStore::uninitialised();
+    for args in [
+        &["create", "oci:///nowhere", "x"][..],
+        &["stats", "x"],
+        &["list"],
+        &["capacity"],
+    ] {
+        let r = s.run(args);
+        assert_eq!(r.code, 1, "{args:?}: {r:#?}");
+        assert!(r.stdout.contains("not initialised"), "{args:?}: {r:#?}");
+        assert!(
+            r.stderr.is_empty(),
+            "default log level writes nothing but fatal lines: {r:#?}"
+        );
+    }
+}
+
+#[test]
+fn delete_of_an_unknown_id_succeeds_and_stats_fails() {
+    let s = TestStore::new();
+    s.run(&["delete", "never-made"]).ok();
+    s.run(&["delete", "/some/other/path"]).ok();
+    let r = s.run(&["stats", "never-made"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("image not found: never-made"), "{r:#?}");
+}
+
+#[test]
+fn list_and_capacity() {
+    let s = TestStore::new();
+    assert_eq!(s.run(&["list"]).ok().stdout.trim(), "Store empty");
+    let cap = s.run(&["capacity"]).ok().json()["capacity"]
+        .as_u64()
+        .unwrap();
+    assert!(cap > 0);
+    let sized = TestStore::uninitialised();
+    sized
+        .run(&["init-store", "--store-size-bytes", "12345"])
+        .ok();
+    assert_eq!(
+        sized.run(&["capacity"]).ok().json(),
+        serde_json::json!({ "capacity": 12345 })
+    );
+}
+
+#[test]
+fn bad_ids_and_references_fail_with_one_line() {
+    let s = TestStore::new();
+    for (args, want) in [
+        (&["create", "oci:///x", "a/b"][..], "invalid image id"),
+        (&["create", "oci:///x", ".."], "invalid image id"),
+        (&["create", "not a reference at all", "ok-id"], ""),
+    ] {
+        let r = s.run(args);
+        assert_eq!(r.code, 1, "{args:?}: {r:#?}");
+        assert_eq!(
+            r.stdout.trim().lines().count(),
+            1,
+            "one line on stdout: {r:#?}"
+        );
+        assert!(r.stdout.contains(want), "{args:?}: {r:#?}");
+    }
+    assert!(
+        !s.root().join("images/ok-id").exists(),
+        "a failed create leaves no image"
+    );
+}
+
+#[test]
+fn lager_logs_every_line_with_data() {
+    let s = TestStore::new();
+    let r = s
+        .run(&["--log-level", "debug", "delete", "nothing-here"])
+        .ok();
+    assert!(!r.stderr.is_empty(), "debug logs expected");
+    for line in r.stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["data"].is_object(), "no data object: {line}");
+        assert_eq!(v["source"], "nestfs");
+        assert!(
+            v["message"].as_str().unwrap().starts_with("nestfs.delete."),
+            "{line}"
+        );
+        assert!(v["log_level"].as_u64().unwrap() <= 3);
+        assert!(v["timestamp"].as_str().unwrap().contains('.'));
+    }
+    let r = s.run(&["--log-level", "loud", "list"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("invalid log level"), "{r:#?}");
+}
+
+#[test]
+fn config_file_keys_apply_and_flags_win() {
+    let s = TestStore::uninitialised();
+    let cfg = s.dir.path().join("config.yml");
+    let log = s.dir.path().join("log.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "store: {}\nlog_level: debug\nlog_file: {}\ntardis_bin: /ignored\ninit:\n  store_size_bytes: 777\n",
+            s.root().display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let r = std::process::Command::new(common::bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tardis-bin",
+            "/x",
+            "init-store",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{r:?}");
+    assert!(
+        s.root().join("store.json").exists(),
+        "store taken from the config file"
+    );
+    let r = std::process::Command::new(common::bin())
+        .args(["--config", cfg.to_str().unwrap(), "capacity"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        r#"{"capacity":777}"#
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("nestfs.capacity.starting")
+    );
+    let r = std::process::Command::new(common::bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-level",
+            "fatal",
+            "--log-file",
+            "/dev/null",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+}

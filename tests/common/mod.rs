@@ -1,0 +1,160 @@
+//! Harness for the CLI tests: runs the real `nestfs` binary against a store in a temp dir and
+//! removes everything (daemons, mounts, files) when the test ends, even when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Why tests that mount cannot run here, if they cannot.
+pub fn skip_reason() -> Option<&'static str> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: these tests mount FUSE filesystems as root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing");
+    }
+    None
+}
+
+/// Returns from the calling test with a printed reason when it cannot run here.
+#[macro_export]
+macro_rules! require_root_fuse {
+    () => {
+        if let Some(reason) = $crate::common::skip_reason() {
+            eprintln!("SKIP {}: {reason}", module_path!());
+            return;
+        }
+    };
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/oci"
+    ))
+    .join(name)
+}
+
+pub fn oci(name: &str) -> String {
+    format!("oci://{}", fixture(name).display())
+}
+
+/// A store in a temp dir; dropping it unmounts every image and stops its daemon.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+}
+
+/// The result of one `nestfs` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Panics with everything the run printed unless it succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "nestfs failed: {self:#?}");
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nestfs")
+}
+
+impl TestStore {
+    /// A fresh, initialised store.
+    pub fn new() -> TestStore {
+        let s = TestStore::uninitialised();
+        s.run(&["init-store"]).ok();
+        s
+    }
+
+    pub fn uninitialised() -> TestStore {
+        let dir = tempfile::Builder::new()
+            .prefix("nestfs-cli-")
+            .tempdir()
+            .expect("temp dir");
+        TestStore { dir }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--store").arg(self.root());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd().args(args).output().expect("run nestfs").into()
+    }
+
+    /// `create` of `image` as `id`; returns the rootfs path it printed.
+    pub fn create(&self, image: &str, id: &str) -> PathBuf {
+        let r = self.run(&["create", image, id]).ok();
+        PathBuf::from(r.json()["root"]["path"].as_str().expect("root.path"))
+    }
+}
+
+/// Whether anything is mounted at or below `p`.
+pub fn mounts_under(p: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = p.to_string_lossy().into_owned();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Daemons serving images of the store under `p`.
+pub fn daemons_for(p: &Path) -> Vec<i32> {
+    let needle = p.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("serve-image") && cmd.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let _ = self.run(&["delete-store"]);
+        for m in mounts_under(self.dir.path()) {
+            let c = std::ffi::CString::new(m).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        for pid in daemons_for(self.dir.path()) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
