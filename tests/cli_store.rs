@@ -41,10 +41,13 @@ fn commands_on_an_uninitialised_store_say_so_on_stdout() {
         let r = s.run(args);
         assert_eq!(r.code, 1, "{args:?}: {r:#?}");
         assert!(r.stdout.contains("not initialised"), "{args:?}: {r:#?}");
-        assert!(
-            r.stderr.is_empty(),
-            "default log level writes nothing but fatal lines: {r:#?}"
-        );
+        for line in r.stderr.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("lager JSON");
+            assert_eq!(
+                v["log_level"], 3,
+                "the default level logs fatal errors only: {r:#?}"
+            );
+        }
     }
 }
 
