@@ -66,6 +66,7 @@ impl Store {
         };
         if dest.exists() {
             // Another run unpacked it while we waited.
+            drop(lock);
             return self.note_user(key, source);
         }
         let tmp = self.tmp_path(key);

@@ -1,0 +1,121 @@
+//! The one-pass layer pipeline: blob bytes -> digest -> decompression -> diff_id -> unpack.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::{ImageError, LayerInfo};
+use crate::unpack::{self, UnpackOptions, UnpackStats};
+
+/// Hashes (and counts) everything read through it.
+pub struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    pub count: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    pub fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Reads the rest, then returns `sha256:<hex>`.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((
+            format!("sha256:{}", hex::encode(self.hash.finalize())),
+            self.count,
+        ))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Streams a layer blob once through verification and unpacking into `dest`.
+/// `verify_blob` checks the blob's digest and size; `verify_tar` the diff_id.
+pub fn unpack_layer(
+    blob: impl Read,
+    layer: &LayerInfo,
+    dest: &Path,
+    opts: &UnpackOptions,
+    verify_blob: bool,
+    verify_tar: bool,
+) -> Result<UnpackStats, ImageError> {
+    let io = |e: io::Error| ImageError::Io {
+        what: format!("read layer {}", layer.digest),
+        source: e,
+    };
+    let mut blob = Hashing::new(blob);
+    let (stats, diff) = {
+        let mut tar = Hashing::new(unpack::decompressor(&mut blob).map_err(io)?);
+        let stats = unpack::unpack(&mut tar, dest, opts)?;
+        (stats, tar.finish().map_err(io)?.0)
+    };
+    let (digest, size) = blob.finish().map_err(io)?;
+    if verify_blob {
+        if digest != layer.digest {
+            return Err(ImageError::DigestMismatch {
+                what: format!("layer {}", layer.digest),
+                got: digest,
+            });
+        }
+        if let Some(want) = layer.size
+            && want != size
+        {
+            return Err(ImageError::SizeMismatch {
+                what: format!("layer {}", layer.digest),
+                want,
+                got: size,
+            });
+        }
+    }
+    if verify_tar && diff != layer.diff_id {
+        return Err(ImageError::DigestMismatch {
+            what: format!("uncompressed layer {}", layer.diff_id),
+            got: diff,
+        });
+    }
+    Ok(stats)
+}
+
+/// Chain ids (the store's volume keys), bottom first, from diff_ids bottom first.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => sha256_hex(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let d = vec!["sha256:a".to_string(), "sha256:b".to_string()];
+        let c = chain_ids(&d);
+        assert_eq!(c[0], "sha256:a");
+        assert_eq!(c[1], sha256_hex(b"sha256:a sha256:b"));
+    }
+}
