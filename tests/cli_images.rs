@@ -215,3 +215,37 @@ fn disk_limit_smaller_than_the_image_fails_cleanly() {
     ])
     .ok();
 }
+
+#[test]
+fn corrupted_layer_fails_and_caches_nothing() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let layout = s.dir.path().join("layout");
+    let src = common::fixture("busybox-1.25");
+    let out = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Flip a byte in the middle of the (only) layer blob, the biggest file of the layout.
+    let biggest = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let mut data = std::fs::read(&biggest).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&biggest, data).unwrap();
+    let r = s.run(&["create", &format!("oci://{}", layout.display()), "bad"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert_eq!(r.stdout.trim().lines().count(), 1, "{r:#?}");
+    assert!(!s.root().join("images/bad").exists());
+    let volumes = std::fs::read_dir(s.root().join("volumes")).unwrap().count();
+    assert_eq!(volumes, 0, "nothing cached from a corrupt pull");
+    let tmp = std::fs::read_dir(s.root().join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "no partial layer left behind");
+}

@@ -45,6 +45,7 @@ fn classify(name: &str, e: impl std::fmt::Display) -> ImageError {
     let msg = e.to_string();
     let lower = msg.to_ascii_lowercase();
     if lower.contains("401")
+        || lower.contains("not authorized")
         || lower.contains("unauthorized")
         || lower.contains("authentication")
         || lower.contains("denied")

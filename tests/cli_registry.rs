@@ -1,0 +1,149 @@
+//! `create` from a real registry (Debian's docker-registry on loopback): plain http with
+//! `--insecure-registry`, basic auth, wrong credentials, unknown tags, unreachable registries.
+
+#[allow(dead_code)]
+mod common;
+#[path = "support/registry.rs"]
+mod registry;
+
+use common::{TestStore, fixture, mounts_under};
+use registry::Registry;
+
+#[test]
+fn pulls_over_http_and_serves_the_image() {
+    require_root_fuse!();
+    let reg = Registry::start(false);
+    let image = reg.push(&fixture("garden-rootfs"), "garden/rootfs", "v1");
+    let s = TestStore::new();
+    let r = s
+        .run(&["create", "--insecure-registry", &reg.addr, &image, "r1"])
+        .ok();
+    let spec = r.json();
+    assert_eq!(
+        spec["process"]["env"].as_array().unwrap().len(),
+        2,
+        "{spec}"
+    );
+    let rootfs = s.root().join("images/r1/rootfs");
+    assert!(std::fs::read_dir(&rootfs).unwrap().count() > 3);
+    // The same image again reuses its 32 volumes.
+    s.run(&["create", "--insecure-registry", &reg.addr, &image, "r2"])
+        .ok();
+    let volumes = std::fs::read_dir(s.root().join("volumes"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .count();
+    assert_eq!(volumes, 32);
+    let r = s.run(&[
+        "create",
+        "--insecure-registry",
+        &reg.addr,
+        &format!("docker://{}/garden/rootfs:nope", reg.addr),
+        "r3",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("not found"), "{r:#?}");
+    assert!(!s.root().join("images/r3").exists());
+    s.run(&["delete", "r1"]).ok();
+    s.run(&["delete", "r2"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn basic_auth_and_wrong_credentials() {
+    require_root_fuse!();
+    let reg = Registry::start(true);
+    let image = reg.push(&fixture("busybox-1.25"), "busybox", "1.25");
+    let s = TestStore::new();
+    let insecure = ["--insecure-registry", reg.addr.as_str()];
+    let r = s.run(
+        &[
+            &["create"][..],
+            &insecure,
+            &[
+                "--username",
+                registry::USER,
+                "--password",
+                "wrong",
+                &image,
+                "a",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("unauthorized"), "{r:#?}");
+    let r = s.run(&[&["create"][..], &insecure, &[&image, "anon"]].concat());
+    assert_eq!(
+        r.code, 1,
+        "anonymous pull from an auth registry must fail: {r:#?}"
+    );
+    s.run(
+        &[
+            &["create"][..],
+            &insecure,
+            &[
+                "--username",
+                registry::USER,
+                "--password",
+                registry::PASSWORD,
+                &image,
+                "ok",
+            ],
+        ]
+        .concat(),
+    )
+    .ok();
+    assert!(s.root().join("images/ok/rootfs/bin").exists());
+}
+
+#[test]
+fn unreachable_registry_fails_with_a_clear_line() {
+    let s = TestStore::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = s.run(&[
+        "create",
+        "--insecure-registry",
+        &format!("127.0.0.1:{port}"),
+        &format!("docker://127.0.0.1:{port}/x:1"),
+        "u",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("unreachable"), "{r:#?}");
+    assert_eq!(r.stdout.trim().lines().count(), 1);
+}
+
+#[test]
+fn stalling_registry_fails_in_bounded_time() {
+    // Accepts connections and never answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let s = TestStore::new();
+    let r: common::Run = s
+        .cmd()
+        .env("NESTFS_READ_TIMEOUT_MS", "500")
+        .env("NESTFS_RESOLVE_DEADLINE_MS", "2000")
+        .args([
+            "create",
+            "--insecure-registry",
+            &addr,
+            &format!("docker://{addr}/x:1"),
+            "s",
+        ])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stdout.contains("unreachable"), "{r:#?}");
+}

@@ -1,0 +1,220 @@
+//! Hostile layers: the unpacker never writes outside its destination, and bombs stop at their
+//! bounds. Tars are built here with raw headers, so names a well-behaved tool refuses can be used.
+
+use std::io::Write;
+use std::path::Path;
+
+use nestfs::image::ImageError;
+use nestfs::unpack::{UnpackOptions, unpack};
+
+fn opts() -> UnpackOptions {
+    UnpackOptions {
+        max_bytes: 1 << 30,
+        max_entries: 100_000,
+        preserve_owner: false,
+        allow_devices: false,
+    }
+}
+
+/// A tar entry with a raw name (and link name), bypassing the tar crate's path checks.
+fn raw(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, link: &str, data: &[u8]) {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+struct Case {
+    _dir: tempfile::TempDir,
+    dest: std::path::PathBuf,
+    canary: std::path::PathBuf,
+}
+
+fn case() -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("a/b/dest");
+    let canary = dir.path().join("canary");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&canary).unwrap();
+    std::fs::write(canary.join("passwd"), "canary").unwrap();
+    Case {
+        _dir: dir,
+        dest,
+        canary,
+    }
+}
+
+fn canary_untouched(c: &Case) {
+    let names: Vec<_> = std::fs::read_dir(&c.canary)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("passwd")],
+        "something written next to the canary"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.canary.join("passwd")).unwrap(),
+        "canary"
+    );
+    assert!(!c.dest.parent().unwrap().join("escaped").exists());
+}
+
+#[test]
+fn dotdot_and_absolute_names_stay_inside() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    raw(&mut b, tar::EntryType::Regular, "../escaped", "", b"x");
+    raw(
+        &mut b,
+        tar::EntryType::Regular,
+        "../../../canary/passwd",
+        "",
+        b"pwned",
+    );
+    raw(
+        &mut b,
+        tar::EntryType::Regular,
+        &format!("{}/new", c.canary.display()),
+        "",
+        b"pwned",
+    );
+    raw(&mut b, tar::EntryType::Regular, "ok", "", b"fine");
+    let _ = unpack(&b.into_inner().unwrap()[..], &c.dest, &opts());
+    canary_untouched(&c);
+}
+
+#[test]
+fn writes_through_a_symlink_to_outside_are_refused() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    raw(
+        &mut b,
+        tar::EntryType::Symlink,
+        "link",
+        c.canary.to_str().unwrap(),
+        b"",
+    );
+    raw(&mut b, tar::EntryType::Regular, "link/passwd", "", b"pwned");
+    raw(&mut b, tar::EntryType::Regular, "link/new", "", b"pwned");
+    raw(
+        &mut b,
+        tar::EntryType::Symlink,
+        "rel",
+        "../../../canary",
+        b"",
+    );
+    raw(&mut b, tar::EntryType::Regular, "rel/new2", "", b"pwned");
+    let r = unpack(&b.into_inner().unwrap()[..], &c.dest, &opts());
+    assert!(
+        r.is_err(),
+        "a write through an escaping symlink must fail the layer"
+    );
+    canary_untouched(&c);
+}
+
+#[test]
+fn hardlinks_to_outside_are_refused() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    raw(
+        &mut b,
+        tar::EntryType::Link,
+        "h",
+        "../../../canary/passwd",
+        b"",
+    );
+    let r = unpack(&b.into_inner().unwrap()[..], &c.dest, &opts());
+    assert!(r.is_err() || !c.dest.join("h").exists());
+    if c.dest.join("h").exists() {
+        panic!("hardlink to outside created");
+    }
+    canary_untouched(&c);
+}
+
+#[test]
+fn whiteouts_are_kept_as_files_and_hardlinks_inside_work() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    raw(&mut b, tar::EntryType::Regular, "etc/.wh.passwd", "", b"");
+    raw(&mut b, tar::EntryType::Regular, "var/.wh..wh..opq", "", b"");
+    raw(&mut b, tar::EntryType::Regular, "bin/a", "", b"busybox");
+    raw(&mut b, tar::EntryType::Link, "bin/b", "bin/a", b"");
+    let st = unpack(&b.into_inner().unwrap()[..], &c.dest, &opts()).unwrap();
+    assert_eq!(st.entries, 4);
+    assert!(c.dest.join("etc/.wh.passwd").is_file());
+    assert!(c.dest.join("var/.wh..wh..opq").is_file());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(c.dest.join("bin/b")).unwrap().ino(),
+        std::fs::metadata(c.dest.join("bin/a")).unwrap().ino()
+    );
+    assert!(st.bytes >= 4096, "allocated bytes counted: {st:?}");
+}
+
+#[test]
+fn gzip_bomb_stops_at_the_byte_bound() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_path("zeros").unwrap();
+    h.set_size(64 << 20);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, std::io::repeat(0).take_bytes(64 << 20))
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&b.into_inner().unwrap()).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 4 << 20, "the bomb is small compressed");
+    let o = UnpackOptions {
+        max_bytes: 1 << 20,
+        ..opts()
+    };
+    let r = unpack(
+        nestfs::unpack::decompressor(&bomb[..]).unwrap(),
+        &c.dest,
+        &o,
+    );
+    assert!(matches!(r, Err(ImageError::TooLarge { .. })), "{r:?}");
+    assert!(
+        dir_bytes(&c.dest) < 2 << 20,
+        "the bound stopped it before writing"
+    );
+}
+
+#[test]
+fn entry_bomb_stops_at_the_entry_bound() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..200 {
+        raw(&mut b, tar::EntryType::Regular, &format!("f{i}"), "", b"");
+    }
+    let o = UnpackOptions {
+        max_entries: 100,
+        ..opts()
+    };
+    let r = unpack(&b.into_inner().unwrap()[..], &c.dest, &o);
+    assert!(
+        matches!(r, Err(ImageError::TooManyEntries { limit: 100 })),
+        "{r:?}"
+    );
+    assert!(std::fs::read_dir(&c.dest).unwrap().count() <= 100);
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    nestfs::store::usage::allocated_bytes(p).unwrap()
+}
+
+trait TakeBytes: std::io::Read + Sized {
+    fn take_bytes(self, n: u64) -> std::io::Take<Self> {
+        std::io::Read::take(self, n)
+    }
+}
+impl<R: std::io::Read> TakeBytes for R {}

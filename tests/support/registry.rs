@@ -1,0 +1,148 @@
+//! A real registry for tests: Debian's `docker-registry` on a free loopback port with a temp
+//! storage dir (optionally behind htpasswd basic auth), killed and removed on drop. Fixture OCI
+//! layouts are pushed to it with oci-client.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+pub const USER: &str = "nestfs";
+pub const PASSWORD: &str = "s3cret";
+
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+    auth: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Registry {
+    /// Starts a registry; with `auth`, it requires USER/PASSWORD.
+    pub fn start(auth: bool) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("nestfs-registry-")
+            .tempdir()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", USER, PASSWORD])
+                .output()
+                .expect("run htpasswd");
+            assert!(out.status.success(), "htpasswd: {out:?}");
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: nestfs-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry (apt-get install docker-registry)");
+        let r = Registry {
+            child,
+            addr,
+            _dir: dir,
+            auth,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&r.addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "registry did not start on {}",
+                r.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// Pushes the OCI layout at `layout` (its first manifest) as `name:tag`; returns the
+    /// `docker://` reference.
+    pub fn push(&self, layout: &Path, name: &str, tag: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.push_async(layout, name, tag));
+        format!("docker://{}/{name}:{tag}", self.addr)
+    }
+
+    async fn push_async(&self, layout: &Path, name: &str, tag: &str) {
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        });
+        let reference = Reference::with_tag(self.addr.clone(), name.into(), tag.into());
+        let auth = if self.auth {
+            RegistryAuth::Basic(USER.into(), PASSWORD.into())
+        } else {
+            RegistryAuth::Anonymous
+        };
+        client
+            .auth(&reference, &auth, oci_client::RegistryOperation::Push)
+            .await
+            .expect("registry auth");
+        let blob = |d: &str| {
+            std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap()
+        };
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut manifest: OciImageManifest = serde_json::from_slice(&blob(&digest)).unwrap();
+        for d in manifest
+            .layers
+            .iter()
+            .chain(std::iter::once(&manifest.config))
+        {
+            client
+                .push_blob(&reference, blob(&d.digest), &d.digest)
+                .await
+                .expect("push blob");
+        }
+        // Layouts may declare a config size a few bytes off; a registry insists on the truth.
+        manifest.config.size = blob(&manifest.config.digest).len() as i64;
+        client
+            .push_manifest(&reference, &OciManifest::Image(manifest))
+            .await
+            .expect("push manifest");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
