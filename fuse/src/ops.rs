@@ -39,6 +39,21 @@ impl Fs {
         }
     }
 
+    /// mkdir, mknod and symlink: make the object, answer with its entry.
+    fn made(
+        &self,
+        reply: ReplyEntry,
+        parent: u64,
+        name: &std::ffi::CStr,
+        kind: NewKind,
+        req: &Request,
+    ) {
+        match self.ov.make(parent, name, kind, caller(req)) {
+            Ok(attr) => reply.entry(&self.ov.ttl_of(&attr), &attr, gen0()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     /// The inode a `.` or `..` entry of directory `ino` stands for.
     fn dot(&self, ino: u64, name: &std::ffi::CStr) -> Option<u64> {
         match name.to_bytes() {
@@ -207,13 +222,7 @@ impl Filesystem for Fs {
             mode: mode & !(umask & 0o777),
             rdev: rdev as u64,
         };
-        let attr = tryr!(
-            reply,
-            self.ov
-                .make(parent.0, &name, kind, caller(req))
-                .map_err(E::from)
-        );
-        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
+        self.made(reply, parent.0, &name, kind, req);
     }
 
     fn mkdir(
@@ -227,13 +236,7 @@ impl Filesystem for Fs {
     ) {
         let name = tryr!(reply, cname(name));
         let kind = NewKind::Dir(mode & !(umask & 0o777));
-        let attr = tryr!(
-            reply,
-            self.ov
-                .make(parent.0, &name, kind, caller(req))
-                .map_err(E::from)
-        );
-        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
+        self.made(reply, parent.0, &name, kind, req);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -265,13 +268,7 @@ impl Filesystem for Fs {
         let name = tryr!(reply, cname(link_name));
         let target = tryr!(reply, cname(target.as_os_str()));
         let kind = NewKind::Symlink(&target);
-        let attr = tryr!(
-            reply,
-            self.ov
-                .make(parent.0, &name, kind, caller(req))
-                .map_err(E::from)
-        );
-        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
+        self.made(reply, parent.0, &name, kind, req);
     }
 
     fn rename(

@@ -237,6 +237,11 @@ impl Overlay {
     }
 
     pub fn target(&self, ino: u64) -> io::Result<Target> {
+        self.target_in(ino, None)
+    }
+
+    /// Where a node's object is: in its own top layer, or (`Some(UPPER)`) in the upper dir.
+    fn target_in(&self, ino: u64, layer: Option<usize>) -> io::Result<Target> {
         let nodes = self.nodes.lock();
         let node = nodes.get(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
         if let Some(d) = node.dirs.first() {
@@ -246,7 +251,7 @@ impl Overlay {
             .get(&node.parent)
             .ok_or_else(|| sys::err(libc::ENOENT))?;
         let dir = parent
-            .dir_in(node.layer)
+            .dir_in(layer.unwrap_or(node.layer))
             .ok_or_else(|| sys::err(libc::ENOENT))?;
         Ok(Target::Entry(dir, node.name.clone()))
     }
@@ -297,16 +302,7 @@ impl Overlay {
 
     /// Where a node's upper copy is (callers have copied it up).
     pub fn upper_target(&self, ino: u64) -> io::Result<Target> {
-        let nodes = self.nodes.lock();
-        let node = nodes.get(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
-        if let Some(d) = node.dirs.first() {
-            return Ok(Target::Dir(d.fd.clone()));
-        }
-        let parent = nodes
-            .get(&node.parent)
-            .ok_or_else(|| sys::err(libc::ENOENT))?;
-        let dir = parent.dir_in(UPPER).ok_or_else(|| sys::err(libc::EIO))?;
-        Ok(Target::Entry(dir, node.name.clone()))
+        self.target_in(ino, Some(UPPER))
     }
 
     /// Drops the kernel's cached attributes of `ino`.
