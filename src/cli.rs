@@ -144,6 +144,11 @@ pub fn main() -> i32 {
         .or(config.log_level.clone())
         .unwrap_or_else(|| "fatal".into());
     let log_file = cli.log_file.clone().or(config.log_file.clone());
+    // Like GrootFS: a person at a terminal who asked for no logs sees pull progress instead.
+    let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && cli.log_level.is_none()
+        && config.log_level.is_none()
+        && log_file.is_none();
     let logger = match level
         .parse::<Level>()
         .map_err(anyhow::Error::msg)
@@ -165,7 +170,7 @@ pub fn main() -> i32 {
     let name = command_name(&cli.cmd);
     let log = logger.session(name);
     log.debug("starting", json!({ "store": store.root() }));
-    match run(cli.cmd, &store, &config, &log) {
+    match run(cli.cmd, &store, &config, &log, show_progress) {
         Ok(out) => {
             if let Some(out) = out {
                 println!("{out}");
@@ -213,7 +218,13 @@ fn command_name(cmd: &Cmd) -> &'static str {
 }
 
 /// Runs one command; `Some(text)` goes to stdout.
-fn run(cmd: Cmd, store: &Store, config: &Config, log: &Logger) -> anyhow::Result<Option<String>> {
+fn run(
+    cmd: Cmd,
+    store: &Store,
+    config: &Config,
+    log: &Logger,
+    show_progress: bool,
+) -> anyhow::Result<Option<String>> {
     match cmd {
         Cmd::InitStore {
             uid_mappings,
@@ -272,6 +283,7 @@ fn run(cmd: Cmd, store: &Store, config: &Config, log: &Logger) -> anyhow::Result
                 exclude: exclude_image_from_quota || config.create.exclude_image_from_quota,
                 clean: clean.then(|| threshold_bytes.or(config.clean.threshold_bytes)),
                 ignore: config.clean.ignore_images.clone(),
+                progress: show_progress,
             };
             create(store, req, log).map(Some)
         }
@@ -351,6 +363,8 @@ struct CreateRequest {
     opts: PullOptions,
     disk_limit: u64,
     exclude: bool,
+    /// Show a progress bar on stderr (a terminal, and no log level asked for).
+    progress: bool,
     /// `Some(threshold)` to clean before creating.
     clean: Option<Option<u64>>,
     ignore: Vec<String>,
@@ -380,9 +394,21 @@ fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<Str
         fs_free(store.root())?
     };
     log.info("pulling", json!({ "layers": resolved.layers.len() }));
-    let layers = rt
-        .block_on(store.pull(&resolved, &req.image, budget))
-        .map_err(|e| store::limit_error(e, req.disk_limit))?;
+    let bar = req.progress.then(|| {
+        let b = indicatif::ProgressBar::new(resolved.layers.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b.set_message(format!("pulling {}", req.image));
+        b
+    });
+    let pulled = rt.block_on(store.pull(&resolved, &req.image, budget, bar.as_ref()));
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let layers = pulled.map_err(|e| store::limit_error(e, req.disk_limit))?;
     let spec = CreateSpec {
         id: req.id.clone(),
         image: req.image.clone(),

@@ -147,3 +147,50 @@ fn stalling_registry_fails_in_bounded_time() {
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stdout.contains("unreachable"), "{r:#?}");
 }
+
+/// The digest of the biggest blob of a layout: its (only) layer for single-layer fixtures.
+fn biggest_blob(layout: &std::path::Path) -> String {
+    let e = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap();
+    format!("sha256:{}", e.file_name().to_string_lossy())
+}
+
+#[test]
+fn a_registry_serving_corrupt_or_truncated_blobs_caches_nothing() {
+    require_root_fuse!();
+    let reg = Registry::start(false);
+    let image = reg.push(&fixture("busybox-1.25"), "busybox", "lying");
+    let stored = reg.blob_file(&biggest_blob(&fixture("busybox-1.25")));
+    let good = std::fs::read(&stored).unwrap();
+    let s = TestStore::new();
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0xff;
+    for (what, bytes) in [
+        ("corrupt", corrupt),
+        ("truncated", good[..good.len() / 3].to_vec()),
+    ] {
+        std::fs::write(&stored, &bytes).unwrap();
+        let r = s.run(&["create", "--insecure-registry", &reg.addr, &image, what]);
+        assert_eq!(r.code, 1, "{what}: {r:#?}");
+        assert_eq!(r.stdout.trim().lines().count(), 1, "{what}: {r:#?}");
+        assert!(!s.root().join("images").join(what).exists());
+        assert_eq!(
+            std::fs::read_dir(s.root().join("volumes")).unwrap().count(),
+            0,
+            "{what}: cached"
+        );
+        assert_eq!(
+            std::fs::read_dir(s.root().join("tmp")).unwrap().count(),
+            0,
+            "{what}: debris"
+        );
+    }
+    // Once the registry tells the truth again, the same create works.
+    std::fs::write(&stored, &good).unwrap();
+    s.run(&["create", "--insecure-registry", &reg.addr, &image, "honest"])
+        .ok();
+}

@@ -26,6 +26,7 @@ impl Store {
         image: &ResolvedImage,
         source: &str,
         budget: u64,
+        progress: Option<&indicatif::ProgressBar>,
     ) -> Result<Vec<String>> {
         let keys: Vec<String> = image
             .layers
@@ -38,8 +39,15 @@ impl Store {
             preserve_owner: unsafe { libc::geteuid() } == 0,
             allow_devices: unsafe { libc::geteuid() } == 0,
         };
+        let opts = &opts;
         stream::iter(keys.iter().enumerate())
-            .map(|(i, key)| self.pull_layer(image, i, key, source, &opts))
+            .map(|(i, key)| async move {
+                self.pull_layer(image, i, key, source, opts).await?;
+                if let Some(p) = progress {
+                    p.inc(1);
+                }
+                Ok::<(), StoreError>(())
+            })
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<()>>()
             .await?;

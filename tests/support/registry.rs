@@ -17,7 +17,7 @@ pub const PASSWORD: &str = "s3cret";
 pub struct Registry {
     child: Child,
     pub addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     auth: bool,
 }
 
@@ -65,7 +65,7 @@ impl Registry {
         let r = Registry {
             child,
             addr,
-            _dir: dir,
+            dir,
             auth,
         };
         let start = Instant::now();
@@ -78,6 +78,17 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(20));
         }
         r
+    }
+
+    /// Where the registry keeps a blob's bytes (tests corrupt them to make it lie).
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 
     /// Pushes the OCI layout at `layout` (its first manifest) as `name:tag`; returns the
