@@ -61,7 +61,13 @@ pub fn unpack_layer(
         what: format!("read layer {}", layer.digest),
         source: e,
     };
-    let mut blob = Hashing::new(blob);
+    // A blob that runs past its declared size (a registry dripping bytes forever) is cut off
+    // one byte later, which the size check below reports.
+    let cap = match (verify_blob, layer.size) {
+        (true, Some(size)) => size + 1,
+        _ => u64::MAX,
+    };
+    let mut blob = Hashing::new(blob.take(cap));
     let (stats, diff) = {
         let mut tar = Hashing::new(unpack::decompressor(&mut blob).map_err(io)?);
         let stats = unpack::unpack(&mut tar, dest, opts)?;
