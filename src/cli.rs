@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::image::{self, ImageRef, PullOptions};
 use crate::logging::{Level, Logger};
-use crate::store::{self, CreateSpec, IdMapping, Store, StoreMeta};
+use crate::store::{self, IdMapping, ImageMeta, Store, StoreMeta};
 
 #[derive(Parser)]
 #[command(
@@ -409,7 +409,7 @@ fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<Str
         b.finish_and_clear();
     }
     let layers = pulled.map_err(|e| store::limit_error(e, req.disk_limit))?;
-    let spec = CreateSpec {
+    let spec = ImageMeta {
         id: req.id.clone(),
         image: req.image.clone(),
         layers,

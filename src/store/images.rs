@@ -16,17 +16,6 @@ pub struct DiskUsage {
     pub committed_space_bytes: u64,
 }
 
-/// What `create` asks for, beyond the image itself.
-#[derive(Debug, Clone, Default)]
-pub struct CreateSpec {
-    pub id: String,
-    pub image: String,
-    pub layers: Vec<String>,
-    pub env: Vec<String>,
-    pub disk_limit: u64,
-    pub exclude_image_from_quota: bool,
-}
-
 impl Store {
     /// Fails early (before any pull) if `id` is unusable or taken.
     pub fn check_new_id(&self, id: &str) -> Result<()> {
@@ -39,7 +28,7 @@ impl Store {
 
     /// Makes images/ID (upper, work, rootfs, metadata) atomically, then starts its daemon.
     /// Returns the rootfs path. On any failure nothing of the image is left.
-    pub fn create_image(&self, spec: &CreateSpec) -> Result<PathBuf> {
+    pub fn create_image(&self, spec: &ImageMeta) -> Result<PathBuf> {
         self.check_new_id(&spec.id)?;
         let size = spec
             .layers
@@ -60,15 +49,7 @@ impl Store {
                     format!("create image dir {d}")
                 })?;
             }
-            let meta = ImageMeta {
-                id: spec.id.clone(),
-                image: spec.image.clone(),
-                layers: spec.layers.clone(),
-                env: spec.env.clone(),
-                disk_limit: spec.disk_limit,
-                exclude_image_from_quota: spec.exclude_image_from_quota,
-            };
-            write_json(&building.join("image.json"), &meta)?;
+            write_json(&building.join("image.json"), spec)?;
             // rename(2) refuses to replace a non-empty dir: two creates of one id cannot both win.
             std::fs::rename(&building, self.image_dir(&spec.id)).map_err(|e| {
                 match e.raw_os_error() {

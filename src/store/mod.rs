@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use images::{CreateSpec, DiskUsage};
+pub use images::DiskUsage;
 pub use lock::Lock;
 pub use pull::limit_error;
 
