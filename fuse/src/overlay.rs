@@ -323,23 +323,13 @@ impl Overlay {
 
     /// Walks `name` through the parent's layers, top first, honouring whiteouts and opaque dirs.
     pub fn resolve(&self, parent: &[LayerDir], name: &CStr) -> io::Result<Found> {
-        let marker = whiteout::is_oci_name(name.to_bytes());
         for (i, pd) in parent.iter().enumerate() {
             let fd = pd.fd.as_raw_fd();
-            if pd.oci && marker {
-                continue; // an OCI marker is not a name of its own
-            }
-            if pd.oci && whiteout::has_oci_whiteout(fd, name) {
-                break;
-            }
-            let st = match sys::stat_at(fd, name) {
-                Ok(st) => st,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(e),
+            let st = match probe(pd, name)? {
+                Probe::Absent => continue,
+                Probe::Hidden => break,
+                Probe::Here(st) => st,
             };
-            if whiteout::is_device_whiteout(&st) {
-                break;
-            }
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 let ino = if self.is_upper(pd.layer) {
                     self.origin(fd, name).unwrap_or_else(|| {
@@ -385,13 +375,10 @@ impl Overlay {
     ) -> io::Result<()> {
         for pd in below {
             let fd = pd.fd.as_raw_fd();
-            if pd.oci && whiteout::has_oci_whiteout(fd, name) {
-                break;
-            }
-            let st = match sys::stat_at(fd, name) {
-                Ok(st) => st,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(e),
+            let st = match probe(pd, name)? {
+                Probe::Absent => continue,
+                Probe::Hidden => break,
+                Probe::Here(st) => st,
             };
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 break;
@@ -473,6 +460,30 @@ impl Overlay {
             .as_ref()
             .map(|w| w.as_raw_fd())
             .ok_or_else(|| sys::err(libc::EROFS))
+    }
+}
+
+/// What one layer of a directory holds under a name.
+enum Probe {
+    Absent,
+    /// A whiteout: the name is gone from here down.
+    Hidden,
+    Here(Stat),
+}
+
+fn probe(pd: &LayerDir, name: &CStr) -> io::Result<Probe> {
+    if pd.oci && whiteout::is_oci_name(name.to_bytes()) {
+        return Ok(Probe::Absent); // an OCI marker is not a name of its own
+    }
+    let fd = pd.fd.as_raw_fd();
+    if pd.oci && whiteout::has_oci_whiteout(fd, name) {
+        return Ok(Probe::Hidden);
+    }
+    match sys::stat_at(fd, name) {
+        Ok(st) if whiteout::is_device_whiteout(&st) => Ok(Probe::Hidden),
+        Ok(st) => Ok(Probe::Here(st)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Probe::Absent),
+        Err(e) => Err(e),
     }
 }
 
