@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::daemon;
 use crate::image::{self, ImageRef, PullOptions};
 use crate::logging::{Level, Logger};
 use crate::store::{self, IdMapping, ImageMeta, Store, StoreMeta};
@@ -105,8 +106,15 @@ enum Cmd {
         #[arg(long = "ignore-image")]
         ignore_images: Vec<String>,
     },
-    /// Image paths, one per line.
-    List,
+    /// Images, one per line: path and state (mounted, daemon-dead, not-mounted).
+    List {
+        /// One JSON array with each image's id, path, state, live usage and limit.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve images again whose daemon died or that lost their mount (e.g. after a reboot),
+    /// keeping what their containers wrote. Without ids: every image that needs it.
+    Remount { ids: Vec<String> },
     /// The store's capacity, as JSON.
     Capacity,
     /// Remove every image and the store.
@@ -210,7 +218,8 @@ fn command_name(cmd: &Cmd) -> &'static str {
         Cmd::Delete { .. } => "delete",
         Cmd::Stats { .. } => "stats",
         Cmd::Clean { .. } => "clean",
-        Cmd::List => "list",
+        Cmd::List { .. } => "list",
+        Cmd::Remount { .. } => "remount",
         Cmd::Capacity => "capacity",
         Cmd::DeleteStore => "delete-store",
         Cmd::ServeImage { .. } => "serve-image",
@@ -322,17 +331,62 @@ fn run(
             log.info("cleaned", json!({ "volumes": removed }));
             Ok(None)
         }
-        Cmd::List => {
+        Cmd::List { json } => {
             store.meta()?;
             let ids = store.image_ids()?;
-            if ids.is_empty() {
+            if ids.is_empty() && !json {
                 return Ok(Some("Store empty".into()));
             }
-            let lines: Vec<String> = ids
+            let mut rows = Vec::new();
+            for id in ids {
+                let (state, status) = daemon::state(store, &id);
+                let meta = store.image_meta(&id)?;
+                rows.push(json!({
+                    "id": id,
+                    "path": store.image_dir(&id),
+                    "state": state.to_string(),
+                    "exclusive_bytes_used": status.map(|s| s.used),
+                    "quota_size_bytes": meta.disk_limit,
+                    "exclude_image_from_quota": meta.exclude_image_from_quota,
+                }));
+            }
+            if json {
+                return Ok(Some(serde_json::Value::Array(rows).to_string()));
+            }
+            let lines: Vec<String> = rows
                 .iter()
-                .map(|i| store.image_dir(i).display().to_string())
+                .map(|r| {
+                    format!(
+                        "{}\t{}",
+                        r["path"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or("")
+                    )
+                })
                 .collect();
             Ok(Some(lines.join("\n")))
+        }
+        Cmd::Remount { ids } => {
+            store.meta()?;
+            let _g = store.lock(false)?;
+            let ids = if ids.is_empty() {
+                store.image_ids()?
+            } else {
+                ids.iter()
+                    .map(|i| {
+                        store
+                            .find_image(i)
+                            .with_context(|| format!("image not found: {i}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let mut served = Vec::new();
+            for id in ids {
+                if daemon::remount(store, &id)? {
+                    log.info("remounted", json!({ "id": id }));
+                    served.push(store.image_dir(&id).join("rootfs").display().to_string());
+                }
+            }
+            Ok((!served.is_empty()).then(|| served.join("\n")))
         }
         Cmd::Capacity => {
             let meta = store.meta()?;

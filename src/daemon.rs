@@ -1,6 +1,6 @@
 //! Per-image FUSE daemons: `create` starts one (this same binary, hidden `serve-image` command)
-//! detached from the caller, and returns once `images/ID/rootfs` answers; `delete` unmounts it,
-//! which ends the daemon.
+//! detached from the caller, and returns once `images/ID/rootfs` answers; `delete` stops it
+//! through its control socket; `remount` serves an image again after its daemon died.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -8,9 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nestfs_fuse::OverlayConfig;
+use std::sync::Arc;
 
-use crate::store::{Result, Store, StoreError, io_ctx};
+use anyhow::Context;
+use nestfs_fuse::{OverlayConfig, Quota};
+
+use crate::control::{self, Status, Stopped};
+use crate::store::{Lock, Result, Store, StoreError, io_ctx};
 
 /// How long `create` waits for a daemon to mount.
 const MOUNT_WAIT: Duration = Duration::from_secs(30);
@@ -145,52 +149,141 @@ fn last_line(p: &Path) -> String {
         .to_string()
 }
 
-/// The daemon itself: mounts the image's rootfs and serves it until it is unmounted.
+/// The daemon itself: mounts the image's rootfs, counts its disk usage against its limit, answers
+/// its control socket and serves until the rootfs is unmounted.
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
-    let cfg = overlay_config(store, id)?;
+    let mut cfg = overlay_config(store, id)?;
     if let Some(l) = cfg.lowerdirs.first()
         && cfg.lowerdirs.len() == 1
     {
         std::fs::create_dir_all(l)?;
     }
+    let dir = store.image_dir(id);
+    let meta = store.image_meta(id)?;
+    // Usage survives restarts: the upper dir is measured once, then counted change by change.
+    let upper = dir.join("upper");
+    let used = nestfs_fuse::allocated_bytes(&upper)
+        .with_context(|| format!("measure {}", upper.display()))?;
+    let quota = Arc::new(Quota::new(store.upper_limit(&meta), used));
+    cfg.quota = Some(quota.clone());
     let mnt = rootfs(store, id);
     let prepared = nestfs_fuse::prepare(&cfg, &mnt)?;
     std::fs::write(pid_file(store, id), std::process::id().to_string())?;
-    prepared.serve()
+    let target = mnt.clone();
+    control::listen(&dir, quota, move || unmount(&target, false))?;
+    let served = prepared.serve();
+    let _ = std::fs::remove_file(dir.join(control::SOCKET));
+    served
 }
 
-/// Unmounts the image's rootfs (lazily if busy) and waits for its daemon to exit; fine when the
-/// daemon died (a dead FUSE mount) or never ran since a reboot (no mount).
+/// Unmounts `mnt`, lazily (detached now, gone once its last user lets go) or not (EBUSY while
+/// in use). Root unmounts directly; anyone else through fusermount3.
+fn unmount(mnt: &Path, lazy: bool) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(e);
+    }
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(mnt).stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    if msg.contains("busy") {
+        return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    Err(std::io::Error::other(format!(
+        "fusermount3 -u: {}",
+        msg.trim()
+    )))
+}
+
+/// What an image's rootfs is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Served by a live daemon.
+    Mounted,
+    /// Still mounted, but its daemon is gone or does not answer: the rootfs fails with
+    /// "transport endpoint is not connected" until `delete` or `remount`.
+    DaemonDead,
+    /// No mount at all (e.g. after a reboot).
+    NotMounted,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Mounted => "mounted",
+            State::DaemonDead => "daemon-dead",
+            State::NotMounted => "not-mounted",
+        })
+    }
+}
+
+/// The image's state and, when its daemon answers, the daemon's status.
+pub fn state(store: &Store, id: &str) -> (State, Option<Status>) {
+    if !is_mounted(&rootfs(store, id)) {
+        return (State::NotMounted, None);
+    }
+    match control::request::<Status>(&store.image_dir(id), "status") {
+        Ok(s) => (State::Mounted, Some(s)),
+        Err(_) => (State::DaemonDead, None),
+    }
+}
+
+/// Serves an existing image again after its daemon died or the host rebooted, keeping its
+/// upper dir. Returns false if it was already served.
+pub fn remount(store: &Store, id: &str) -> Result<bool> {
+    let _g = io_ctx(Lock::dir(&store.image_dir(id)), || {
+        format!("lock image {id}")
+    })?;
+    match state(store, id).0 {
+        State::Mounted => return Ok(false),
+        State::DaemonDead => stop(store, id)?,
+        State::NotMounted => {}
+    }
+    start(store, id)?;
+    Ok(true)
+}
+
+/// Stops the image's daemon and unmounts its rootfs: gracefully through the control socket;
+/// lazily if the rootfs is busy (the daemon serves its last users, then exits); forcibly if
+/// the daemon died (a dead FUSE mount) or hangs. Fine when nothing is mounted (a reboot).
 pub fn stop(store: &Store, id: &str) -> Result<()> {
     let mnt = rootfs(store, id);
+    let pid = std::fs::read_to_string(pid_file(store, id))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| alive(*p));
+    let mut wait_for_exit = true;
     if is_mounted(&mnt) {
-        let c =
-            std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
-        let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        if rc != 0 {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&mnt)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok && is_mounted(&mnt) {
+        let graceful = control::request::<Stopped>(&store.image_dir(id), "stop");
+        if !graceful.as_ref().is_ok_and(|s| s.stopped) {
+            // Busy: detach now; the daemon keeps serving open files and exits after them.
+            wait_for_exit = graceful.is_err();
+            if let Err(e) = unmount(&mnt, true)
+                && is_mounted(&mnt)
+            {
                 return Err(StoreError::Daemon(format!(
-                    "cannot unmount {}",
+                    "cannot unmount {}: {e}",
                     mnt.display()
                 )));
             }
         }
     }
-    if let Some(pid) = std::fs::read_to_string(pid_file(store, id))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    {
+    if let Some(pid) = pid.filter(|_| wait_for_exit) {
         let start = Instant::now();
         while alive(pid) && start.elapsed() < EXIT_WAIT {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
         if alive(pid) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -198,7 +291,6 @@ pub fn stop(store: &Store, id: &str) -> Result<()> {
     }
     Ok(())
 }
-
 /// Whether `pid` is a running nestfs daemon (not a recycled pid of something else).
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {

@@ -92,7 +92,6 @@ pub fn unpack(
             Err(e) => return Err(invalid(&format!("unpack {name:?}"), e)),
         }
     }
-    let bytes =
-        crate::store::usage::allocated_bytes(dest).map_err(|e| invalid("measure layer", e))?;
+    let bytes = nestfs_fuse::allocated_bytes(dest).map_err(|e| invalid("measure layer", e))?;
     Ok(UnpackStats { bytes, entries })
 }

@@ -53,7 +53,7 @@ fn create_serves_the_image_and_delete_removes_it() {
     );
     assert_eq!(
         s.run(&["list"]).ok().stdout.trim(),
-        s.root().join("images/c1").display().to_string()
+        format!("{}\tmounted", s.root().join("images/c1").display())
     );
     s.run(&["delete", rootfs.to_str().unwrap()]).ok();
     assert!(!s.root().join("images/c1").exists());

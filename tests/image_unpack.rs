@@ -209,7 +209,7 @@ fn entry_bomb_stops_at_the_entry_bound() {
 }
 
 fn dir_bytes(p: &Path) -> u64 {
-    nestfs::store::usage::allocated_bytes(p).unwrap()
+    nestfs_fuse::allocated_bytes(p).unwrap()
 }
 
 trait TakeBytes: std::io::Read + Sized {

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::overlay::{Overlay, UPPER, remove_tree};
+use crate::quota::{blocks_of, charged_at};
 use crate::sys::{self, Stat};
 use crate::whiteout;
 
@@ -41,6 +42,20 @@ impl Overlay {
         let pst = sys::fstat(pupper.as_raw_fd())?;
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
+        // The copy costs what the lower object takes (a 1-byte write to a big file costs the
+        // whole file): reserve that first, then charge what the copy and the parent's new
+        // entry really took.
+        let reserved = match &self.quota {
+            Some(q) => {
+                let need = match sys::stat_at(src_dir.as_raw_fd(), &name)? {
+                    _ if is_dir => self.block, // the copy is an empty directory
+                    st => st.st_blocks as u64 * 512,
+                };
+                q.reserve(need)?;
+                need
+            }
+            None => 0,
+        };
         let built = self.build_copy(src_dir.as_raw_fd(), &name, work, &tmp, ino, is_dir);
         let placed = built.and_then(|st| {
             sys::rename_at(
@@ -54,6 +69,16 @@ impl Overlay {
             sys::utimens_at(pupper.as_raw_fd(), &name, &times_of(&st))?;
             Ok(st)
         });
+        if let Some(q) = &self.quota {
+            let took = match &placed {
+                Ok(_) => {
+                    charged_at(pupper.as_raw_fd(), &name) + blocks_of(pupper.as_raw_fd())
+                        - pst.st_blocks * 512
+                }
+                Err(_) => 0,
+            };
+            q.settle(reserved, took);
+        }
         let st = match placed {
             Ok(st) => st,
             Err(e) => {

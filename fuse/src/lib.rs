@@ -17,6 +17,7 @@ mod node;
 mod ops;
 pub mod options;
 mod overlay;
+mod quota;
 mod sys;
 mod whiteout;
 
@@ -25,6 +26,8 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
+
+pub use quota::{Quota, allocated_bytes};
 
 /// What to mount.
 #[derive(Clone, Debug, Default)]
@@ -41,6 +44,8 @@ pub struct OverlayConfig {
     pub fsname: String,
     /// Worker threads (0: one per CPU, at least 2).
     pub threads: usize,
+    /// Count the upper dir's allocation (and enforce its limit) here.
+    pub quota: Option<Arc<Quota>>,
 }
 
 impl OverlayConfig {

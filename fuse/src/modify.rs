@@ -11,6 +11,7 @@ use fuser::{FileAttr, TimeOrNow};
 
 use crate::dir;
 use crate::overlay::{Found, Overlay, Target, UPPER};
+use crate::quota::{blocks_of, charged_at, charged_bytes};
 use crate::sys;
 use crate::whiteout::{self, Style};
 
@@ -168,34 +169,40 @@ impl Overlay {
         who: Caller,
     ) -> io::Result<FileAttr> {
         let _g = self.lock_changes();
+        // A directory or a symlink takes a block; a file or node only an entry.
+        self.need(match kind {
+            NewKind::Node { .. } => 0,
+            _ => self.block,
+        })?;
         let (upper, had_whiteout) = self.prepare_new(parent, name)?;
         let fd = upper.as_raw_fd();
-        let made = match kind {
-            NewKind::Dir(mode) => sys::mkdir_at(fd, name, mode & 0o7777).and_then(|()| {
-                self.own(&upper, name, who, Some(mode & 0o7777))?;
-                // A directory made where a lower one was deleted must not show its old entries.
-                if had_whiteout {
-                    self.style.mark_opaque(fd, name)?;
+        let measure = || blocks_of(fd) + charged_at(fd, name);
+        let made = self
+            .charged(measure, || match kind {
+                NewKind::Dir(mode) => sys::mkdir_at(fd, name, mode & 0o7777).and_then(|()| {
+                    self.own(&upper, name, who, Some(mode & 0o7777))?;
+                    // A directory made where a lower one was deleted must not show its old entries.
+                    if had_whiteout {
+                        self.style.mark_opaque(fd, name)?;
+                    }
+                    Ok(())
+                }),
+                // A 0/0 character device is how overlayfs spells a whiteout.
+                NewKind::Node { mode, rdev: 0 } if mode & libc::S_IFMT == libc::S_IFCHR => {
+                    Err(sys::err(libc::EPERM))
                 }
-                Ok(())
-            }),
-            // A 0/0 character device is how overlayfs spells a whiteout.
-            NewKind::Node { mode, rdev: 0 } if mode & libc::S_IFMT == libc::S_IFCHR => {
-                Err(sys::err(libc::EPERM))
-            }
-            NewKind::Node { mode, rdev } => sys::mknod_at(fd, name, mode, rdev)
-                .and_then(|()| self.own(&upper, name, who, Some(mode & 0o7777))),
-            NewKind::Symlink(target) => {
-                sys::symlink_at(target, fd, name).and_then(|()| self.own(&upper, name, who, None))
-            }
-        };
-        if let Err(e) = made {
-            let _ = crate::overlay::remove_tree(fd, name);
-            if had_whiteout {
-                let _ = self.style.write_whiteout(fd, name);
-            }
-            return Err(e);
-        }
+                NewKind::Node { mode, rdev } => sys::mknod_at(fd, name, mode, rdev)
+                    .and_then(|()| self.own(&upper, name, who, Some(mode & 0o7777))),
+                NewKind::Symlink(target) => sys::symlink_at(target, fd, name)
+                    .and_then(|()| self.own(&upper, name, who, None)),
+            })
+            .inspect_err(|_| {
+                let _ = crate::overlay::remove_tree(fd, name);
+                if had_whiteout {
+                    let _ = self.style.write_whiteout(fd, name);
+                }
+            });
+        made?;
         self.found_new(parent, name)
     }
 
@@ -209,23 +216,24 @@ impl Overlay {
         who: Caller,
     ) -> io::Result<(FileAttr, OwnedFd)> {
         let _g = self.lock_changes();
+        self.need(0)?;
         let (upper, had_whiteout) = self.prepare_new(parent, name)?;
         let dfd = upper.as_raw_fd();
         let oflags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
             | libc::O_CREAT
             | libc::O_EXCL;
-        let file = sys::open_at(dfd, name, oflags, mode & 0o7777)
-            .and_then(|f| self.own(&upper, name, who, Some(mode & 0o7777)).map(|()| f));
-        match file {
-            Ok(f) => Ok((self.found_new(parent, name)?, f)),
-            Err(e) => {
-                let _ = sys::unlink_at(dfd, name, false);
-                if had_whiteout {
-                    let _ = self.style.write_whiteout(dfd, name);
-                }
-                Err(e)
-            }
-        }
+        let measure = || blocks_of(dfd) + charged_at(dfd, name);
+        let file = self.charged(measure, || {
+            sys::open_at(dfd, name, oflags, mode & 0o7777)
+                .and_then(|f| self.own(&upper, name, who, Some(mode & 0o7777)).map(|()| f))
+                .inspect_err(|_| {
+                    let _ = sys::unlink_at(dfd, name, false);
+                    if had_whiteout {
+                        let _ = self.style.write_whiteout(dfd, name);
+                    }
+                })
+        })?;
+        Ok((self.found_new(parent, name)?, file))
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &CStr) -> io::Result<FileAttr> {
@@ -235,10 +243,17 @@ impl Overlay {
         let Target::Entry(sdir, sname) = self.upper_target(ino)? else {
             return Err(sys::err(libc::EPERM));
         };
+        self.need(0)?;
         let (upper, had_whiteout) = self.prepare_new(newparent, newname)?;
-        if let Err(e) = sys::link_at(sdir.as_raw_fd(), &sname, upper.as_raw_fd(), newname) {
+        let dfd = upper.as_raw_fd();
+        // A new name costs directory space only: the file is charged once, whatever its names.
+        let linked = self.charged(
+            || blocks_of(dfd),
+            || sys::link_at(sdir.as_raw_fd(), &sname, dfd, newname),
+        );
+        if let Err(e) = linked {
             if had_whiteout {
-                let _ = self.style.write_whiteout(upper.as_raw_fd(), newname);
+                let _ = self.style.write_whiteout(dfd, newname);
             }
             return Err(e);
         }
@@ -258,16 +273,21 @@ impl Overlay {
         }
         let upper = self.upper_dir(parent)?;
         let fd = upper.as_raw_fd();
-        if self.is_upper(found.layer) {
-            if is_dir {
-                dir::clear_whiteouts(&found.dirs[0])?;
-            }
-            sys::unlink_at(fd, name, is_dir)?;
-        }
-        if dir::in_lower(&dirs, Some(UPPER), name) {
-            self.style.write_whiteout(fd, name)?;
-        }
-        Ok(())
+        self.charged(
+            || blocks_of(fd) + charged_at(fd, name),
+            || {
+                if self.is_upper(found.layer) {
+                    if is_dir {
+                        dir::clear_whiteouts(&found.dirs[0])?;
+                    }
+                    sys::unlink_at(fd, name, is_dir)?;
+                }
+                if dir::in_lower(&dirs, Some(UPPER), name) {
+                    self.style.write_whiteout(fd, name)?;
+                }
+                Ok(())
+            },
+        )
     }
 
     pub fn rename(
@@ -321,8 +341,55 @@ impl Overlay {
         self.copy_up(src.ino)?;
         let supper = self.upper_dir(parent)?;
         let dupper = self.upper_dir(newparent)?;
-        let dst_in_lower = dir::in_lower(&ddirs, Some(UPPER), newname);
-        if let Some(d) = &dst
+        let (sfd, dfd) = (supper.as_raw_fd(), dupper.as_raw_fd());
+        // Both names and both parents, before and after: a replaced file is freed.
+        let measure = || {
+            let dirs = blocks_of(sfd)
+                + if parent == newparent {
+                    0
+                } else {
+                    blocks_of(dfd)
+                };
+            dirs + charged_at(sfd, name) + charged_at(dfd, newname)
+        };
+        self.charged(measure, || {
+            self.move_entry(
+                name,
+                &src,
+                &sdirs,
+                &supper,
+                newname,
+                dst.as_ref(),
+                &ddirs,
+                &dupper,
+            )
+        })?;
+        let mut nodes = self.nodes.lock();
+        if let Some(n) = nodes.get_mut(&src.ino) {
+            n.parent = newparent;
+            n.name = newname.to_owned();
+            if n.dirs.is_empty() {
+                n.layer = UPPER;
+            }
+        }
+        Ok(())
+    }
+
+    /// The upper-dir half of a rename: whiteouts and opaque marks as overlayfs writes them.
+    #[allow(clippy::too_many_arguments)]
+    fn move_entry(
+        &self,
+        name: &CStr,
+        src: &Found,
+        sdirs: &[crate::node::LayerDir],
+        supper: &OwnedFd,
+        newname: &CStr,
+        dst: Option<&Found>,
+        ddirs: &[crate::node::LayerDir],
+        dupper: &OwnedFd,
+    ) -> io::Result<()> {
+        let dst_in_lower = dir::in_lower(ddirs, Some(UPPER), newname);
+        if let Some(d) = dst
             && !d.dirs.is_empty()
         {
             if self.is_upper(d.dirs[0].layer) {
@@ -334,7 +401,7 @@ impl Overlay {
         if dst.is_none() {
             whiteout::remove_whiteout(dupper.as_raw_fd(), newname, self.oci_markers(UPPER))?;
         }
-        let src_in_lower = dir::in_lower(&sdirs, Some(UPPER), name);
+        let src_in_lower = dir::in_lower(sdirs, Some(UPPER), name);
         let rflags = if src_in_lower && self.style == Style::Overlay {
             libc::RENAME_WHITEOUT
         } else {
@@ -355,14 +422,6 @@ impl Overlay {
         if !src.dirs.is_empty() && (dst_in_lower || ddirs.len() > 1) {
             self.style.mark_opaque(dupper.as_raw_fd(), newname)?;
         }
-        let mut nodes = self.nodes.lock();
-        if let Some(n) = nodes.get_mut(&src.ino) {
-            n.parent = newparent;
-            n.name = newname.to_owned();
-            if n.dirs.is_empty() {
-                n.layer = UPPER;
-            }
-        }
         Ok(())
     }
 
@@ -379,12 +438,18 @@ impl Overlay {
         self.copy_up(dst.ino)?;
         let supper = self.upper_dir(parent)?;
         let dupper = self.upper_dir(newparent)?;
-        sys::rename_at(
-            supper.as_raw_fd(),
-            name,
-            dupper.as_raw_fd(),
-            newname,
-            libc::RENAME_EXCHANGE,
+        let (sfd, dfd) = (supper.as_raw_fd(), dupper.as_raw_fd());
+        // Swapping names can grow either directory (a longer name); nothing is freed.
+        self.charged(
+            || {
+                blocks_of(sfd)
+                    + if parent == newparent {
+                        0
+                    } else {
+                        blocks_of(dfd)
+                    }
+            },
+            || sys::rename_at(sfd, name, dfd, newname, libc::RENAME_EXCHANGE),
         )?;
         let mut nodes = self.nodes.lock();
         for (ino, p, n) in [(src.ino, newparent, newname), (dst.ino, parent, name)] {
@@ -421,17 +486,17 @@ impl Overlay {
             t.chmod(m & 0o7777)?;
         }
         if let Some(len) = size {
-            let r = match (fh, &t) {
-                (Some(fd), _) => unsafe { libc::ftruncate(fd as i32, len as i64) },
+            let opened;
+            let fd = match (fh, &t) {
+                (Some(fd), _) => fd as i32,
                 (None, Target::Entry(d, n)) => {
-                    let f = sys::open_at(d.as_raw_fd(), n, libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
-                    unsafe { libc::ftruncate(f.as_raw_fd(), len as i64) }
+                    opened = sys::open_at(d.as_raw_fd(), n, libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
+                    opened.as_raw_fd()
                 }
                 (None, Target::Dir(_)) => return Err(sys::err(libc::EISDIR)),
             };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // Growing a file this way makes a hole: it allocates nothing.
+            self.measured(ino, fd, 0, || sys::ftruncate(fd, len))?;
         }
         if atime.is_some() || mtime.is_some() {
             t.utimens(&[timespec(atime), timespec(mtime)])?;
@@ -465,10 +530,17 @@ impl Overlay {
             self.writable()?;
             self.copy_up(ino)?;
         }
-        let path = self.upper_target(ino)?.xattr_path();
-        match value {
+        if value.is_some() {
+            self.need(0)?;
+        }
+        let t = self.upper_target(ino)?;
+        let path = t.xattr_path();
+        // A value that does not fit in the inode takes a block of its own.
+        let measure = || t.stat().map_or(0, |st| charged_bytes(&st));
+        let _g = self.quota.as_ref().map(|q| q.file_lock(ino));
+        self.charged(measure, || match value {
             Some((v, flags)) => sys::lsetxattr(&path, &key, v, flags),
             None => sys::lremovexattr(&path, &key),
-        }
+        })
     }
 }

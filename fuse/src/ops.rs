@@ -329,8 +329,13 @@ impl Filesystem for Fs {
             reply,
             sys::open_at(d.as_raw_fd(), &n, open_flags(flags), 0).map_err(E::from)
         );
-        if flags & libc::O_TRUNC != 0 && unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } < 0 {
-            return reply.error(errno(io::Error::last_os_error()));
+        if flags & libc::O_TRUNC != 0 {
+            tryr!(
+                reply,
+                self.ov
+                    .measured(ino, fd.as_raw_fd(), 0, || sys::ftruncate(fd.as_raw_fd(), 0))
+                    .map_err(E::from)
+            );
         }
         if !wants_write(flags) && !self.ov.in_upper(ino) {
             self.ov.track_lower_fd(ino, fd.as_raw_fd(), true);
@@ -363,7 +368,7 @@ impl Filesystem for Fs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -372,9 +377,14 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let fd = fh.0 as RawFd;
         let n = tryr!(
             reply,
-            sys::pwrite(fh.0 as RawFd, data, offset).map_err(E::from)
+            self.ov
+                .write_charged(ino.0, fd, offset, data.len(), |len| {
+                    sys::pwrite(fd, &data[..len], offset)
+                })
+                .map_err(E::from)
         );
         reply.written(n as u32);
     }
@@ -656,15 +666,28 @@ impl Filesystem for Fs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = unsafe { libc::fallocate(fh.0 as RawFd, mode, offset as i64, length as i64) };
-        tryr!(reply, io_err(r as isize));
+        let fd = fh.0 as RawFd;
+        // Punching or collapsing frees space; anything else may allocate the whole range.
+        let frees = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_COLLAPSE_RANGE) != 0;
+        let reserve = match (frees, sys::fstat(fd)) {
+            (false, Ok(st)) => self.ov.growth(&st, offset, offset.saturating_add(length)),
+            _ => 0,
+        };
+        tryr!(
+            reply,
+            self.ov
+                .measured(ino.0, fd, reserve, || sys::fallocate(
+                    fd, mode, offset, length
+                ))
+                .map_err(E::from)
+        );
         reply.ok();
     }
 
@@ -688,25 +711,30 @@ impl Filesystem for Fs {
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let (mut i, mut o) = (offset_in as i64, offset_out as i64);
-        let r = unsafe {
-            libc::copy_file_range(
-                fh_in.0 as RawFd,
-                &mut i,
-                fh_out.0 as RawFd,
-                &mut o,
-                len as usize,
-                0,
-            )
-        };
-        let n = tryr!(reply, io_err(r));
+        let out = fh_out.0 as RawFd;
+        let len = len.min(u32::MAX as u64) as usize;
+        let n = tryr!(
+            reply,
+            self.ov
+                .write_charged(ino_out.0, out, offset_out, len, |len| {
+                    let (mut i, mut o) = (offset_in as i64, offset_out as i64);
+                    let r = unsafe {
+                        libc::copy_file_range(fh_in.0 as RawFd, &mut i, out, &mut o, len, 0)
+                    };
+                    if r < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(r as usize)
+                })
+                .map_err(E::from)
+        );
         reply.written(n as u32);
     }
 }

@@ -49,6 +49,10 @@ pub struct Overlay {
     /// Upper inode -> shown inode, for copies that keep their lower identity for this mount
     /// only (special files that had several names; see `copy_up`).
     pub kept_ino: Mutex<HashMap<u64, u64>>,
+    /// Counts the upper dir's allocation and enforces its limit, when the mount has one.
+    pub quota: Option<Arc<crate::Quota>>,
+    /// The upper filesystem's block size: the unit space is allocated in.
+    pub block: u64,
 }
 
 /// What a name resolved to.
@@ -166,6 +170,11 @@ impl Overlay {
             notifier,
             lower_fds: Mutex::default(),
             kept_ino: Mutex::default(),
+            quota: cfg.quota.clone().filter(|_| has_upper),
+            block: layers
+                .first()
+                .and_then(|l| rustix::fs::fstatvfs(&*l.root).ok())
+                .map_or(4096, |s| s.f_bsize.max(512)),
             layers,
         };
         let root_dirs = ov

@@ -268,6 +268,20 @@ pub fn pwrite(fd: RawFd, buf: &[u8], off: u64) -> io::Result<usize> {
     cvt_size(unsafe { libc::pwrite64(fd, buf.as_ptr().cast(), buf.len(), off as i64) })
 }
 
+pub fn ftruncate(fd: RawFd, len: u64) -> io::Result<()> {
+    if unsafe { libc::ftruncate(fd, len as i64) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    if unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{ImageMeta, Result, Store, StoreError, check_id, io_ctx, remove_tree, write_json};
+use super::{
+    ImageMeta, Lock, Result, Store, StoreError, check_id, io_ctx, remove_tree, write_json,
+};
 use crate::daemon;
 
 /// `stats` output.
@@ -43,6 +45,7 @@ impl Store {
         let building = self
             .images()
             .join(format!(".new-{}-{}", std::process::id(), spec.id));
+        let mut lock = None;
         let made = (|| {
             for d in ["upper", "work", "rootfs"] {
                 io_ctx(std::fs::create_dir_all(building.join(d)), || {
@@ -50,6 +53,10 @@ impl Store {
                 })?;
             }
             write_json(&building.join("image.json"), spec)?;
+            // Held across the rename: a delete or remount of this id waits for the daemon.
+            lock = Some(io_ctx(Lock::dir(&building), || {
+                "lock the new image".into()
+            })?);
             // rename(2) refuses to replace a non-empty dir: two creates of one id cannot both win.
             std::fs::rename(&building, self.image_dir(&spec.id)).map_err(|e| {
                 match e.raw_os_error() {
@@ -65,7 +72,9 @@ impl Store {
             let _ = remove_tree(&building);
             return Err(e);
         }
-        if let Err(e) = daemon::start(self, &spec.id) {
+        let started = daemon::start(self, &spec.id);
+        drop(lock);
+        if let Err(e) = started {
             let _ = self.delete_image(&spec.id);
             return Err(e);
         }
@@ -75,8 +84,18 @@ impl Store {
     /// Stops the image's daemon and removes the image. Unknown ids are not an error.
     pub fn delete_image(&self, id: &str) -> Result<bool> {
         let dir = self.image_dir(id);
+        let _g = match Lock::dir(&dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: format!("lock image {id}"),
+                    source,
+                });
+            }
+        };
         if !dir.exists() {
-            return Ok(false);
+            return Ok(false); // deleted by a concurrent delete while we waited
         }
         daemon::stop(self, id)?;
         // Rename first: a delete killed halfway leaves debris `sweep` removes, not half an image.
@@ -97,12 +116,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Disk usage from the daemon's live counter, or from a scan of the upper dir when no
+    /// daemon runs.
     pub fn stats(&self, id: &str) -> Result<DiskUsage> {
         let meta = self.image_meta(id)?;
-        let upper = self.image_dir(id).join("upper");
-        let exclusive = io_ctx(super::usage::allocated_bytes(&upper), || {
-            format!("measure {}", upper.display())
-        })?;
+        let exclusive = match daemon::state(self, id).1 {
+            Some(status) => status.used,
+            None => {
+                let upper = self.image_dir(id).join("upper");
+                io_ctx(nestfs_fuse::allocated_bytes(&upper), || {
+                    format!("measure {}", upper.display())
+                })?
+            }
+        };
         let total = exclusive + self.layers_bytes(&meta);
         Ok(DiskUsage {
             total_bytes_used: total,

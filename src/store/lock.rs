@@ -18,6 +18,15 @@ impl Lock {
             .truncate(false)
             .write(true)
             .open(path)?;
+        Lock::on(file, exclusive)
+    }
+
+    /// Waits for an exclusive lock on a directory; the lock follows it across renames.
+    pub fn dir(path: &Path) -> io::Result<Lock> {
+        Lock::on(File::open(path)?, true)
+    }
+
+    fn on(file: File, exclusive: bool) -> io::Result<Lock> {
         let op = if exclusive {
             libc::LOCK_EX
         } else {

@@ -16,7 +16,6 @@
 mod images;
 mod lock;
 mod pull;
-pub mod usage;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -290,6 +289,17 @@ impl Store {
     }
 
     /// Bytes the image's layers take.
+    /// What the image's upper dir may hold: its disk limit, less its layers unless they are
+    /// excluded from the quota (0: no limit).
+    pub fn upper_limit(&self, meta: &ImageMeta) -> u64 {
+        match (meta.disk_limit, meta.exclude_image_from_quota) {
+            (0, _) => 0,
+            (limit, true) => limit,
+            // `create` refuses an image as big as its limit, so this leaves at least a byte.
+            (limit, false) => limit.saturating_sub(self.layers_bytes(meta)).max(1),
+        }
+    }
+
     pub fn layers_bytes(&self, meta: &ImageMeta) -> u64 {
         meta.layers.iter().map(|k| self.volume_meta(k).bytes).sum()
     }
