@@ -11,7 +11,7 @@ use fuser::{FileAttr, TimeOrNow};
 
 use crate::dir;
 use crate::overlay::{Found, Overlay, Target, UPPER};
-use crate::quota::{blocks_of, charged_at, charged_bytes};
+use crate::quota::{blocks_of, charged_at};
 use crate::sys;
 use crate::whiteout::{self, Style};
 
@@ -536,7 +536,8 @@ impl Overlay {
         let t = self.upper_target(ino)?;
         let path = t.xattr_path();
         // A value that does not fit in the inode takes a block of its own.
-        let measure = || t.stat().map_or(0, |st| charged_bytes(&st));
+        // (The same inode before and after, so its growth counts once however many names.)
+        let measure = || t.stat().map_or(0, |st| st.st_blocks * 512);
         let _g = self.quota.as_ref().map(|q| q.file_lock(ino));
         self.charged(measure, || match value {
             Some((v, flags)) => sys::lsetxattr(&path, &key, v, flags),

@@ -158,15 +158,8 @@ impl Filesystem for Fs {
         self.ov.nodes.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let res = self.ov.getattr(ino.0).or_else(|e| match fh {
-            // An open file whose name is gone (unlinked) still answers through its fd.
-            Some(fh) if e.raw_os_error() == Some(libc::ENOENT) && self.listing(fh).is_none() => {
-                sys::fstat(fh.0 as RawFd).map(|st| crate::overlay::attr(&st, ino.0, false))
-            }
-            _ => Err(e),
-        });
-        let attr = tryr!(reply, res.map_err(E::from));
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let attr = tryr!(reply, self.ov.getattr(ino.0).map_err(E::from));
         reply.attr(&self.ov.ttl_of(&attr), &attr);
     }
 
@@ -337,9 +330,7 @@ impl Filesystem for Fs {
                     .map_err(E::from)
             );
         }
-        if !wants_write(flags) && !self.ov.in_upper(ino) {
-            self.ov.track_lower_fd(ino, fd.as_raw_fd(), true);
-        }
+        self.ov.track_fd(ino, fd.as_raw_fd(), true);
         reply.opened(
             FileHandle(fd.into_raw_fd() as u64),
             FopenFlags::FOPEN_KEEP_CACHE,
@@ -410,7 +401,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.ov.track_lower_fd(ino.0, fh.0 as RawFd, false);
+        self.ov.track_fd(ino.0, fh.0 as RawFd, false);
         unsafe { libc::close(fh.0 as RawFd) };
         reply.ok();
     }
@@ -654,6 +645,7 @@ impl Filesystem for Fs {
                 .create(parent.0, &name, mode, flags, caller(req))
                 .map_err(E::from)
         );
+        self.ov.track_fd(attr.ino.0, fd.as_raw_fd(), true);
         reply.created(
             &self.ov.ttl_of(&attr),
             &attr,

@@ -43,9 +43,10 @@ pub struct Overlay {
     /// Tells the kernel when an object changed identity behind a cached entry (set once the
     /// session exists).
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
-    /// Open read-only fds on lower files, by node: a copy-up points them at the upper copy,
-    /// so a file opened before the copy-up reads what later writes made (as in overlayfs).
-    pub lower_fds: Mutex<HashMap<u64, Vec<RawFd>>>,
+    /// Open file fds, by node. A copy-up points them (all read-only on the lower file then) at
+    /// the upper copy, so a file opened before it reads what later writes made (as overlayfs
+    /// does); an open file whose name is gone still answers getattr through them.
+    pub open_fds: Mutex<HashMap<u64, Vec<RawFd>>>,
     /// Upper inode -> shown inode, for copies that keep their lower identity for this mount
     /// only (special files that had several names; see `copy_up`).
     pub kept_ino: Mutex<HashMap<u64, u64>>,
@@ -168,7 +169,7 @@ impl Overlay {
             },
             ttl: Duration::from_secs(86400),
             notifier,
-            lower_fds: Mutex::default(),
+            open_fds: Mutex::default(),
             kept_ino: Mutex::default(),
             quota: cfg.quota.clone().filter(|_| has_upper),
             block: layers
@@ -287,8 +288,8 @@ impl Overlay {
             .is_some_and(|n| self.is_upper(n.top_layer()))
     }
 
-    pub fn track_lower_fd(&self, ino: u64, fd: RawFd, open: bool) {
-        let mut m = self.lower_fds.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn track_fd(&self, ino: u64, fd: RawFd, open: bool) {
+        let mut m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
         if open {
             m.entry(ino).or_default().push(fd);
         } else if let Some(v) = m.get_mut(&ino) {
@@ -301,7 +302,7 @@ impl Overlay {
 
     /// Swaps every tracked lower fd of `ino` for one on its new upper copy, in place.
     pub fn redirect_lower_fds(&self, ino: u64, dir: RawFd, name: &CStr) {
-        let m = self.lower_fds.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
         for fd in m.get(&ino).into_iter().flatten() {
             if let Ok(upper) = sys::open_at(dir, name, libc::O_RDONLY, 0) {
                 unsafe { libc::dup3(upper.as_raw_fd(), *fd, libc::O_CLOEXEC) };
@@ -441,8 +442,17 @@ impl Overlay {
             drop(nodes);
             (self.target(ino)?, merged)
         };
-        let st = target.stat()?;
-        Ok(attr(&st, ino, merged))
+        match target.stat() {
+            Ok(st) => Ok(attr(&st, ino, merged)),
+            // An open file whose name is gone (unlinked) still answers through its fd.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // Under the lock: `release` cannot close the fd meanwhile.
+                let fds = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
+                let fd = fds.get(&ino).and_then(|v| v.first().copied()).ok_or(e)?;
+                Ok(attr(&sys::fstat(fd)?, ino, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The upper copy of a directory node, copying it up first.

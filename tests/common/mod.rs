@@ -116,6 +116,45 @@ impl TestStore {
     }
 }
 
+/// Allocated bytes under `p` as `du -s --block-size=1` counts them.
+pub fn du(p: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(p)
+        .output()
+        .expect("run du");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("du {}: {out:?}", p.display()))
+}
+
+/// A rootfs tarball in `dir` holding `files` (name, size in bytes of pseudo-random data).
+pub fn tarball(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
+    let root = dir.join("tar-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hostname"), "tarball\n").unwrap();
+    for (i, (name, size)) in files.iter().enumerate() {
+        let data: Vec<u8> = (0..*size)
+            .map(|j| (j * 31 + i * 7 + j / 4096) as u8)
+            .collect();
+        std::fs::write(root.join(name), data).unwrap();
+    }
+    let tar = dir.join("image.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar");
+    tar
+}
+
 /// Whether anything is mounted at or below `p`.
 pub fn mounts_under(p: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

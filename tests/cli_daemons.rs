@@ -1,0 +1,272 @@
+//! The life of per-image daemons through the real binary: state reported by `list`, the
+//! control socket, `remount` after a daemon died or its mount vanished, deletes of busy, dead
+//! and concurrent images, a daemon that cannot mount, and many images at once.
+
+#[allow(dead_code)]
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestStore, daemons_for, mounts_under, oci};
+
+fn state(s: &TestStore, id: &str) -> String {
+    let list = s.run(&["list", "--json"]).ok().json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not listed: {list}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn kill_daemons(s: &TestStore) {
+    let pids = daemons_for(s.dir.path());
+    assert!(!pids.is_empty(), "no daemon to kill");
+    for pid in pids {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let start = Instant::now();
+    while !daemons_for(s.dir.path()).is_empty() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_nothing_left(s: &TestStore) {
+    assert!(
+        mounts_under(s.dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(s.dir.path())
+    );
+    assert!(
+        daemons_for(s.dir.path()).is_empty(),
+        "daemons left: {:?}",
+        daemons_for(s.dir.path())
+    );
+    let images: Vec<_> = std::fs::read_dir(s.root().join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(images.is_empty(), "image dirs left: {images:?}");
+}
+
+#[test]
+fn killed_daemon_is_reported_remounted_with_its_data_and_deleted() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox-1.25"), "k");
+    assert_eq!(state(&s, "k"), "mounted");
+    std::fs::write(rootfs.join("kept"), vec![5u8; 100_000]).unwrap();
+    let live = s.run(&["stats", "k"]).ok().json();
+    kill_daemons(&s);
+    assert_eq!(state(&s, "k"), "daemon-dead");
+    let err = std::fs::read_dir(&rootfs).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    // Without a daemon, stats scans the upper dir and agrees with the live counter.
+    assert_eq!(s.run(&["stats", "k"]).ok().json(), live);
+
+    let r = s.run(&["remount"]).ok();
+    assert_eq!(r.stdout.trim(), rootfs.display().to_string());
+    assert_eq!(state(&s, "k"), "mounted");
+    assert_eq!(
+        std::fs::read(rootfs.join("kept")).unwrap(),
+        vec![5u8; 100_000]
+    );
+    assert_eq!(s.run(&["stats", "k"]).ok().json(), live);
+    // Serving what is already served is a no-op, by id or for all.
+    assert_eq!(s.run(&["remount", "k"]).ok().stdout.trim(), "");
+    assert_eq!(daemons_for(s.dir.path()).len(), 1);
+    s.run(&["delete", "k"]).ok();
+    assert_nothing_left(&s);
+}
+
+#[test]
+fn after_a_reboot_images_are_not_mounted_and_remount_serves_them() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let a = s.create(&oci("busybox-1.25"), "a");
+    let b = s.create(&oci("busybox-1.25"), "b");
+    std::fs::write(a.join("note"), "from before the reboot").unwrap();
+    // A reboot: daemons gone and no mounts at all.
+    kill_daemons(&s);
+    for m in mounts_under(s.dir.path()) {
+        let c = std::ffi::CString::new(m).unwrap();
+        assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    }
+    assert_eq!(state(&s, "a"), "not-mounted");
+    assert_eq!(
+        s.run(&["list"]).ok().stdout.matches("not-mounted").count(),
+        2
+    );
+    s.run(&["stats", "b"]).ok();
+    let r = s.run(&["remount"]).ok();
+    assert_eq!(r.stdout.lines().count(), 2, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(a.join("note")).unwrap(),
+        "from before the reboot"
+    );
+    assert!(b.join("bin/busybox").exists());
+    // An image whose daemon never came back is deleted just as well.
+    kill_daemons(&s);
+    let c = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    s.run(&["delete", "a"]).ok();
+    s.run(&["delete", "b"]).ok();
+    assert_nothing_left(&s);
+    let r = s.run(&["remount", "nope"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout.trim(), "image not found: nope");
+}
+
+#[test]
+fn delete_of_a_busy_rootfs_detaches_it_and_its_daemon_serves_the_last_user() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox-1.25"), "busy");
+    std::fs::write(rootfs.join("open-me"), "still readable").unwrap();
+    // A process with its cwd in the rootfs and a file open there.
+    let mut user = Command::new("sh")
+        .args(["-c", "exec 3<open-me; read -r line; cat <&3"])
+        .current_dir(&rootfs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    s.run(&["delete", "busy"]).ok();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "delete waited for the busy rootfs"
+    );
+    assert!(mounts_under(s.dir.path()).is_empty(), "still mounted");
+    assert!(!s.root().join("images/busy").exists());
+    assert_eq!(
+        daemons_for(s.dir.path()).len(),
+        1,
+        "the daemon must keep serving the detached rootfs's last user"
+    );
+    drop(user.stdin.take()); // let it read its open file and exit
+    let mut out = String::new();
+    user.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(user.wait().unwrap().success());
+    assert_eq!(out, "still readable");
+    let start = Instant::now();
+    while !daemons_for(s.dir.path()).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_nothing_left(&s);
+}
+
+#[test]
+fn twenty_concurrent_creates_and_deletes_and_double_deletes() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = oci("busybox-1.25");
+    s.create(&image, "warm"); // layers cached: the race is about daemons, not pulls
+    let spawn = |args: &[&str]| s.cmd().args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let creates: Vec<_> = (0..20)
+        .map(|i| spawn(&["create", &image, &format!("c{i}")]))
+        .collect();
+    for c in creates {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(daemons_for(s.dir.path()).len(), 21);
+    // Each image deleted twice at once, plus creates of new ids meanwhile.
+    let mut jobs: Vec<_> = (0..20)
+        .flat_map(|i| {
+            let id = format!("c{i}");
+            [spawn(&["delete", &id]), spawn(&["delete", &id])]
+        })
+        .collect();
+    jobs.extend((0..5).map(|i| spawn(&["create", &image, &format!("n{i}")])));
+    for j in jobs {
+        let out = j.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(mounts_under(s.dir.path()).len(), 6, "warm + n0..n4 remain");
+    for id in ["warm", "n0", "n1", "n2", "n3", "n4"] {
+        assert_eq!(state(&s, id), "mounted");
+        s.run(&["delete", id]).ok();
+    }
+    assert_nothing_left(&s);
+}
+
+#[test]
+fn a_daemon_that_cannot_mount_fails_create_with_its_message_and_leaves_nothing() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    // In a mount namespace where /dev/fuse is /dev/null, the daemon's mount(2) must fail.
+    let script = format!(
+        "mount --bind /dev/null /dev/fuse && exec {} --store {} create {} broken",
+        common::bin(),
+        s.root().display(),
+        oci("busybox-1.25")
+    );
+    let r: common::Run = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("image daemon exited") && r.stdout.contains("mount"),
+        "the daemon's own error reaches stdout: {r:?}"
+    );
+    assert_eq!(r.stdout.trim().lines().count(), 1);
+    assert_nothing_left(&s);
+    // The layers it pulled stay cached, and the id is free again.
+    s.create(&oci("busybox-1.25"), "broken");
+    s.run(&["delete", "broken"]).ok();
+}
+
+#[test]
+fn without_mount_still_returns_a_mounted_rootfs_and_no_mounts() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let r = s
+        .run(&["create", "--without-mount", &oci("busybox-1.25"), "wm"])
+        .ok();
+    let spec = r.json();
+    assert_eq!(spec["mounts"], serde_json::json!([]));
+    let rootfs = Path::new(spec["root"]["path"].as_str().unwrap());
+    assert!(rootfs.join("bin/busybox").exists());
+    s.run(&["delete", "wm"]).ok();
+    assert_nothing_left(&s);
+}
+
+#[test]
+fn a_hundred_images_mounted_at_once() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = oci("busybox-1.25");
+    let roots: Vec<_> = (0..100)
+        .map(|i| s.create(&image, &format!("h{i}")))
+        .collect();
+    assert_eq!(daemons_for(s.dir.path()).len(), 100);
+    for (i, r) in roots.iter().enumerate() {
+        std::fs::write(r.join("id"), i.to_string()).unwrap();
+    }
+    for (i, r) in roots.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(r.join("id")).unwrap(),
+            i.to_string()
+        );
+        assert!(r.join("bin/busybox").exists());
+    }
+    let list = s.run(&["list"]).ok().stdout;
+    assert_eq!(list.matches("\tmounted").count(), 100, "{list}");
+    s.run(&["delete-store"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+    assert!(daemons_for(s.dir.path()).is_empty());
+}

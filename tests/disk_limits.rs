@@ -1,0 +1,376 @@
+//! Disk limits counted by the image daemon, through the real binary and a real mount: EDQUOT
+//! at the right byte count for writes, fallocate, small files and copy-up; freed space can be
+//! used again; hardlinks and sparse files count their blocks once; `stats` equals `du` of the
+//! upper dir, live and after a daemon restart; concurrent writers cannot overshoot.
+
+#[allow(dead_code)]
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use common::{TestStore, du, tarball};
+
+const MIB: u64 = 1 << 20;
+const BLOCK: u64 = 4096;
+
+fn stats(s: &TestStore, id: &str) -> (u64, u64, u64) {
+    let v = s.run(&["stats", id]).ok().json();
+    let d = &v["disk_usage"];
+    (
+        d["exclusive_bytes_used"].as_u64().unwrap(),
+        d["total_bytes_used"].as_u64().unwrap(),
+        d["quota_size_bytes"].as_u64().unwrap(),
+    )
+}
+
+fn upper(s: &TestStore, id: &str) -> PathBuf {
+    s.root().join("images").join(id).join("upper")
+}
+
+/// Appends `chunk`-sized writes to `path` until one fails; returns the bytes written and the
+/// error. Short writes are counted, as a filesystem at its quota makes them.
+fn fill(path: &Path, chunk: usize) -> (u64, std::io::Error) {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let buf = vec![0xa5u8; chunk];
+    let mut total = 0u64;
+    loop {
+        match f.write(&buf) {
+            Ok(0) => panic!("write returned 0"),
+            Ok(n) => total += n as u64,
+            Err(e) => return (total, e),
+        }
+    }
+}
+
+fn assert_edquot(e: &std::io::Error) {
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+}
+
+/// Creates `id` from `image` with `args` (limit flags) and returns its rootfs.
+fn create(s: &TestStore, image: &str, id: &str, args: &[&str]) -> PathBuf {
+    let mut all = vec!["create"];
+    all.extend_from_slice(args);
+    all.extend([image, id]);
+    let r = s.run(&all).ok();
+    PathBuf::from(r.json()["root"]["path"].as_str().unwrap())
+}
+
+#[test]
+fn inclusive_limit_counts_the_layers_and_stops_writes_with_edquot() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[("one-mib", MIB as usize)]);
+    let image = image.to_str().unwrap();
+    // The layers' size, from an image without a limit.
+    create(&s, image, "probe", &[]);
+    let (excl, total, _) = stats(&s, "probe");
+    let layers = total - excl;
+    assert!(layers >= MIB, "{layers}");
+    let limit = layers + 4 * MIB;
+    let rootfs = create(
+        &s,
+        image,
+        "lim",
+        &["--disk-limit-size-bytes", &limit.to_string()],
+    );
+    let (used0, _, quota) = stats(&s, "lim");
+    assert_eq!(quota, limit, "the limit reads back");
+    let (written, e) = fill(&rootfs.join("fill"), MIB as usize);
+    assert_edquot(&e);
+    let room = 4 * MIB - used0;
+    assert!(
+        written <= room && written + 2 * BLOCK >= room,
+        "EDQUOT after {written} bytes; room was {room}"
+    );
+    let (excl, total, _) = stats(&s, "lim");
+    assert!(total <= limit, "{total} > {limit}");
+    assert_eq!(excl, du(&upper(&s, "lim")));
+    // Nothing written was lost or corrupted.
+    let data = std::fs::read(rootfs.join("fill")).unwrap();
+    assert_eq!(data.len() as u64, written);
+    assert!(data.iter().all(|b| *b == 0xa5));
+    // Small writes fail too, and freeing space lets the container write again.
+    let e = std::fs::write(rootfs.join("more"), vec![1u8; 2 * BLOCK as usize]).unwrap_err();
+    assert_edquot(&e);
+    std::fs::remove_file(rootfs.join("fill")).unwrap();
+    std::fs::remove_file(rootfs.join("more")).unwrap();
+    std::fs::write(rootfs.join("again"), vec![2u8; 2 * MIB as usize]).unwrap();
+    assert_eq!(stats(&s, "lim").0, du(&upper(&s, "lim")));
+    let list = s.run(&["list", "--json"]).ok().json();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "lim")
+        .unwrap()
+        .clone();
+    assert_eq!(row["quota_size_bytes"], limit);
+    assert_eq!(row["exclusive_bytes_used"], stats(&s, "lim").0);
+}
+
+#[test]
+fn exclusive_limit_counts_only_the_container_writes() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[("three-mib", 3 * MIB as usize)]);
+    // Smaller than the image: fine when the image is excluded.
+    let rootfs = create(
+        &s,
+        image.to_str().unwrap(),
+        "ex",
+        &[
+            "--disk-limit-size-bytes",
+            &(2 * MIB).to_string(),
+            "--exclude-image-from-quota",
+        ],
+    );
+    let used0 = stats(&s, "ex").0;
+    let (written, e) = fill(&rootfs.join("fill"), 300_000);
+    assert_edquot(&e);
+    assert!(
+        written <= 2 * MIB - used0 && written + 2 * BLOCK >= 2 * MIB - used0,
+        "{written}"
+    );
+    assert!(stats(&s, "ex").0 <= 2 * MIB);
+}
+
+#[test]
+fn fallocate_truncate_and_sparse_files() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[]);
+    let limit = 2 * MIB;
+    let rootfs = create(
+        &s,
+        image.to_str().unwrap(),
+        "fa",
+        &[
+            "--disk-limit-size-bytes",
+            &limit.to_string(),
+            "--exclude-image-from-quota",
+        ],
+    );
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(rootfs.join("f"))
+        .unwrap();
+    let fallocate = |off: u64, len: u64| {
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, off as i64, len as i64) };
+        (r == 0)
+            .then_some(())
+            .ok_or_else(std::io::Error::last_os_error)
+    };
+    assert_edquot(&fallocate(0, 4 * MIB).unwrap_err());
+    assert!(
+        stats(&s, "fa").0 < 64 * 1024,
+        "a refused fallocate takes nothing"
+    );
+    fallocate(0, MIB).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), MIB);
+    assert_edquot(&fallocate(MIB, 2 * MIB).unwrap_err());
+    // Growing by truncate makes a hole: allowed far past the limit, costs nothing.
+    let before = stats(&s, "fa").0;
+    f.set_len(1 << 30).unwrap();
+    assert_eq!(stats(&s, "fa").0, before);
+    // A block written in the middle of the hole costs a block.
+    let n = unsafe { libc::pwrite(f.as_raw_fd(), [7u8; 4096].as_ptr().cast(), 4096, 1 << 29) };
+    assert_eq!(n, 4096);
+    let after = stats(&s, "fa").0;
+    assert!(
+        after > before && after <= before + 2 * BLOCK,
+        "{before} -> {after}"
+    );
+    // Truncating down frees.
+    f.set_len(0).unwrap();
+    assert!(stats(&s, "fa").0 < before);
+    drop(f);
+    assert_eq!(stats(&s, "fa").0, du(&upper(&s, "fa")));
+}
+
+#[test]
+fn many_small_files_hit_the_limit() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[]);
+    let limit = MIB;
+    let rootfs = create(
+        &s,
+        image.to_str().unwrap(),
+        "small",
+        &[
+            "--disk-limit-size-bytes",
+            &limit.to_string(),
+            "--exclude-image-from-quota",
+        ],
+    );
+    std::fs::create_dir(rootfs.join("d")).unwrap();
+    let mut made = 0;
+    let err = loop {
+        match std::fs::write(rootfs.join(format!("d/{made}")), [b'x'; 100]) {
+            Ok(()) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 1000, "the limit never applied");
+    };
+    assert_edquot(&err);
+    // Each file takes a block, the directory some more.
+    assert!((200..=256).contains(&made), "{made} files fit in 1 MiB");
+    let (excl, _, _) = stats(&s, "small");
+    assert!(excl <= limit + BLOCK, "{excl}");
+    assert_eq!(excl, du(&upper(&s, "small")));
+    // Deleting some makes room for as many again.
+    for i in 0..10 {
+        std::fs::remove_file(rootfs.join(format!("d/{i}"))).unwrap();
+    }
+    for i in 0..10 {
+        std::fs::write(rootfs.join(format!("d/new{i}")), [b'y'; 100]).unwrap();
+    }
+}
+
+#[test]
+fn copy_up_of_a_large_lower_file_costs_the_whole_file() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[("big", 8 * MIB as usize)]);
+    let image = image.to_str().unwrap();
+    let excl_limit = |n: u64| {
+        vec![
+            "--disk-limit-size-bytes".to_string(),
+            n.to_string(),
+            "--exclude-image-from-quota".to_string(),
+        ]
+    };
+    let args = excl_limit(4 * MIB);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let small = create(&s, image, "small", &args);
+    let original = std::fs::read(small.join("big")).unwrap();
+    // A 1-byte write needs the whole file copied up: refused, and the file is untouched.
+    let e = OpenOptions::new()
+        .append(true)
+        .open(small.join("big"))
+        .unwrap_err();
+    assert_edquot(&e);
+    assert_eq!(std::fs::read(small.join("big")).unwrap(), original);
+    assert!(!upper(&s, "small").join("big").exists());
+    assert!(stats(&s, "small").0 < 64 * 1024);
+
+    let args = excl_limit(16 * MIB);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let roomy = create(&s, image, "roomy", &args);
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(roomy.join("big"))
+        .unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    let (excl, _, _) = stats(&s, "roomy");
+    assert!(excl >= 8 * MIB, "{excl}");
+    assert_eq!(excl, du(&upper(&s, "roomy")));
+}
+
+#[test]
+fn hardlinks_count_once_and_stats_match_du_across_a_daemon_restart() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[("lower", 100_000)]);
+    let limit = 8 * MIB;
+    let rootfs = create(
+        &s,
+        image.to_str().unwrap(),
+        "hl",
+        &[
+            "--disk-limit-size-bytes",
+            &limit.to_string(),
+            "--exclude-image-from-quota",
+        ],
+    );
+    std::fs::write(rootfs.join("a"), vec![1u8; MIB as usize]).unwrap();
+    let one = stats(&s, "hl").0;
+    for n in ["b", "c", "d"] {
+        std::fs::hard_link(rootfs.join("a"), rootfs.join(n)).unwrap();
+    }
+    assert!(stats(&s, "hl").0 < one + BLOCK, "links are nearly free");
+    std::fs::remove_file(rootfs.join("a")).unwrap();
+    std::fs::remove_file(rootfs.join("b")).unwrap();
+    assert!(stats(&s, "hl").0 >= one - BLOCK, "still linked twice");
+    // A mix of everything else that takes space.
+    std::fs::create_dir_all(rootfs.join("x/y/z")).unwrap();
+    std::os::unix::fs::symlink("a".repeat(200), rootfs.join("x/long-link")).unwrap();
+    std::fs::rename(rootfs.join("c"), rootfs.join("x/y/c")).unwrap();
+    std::fs::write(rootfs.join("lower"), "replaced").unwrap();
+    xattr_set(&rootfs.join("x/y/c"), "user.big", &[9u8; 3000]);
+    assert_eq!(stats(&s, "hl").0, du(&upper(&s, "hl")));
+    let live = stats(&s, "hl").0;
+
+    // The daemon dies; stats scans; remount counts on from the same figure.
+    for pid in common::daemons_for(s.dir.path()) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(stats(&s, "hl").0, live);
+    s.run(&["remount", "hl"]).ok();
+    assert_eq!(stats(&s, "hl").0, live);
+    let (written, e) = fill(&rootfs.join("fill"), MIB as usize);
+    assert_edquot(&e);
+    assert!(live + written <= limit && live + written + 2 * BLOCK >= limit);
+}
+
+fn xattr_set(p: &Path, key: &str, value: &[u8]) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let k = std::ffi::CString::new(key).unwrap();
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn concurrent_writers_cannot_overshoot_the_limit() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[]);
+    let limit = 16 * MIB;
+    let rootfs = create(
+        &s,
+        image.to_str().unwrap(),
+        "race",
+        &[
+            "--disk-limit-size-bytes",
+            &limit.to_string(),
+            "--exclude-image-from-quota",
+        ],
+    );
+    let chunk = 256 * 1024;
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let p = rootfs.join(format!("w{i}"));
+            std::thread::spawn(move || fill(&p, chunk))
+        })
+        .collect();
+    let mut written = 0;
+    for w in writers {
+        let (n, e) = w.join().unwrap();
+        assert_edquot(&e);
+        written += n;
+    }
+    let (excl, _, _) = stats(&s, "race");
+    assert_eq!(excl, du(&upper(&s, "race")));
+    assert!(excl <= limit + 4 * BLOCK, "overshoot: {excl} > {limit}");
+    assert!(written + 4 * chunk as u64 >= limit - 64 * 1024, "{written}");
+}
