@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Image lifecycle and disk-limit figures for the `nestfs` binary.
+
+- create / delete latency of one image whose layers are cached (medians and p90 of --runs),
+- wall time of 10 creates started at once, and of their 10 deletes,
+- idle daemon memory (RSS, PSS) of those 10 images,
+- write throughput into a rootfs with and without a disk limit (same run, order alternated),
+- `stats` latency with the live daemon counter and with the upper-dir scan (daemon gone),
+  on an upper dir holding 20k files.
+
+Run as root:  python3 benches/lifecycle.py [--runs 15] [--image oci:///path/to/layout]
+Builds nothing: uses target/release/nestfs (cargo build --release first). Never leaves mounts,
+daemons or stores behind. See docs/benchmarks.md.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+class Store:
+    def __init__(self, binary, root):
+        self.binary, self.root = binary, root
+
+    def run(self, *args, check=True):
+        p = subprocess.run([self.binary, "--store", str(self.root), *args],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise SystemExit(f"nestfs {' '.join(args)} failed: {p.stdout}{p.stderr}")
+        return p
+
+    def spawn(self, *args):
+        return subprocess.Popen([self.binary, "--store", str(self.root), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+
+    def rootfs(self, image_id):
+        return self.root / "images" / image_id / "rootfs"
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def summary(xs):
+    xs = sorted(xs)
+    return {"median": statistics.median(xs), "p90": xs[int(0.9 * (len(xs) - 1))],
+            "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+def daemon_pids(root):
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "serve-image" in cmd and str(root) in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def memory_kib(pid):
+    """(RSS, PSS) in KiB from /proc/PID/smaps_rollup."""
+    vals = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("Rss:", "Pss:"):
+            vals[parts[0]] = int(parts[1])
+    return vals["Rss:"], vals["Pss:"]
+
+
+def lifecycle(s, image, runs):
+    s.run("create", image, "warm")  # pulls the layers once
+    creates, deletes = [], []
+    for i in range(runs):
+        creates.append(timed(lambda: s.run("create", image, f"l{i}")))
+        deletes.append(timed(lambda: s.run("delete", f"l{i}")))
+    par_create, par_delete = [], []
+    rss, pss = [], []
+    for r in range(max(3, runs // 5)):
+        ids = [f"p{r}-{i}" for i in range(10)]
+        t = time.perf_counter()
+        procs = [s.spawn("create", image, i) for i in ids]
+        for p in procs:
+            if p.wait() != 0:
+                raise SystemExit(f"parallel create failed: {p.stdout.read()}")
+        par_create.append(time.perf_counter() - t)
+        if r == 0:
+            time.sleep(1)  # idle
+            for pid in daemon_pids(s.root):
+                a, b = memory_kib(pid)
+                rss.append(a / 1024)
+                pss.append(b / 1024)
+        t = time.perf_counter()
+        procs = [s.spawn("delete", i) for i in ids]
+        for p in procs:
+            p.wait()
+        par_delete.append(time.perf_counter() - t)
+    s.run("delete", "warm")
+    return {
+        "create_s": summary(creates), "delete_s": summary(deletes),
+        "create_10_parallel_s": summary(par_create), "delete_10_parallel_s": summary(par_delete),
+        "idle_rss_mib": summary(rss), "idle_pss_mib": summary(pss),
+    }
+
+
+def write_throughput(s, image, runs, size_mib):
+    """MiB/s writing size_mib in 1 MiB writes, and a quarter of it in 4 KiB writes (where the
+    per-write cost of counting matters most), with and without a limit, order alternated."""
+    s.run("create", image, "free")
+    s.run("create", "--disk-limit-size-bytes", str(64 * 1024 * MiB),
+          "--exclude-image-from-quota", image, "limited")
+    res = {}
+    for label, chunk_size, total in (("1m", MiB, size_mib * MiB), ("4k", 4096, size_mib * MiB // 4)):
+        out = {"free": [], "limited": []}
+        chunk = os.urandom(chunk_size)
+        for r in range(runs):
+            order = ["free", "limited"] if r % 2 == 0 else ["limited", "free"]
+            for name in order:
+                path = s.rootfs(name) / "w"
+
+                def write():
+                    with open(path, "wb", buffering=0) as f:
+                        for _ in range(total // chunk_size):
+                            f.write(chunk)
+                        os.fsync(f.fileno())
+                out[name].append(total / MiB / timed(write))
+                path.unlink()
+        free, limited = summary(out["free"]), summary(out["limited"])
+        res[f"write_{label}_mib_s_no_limit"] = free
+        res[f"write_{label}_mib_s_limit"] = limited
+        res[f"write_{label}_limit_overhead_pct"] = 100 * (free["median"] / limited["median"] - 1)
+    s.run("delete", "free")
+    s.run("delete", "limited")
+    return res
+
+
+def stats_latency(s, image, runs, files=20000):
+    s.run("create", image, "st")
+    d = s.rootfs("st") / "many"
+    d.mkdir()
+    for i in range(files):
+        (d / str(i)).write_bytes(b"x" * 100)
+    live = [timed(lambda: s.run("stats", "st")) for _ in range(runs)]
+    for pid in daemon_pids(s.root):
+        os.kill(pid, 9)
+    time.sleep(0.2)
+    scan = [timed(lambda: s.run("stats", "st")) for _ in range(runs)]
+    s.run("delete", "st")
+    return {"stats_live_s": summary(live), "stats_scan_s": summary(scan), "upper_files": files}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--write-mib", type=int, default=256)
+    ap.add_argument("--binary", default=str(REPO / "target/release/nestfs"))
+    ap.add_argument("--image", default="oci://" + str(REPO.parent / "shared/fixtures/oci/busybox-1.25"))
+    ap.add_argument("--out", default=str(REPO / "target/bench-lifecycle.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark mounts FUSE filesystems")
+    scratch = Path(tempfile.mkdtemp(prefix="nestfs-bench-", dir="/var/tmp"))
+    s = Store(args.binary, scratch / "store")
+    try:
+        s.run("init-store")
+        res = {"image": args.image, "runs": args.runs}
+        res.update(lifecycle(s, args.image, args.runs))
+        res.update(write_throughput(s, args.image, args.runs, args.write_mib))
+        res.update(stats_latency(s, args.image, args.runs))
+    finally:
+        s.run("delete-store", check=False)
+        for pid in daemon_pids(s.root):
+            os.kill(pid, 9)
+        shutil.rmtree(scratch, ignore_errors=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    for k, v in res.items():
+        if isinstance(v, dict):
+            print(f"{k:24} median {v['median']:.4g}  p90 {v['p90']:.4g}  "
+                  f"min {v['min']:.4g}  max {v['max']:.4g}  (n={v['n']})")
+        else:
+            print(f"{k:24} {v}")
+
+
+if __name__ == "__main__":
+    main()
