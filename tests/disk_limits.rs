@@ -374,3 +374,47 @@ fn concurrent_writers_cannot_overshoot_the_limit() {
     assert!(excl <= limit + 4 * BLOCK, "overshoot: {excl} > {limit}");
     assert!(written + 4 * chunk as u64 >= limit - 64 * 1024, "{written}");
 }
+
+#[test]
+fn an_unlinked_open_file_stays_charged_until_its_last_close() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[]);
+    let limit = 4 * MIB;
+    let rootfs = create(
+        &s,
+        image.to_str().unwrap(),
+        "open",
+        &[
+            "--disk-limit-size-bytes",
+            &limit.to_string(),
+            "--exclude-image-from-quota",
+        ],
+    );
+    let base = stats(&s, "open").0;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(rootfs.join("tmpfile"))
+        .unwrap();
+    f.write_all(&vec![3u8; 2 * MIB as usize]).unwrap();
+    std::fs::remove_file(rootfs.join("tmpfile")).unwrap();
+    // Its blocks are still in use: a second file cannot take them.
+    assert!(stats(&s, "open").0 >= base + 2 * MIB);
+    let (written, e) = fill(&rootfs.join("other"), MIB as usize);
+    assert_edquot(&e);
+    assert!(written <= 2 * MIB, "{written}");
+    f.write_all(&vec![4u8; 4096]).unwrap_err();
+    drop(f);
+    std::fs::remove_file(rootfs.join("other")).unwrap();
+    // The kernel sends the release after close(2) returns: give it a moment.
+    let start = std::time::Instant::now();
+    while stats(&s, "open").0 != du(&upper(&s, "open"))
+        && start.elapsed() < std::time::Duration::from_secs(2)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(stats(&s, "open").0, du(&upper(&s, "open")));
+    std::fs::write(rootfs.join("after"), vec![5u8; 3 * MIB as usize]).unwrap();
+}

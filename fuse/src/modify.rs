@@ -273,6 +273,7 @@ impl Overlay {
         }
         let upper = self.upper_dir(parent)?;
         let fd = upper.as_raw_fd();
+        let kept = self.kept_while_open(fd, name, found.ino);
         self.charged(
             || blocks_of(fd) + charged_at(fd, name),
             || {
@@ -288,6 +289,7 @@ impl Overlay {
                 Ok(())
             },
         )
+        .inspect(|()| self.charge(kept))
     }
 
     pub fn rename(
@@ -352,6 +354,9 @@ impl Overlay {
                 };
             dirs + charged_at(sfd, name) + charged_at(dfd, newname)
         };
+        let kept = dst
+            .as_ref()
+            .map_or(0, |d| self.kept_while_open(dfd, newname, d.ino));
         self.charged(measure, || {
             self.move_entry(
                 name,
@@ -364,6 +369,7 @@ impl Overlay {
                 &dupper,
             )
         })?;
+        self.charge(kept);
         let mut nodes = self.nodes.lock();
         if let Some(n) = nodes.get_mut(&src.ino) {
             n.parent = newparent;

@@ -330,7 +330,7 @@ impl Filesystem for Fs {
                     .map_err(E::from)
             );
         }
-        self.ov.track_fd(ino, fd.as_raw_fd(), true);
+        let _ = self.ov.track_fd(ino, fd.as_raw_fd(), true);
         reply.opened(
             FileHandle(fd.into_raw_fd() as u64),
             FopenFlags::FOPEN_KEEP_CACHE,
@@ -401,7 +401,9 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.ov.track_fd(ino.0, fh.0 as RawFd, false);
+        if self.ov.track_fd(ino.0, fh.0 as RawFd, false) {
+            self.ov.closed(fh.0 as RawFd);
+        }
         unsafe { libc::close(fh.0 as RawFd) };
         reply.ok();
     }
@@ -645,7 +647,7 @@ impl Filesystem for Fs {
                 .create(parent.0, &name, mode, flags, caller(req))
                 .map_err(E::from)
         );
-        self.ov.track_fd(attr.ino.0, fd.as_raw_fd(), true);
+        let _ = self.ov.track_fd(attr.ino.0, fd.as_raw_fd(), true);
         reply.created(
             &self.ov.ttl_of(&attr),
             &attr,

@@ -288,7 +288,8 @@ impl Overlay {
             .is_some_and(|n| self.is_upper(n.top_layer()))
     }
 
-    pub fn track_fd(&self, ino: u64, fd: RawFd, open: bool) {
+    /// Records an fd opened or about to be closed; true when `ino` has no open fd left.
+    pub fn track_fd(&self, ino: u64, fd: RawFd, open: bool) -> bool {
         let mut m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
         if open {
             m.entry(ino).or_default().push(fd);
@@ -298,6 +299,12 @@ impl Overlay {
                 m.remove(&ino);
             }
         }
+        !m.contains_key(&ino)
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        let m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
+        m.contains_key(&ino)
     }
 
     /// Swaps every tracked lower fd of `ino` for one on its new upper copy, in place.

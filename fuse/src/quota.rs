@@ -182,6 +182,32 @@ impl crate::overlay::Overlay {
         r
     }
 
+    pub(crate) fn charge(&self, bytes: i64) {
+        if let Some(q) = &self.quota {
+            q.settle(0, bytes);
+        }
+    }
+
+    /// What removing `name` (node `ino`) must not uncharge yet: a file still open keeps its
+    /// blocks until its last close (see `closed`), as with a filesystem quota.
+    pub(crate) fn kept_while_open(&self, dir: RawFd, name: &CStr, ino: u64) -> i64 {
+        if self.quota.is_some() && self.is_open(ino) {
+            charged_at(dir, name)
+        } else {
+            0
+        }
+    }
+
+    /// The last fd of a node is being closed: if its file has no name left, its space is free.
+    pub(crate) fn closed(&self, fd: RawFd) {
+        if let Some(q) = &self.quota
+            && let Ok(st) = sys::fstat(fd)
+            && st.st_nlink == 0
+        {
+            q.settle(0, -(st.st_blocks * 512));
+        }
+    }
+
     /// The bytes a change of `off..end` may newly allocate in the file `st` describes.
     pub(crate) fn growth(&self, st: &sys::Stat, off: u64, end: u64) -> u64 {
         let bs = self.block;
