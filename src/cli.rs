@@ -241,12 +241,31 @@ fn run(
             store_size_bytes,
             ..
         } => {
+            let rootless = unsafe { libc::geteuid() } != 0;
+            // Run as yourself, the container's root is you unless mappings say otherwise.
+            let me = |id: u32| {
+                vec![IdMapping {
+                    container: 0,
+                    host: id,
+                    size: 1,
+                }]
+            };
+            let (uid_mappings, gid_mappings) =
+                if rootless && uid_mappings.is_empty() && gid_mappings.is_empty() {
+                    (
+                        me(unsafe { libc::geteuid() }),
+                        me(unsafe { libc::getegid() }),
+                    )
+                } else {
+                    (uid_mappings, gid_mappings)
+                };
             let meta = StoreMeta {
                 uid_mappings,
                 gid_mappings,
                 store_size_bytes: store_size_bytes
                     .or(config.init.store_size_bytes)
                     .unwrap_or(0),
+                rootless,
             };
             store.init(&meta)?;
             log.info("initialised", json!({ "store": store.root() }));
@@ -427,6 +446,8 @@ struct CreateRequest {
 fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<String> {
     store.meta()?;
     store.check_new_id(&req.id)?;
+    // Say what is missing before pulling anything.
+    daemon::preflight()?;
     if let Some(threshold) = req.clean {
         let _g = store.lock(true)?;
         store.sweep();

@@ -63,6 +63,9 @@ fn pid_file(store: &Store, id: &str) -> PathBuf {
 pub fn overlay_config(store: &Store, id: &str) -> Result<OverlayConfig> {
     let meta = store.image_meta(id)?;
     let dir = store.image_dir(id);
+    // Layers keep the image's ids; the mount shows them through the store's mappings, and
+    // the upper dir gets host ids.
+    let ids = store.meta()?.id_map();
     let mut cfg = OverlayConfig {
         lowerdirs: meta
             .layers
@@ -73,6 +76,8 @@ pub fn overlay_config(store: &Store, id: &str) -> Result<OverlayConfig> {
         upperdir: Some(dir.join("upper")),
         workdir: Some(dir.join("work")),
         fsname: format!("nestfs:{id}"),
+        ids,
+        meta_xattrs: store.meta()?.rootless,
         ..OverlayConfig::default()
     };
     if cfg.lowerdirs.is_empty() {
@@ -82,8 +87,48 @@ pub fn overlay_config(store: &Store, id: &str) -> Result<OverlayConfig> {
     Ok(cfg)
 }
 
+/// Says what is missing when this process could not serve a FUSE mount at all.
+pub fn preflight() -> Result<()> {
+    let uid = unsafe { libc::geteuid() };
+    let missing = |m: String| Err(StoreError::Daemon(m));
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return missing(
+                "/dev/fuse is missing: load the fuse module (modprobe fuse), or in a container \
+                 pass the device in (e.g. docker run --device /dev/fuse)"
+                    .into(),
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return missing(format!(
+                "/dev/fuse is not readable and writable by uid {uid}: make it mode 0666 as \
+                 Debian's udev rule does (chmod 0666 /dev/fuse), or run nestfs as root"
+            ));
+        }
+        Err(e) => return missing(format!("cannot open /dev/fuse: {e}")),
+    }
+    let in_path = |bin: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    };
+    if uid != 0 && !in_path("fusermount3") {
+        return missing(
+            "fusermount3 is not installed (package fuse3): unprivileged users mount FUSE \
+             filesystems through it"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Starts the image's daemon and waits until its rootfs is mounted.
 pub fn start(store: &Store, id: &str) -> Result<()> {
+    preflight()?;
     let dir = store.image_dir(id);
     let log_path = dir.join("daemon.log");
     let log = io_ctx(std::fs::File::create(&log_path), || {

@@ -18,10 +18,9 @@ pub struct UnpackOptions {
     pub max_bytes: u64,
     /// Fail with [`ImageError::TooManyEntries`] past this many entries (inode bombs).
     pub max_entries: u64,
-    /// chown entries to the ids in the tar headers (only when running as root).
-    pub preserve_owner: bool,
-    /// Create device nodes (only when running as root); otherwise skip them.
-    pub allow_devices: bool,
+    /// chown entries and create device nodes as the tar headers say (root only). Without it,
+    /// owners, modes and devices are recorded in xattrs instead (see `nestfs_fuse::meta`).
+    pub privileged: bool,
 }
 
 /// What one unpacked layer consumed.
@@ -51,6 +50,71 @@ fn invalid(what: &str, e: impl std::fmt::Display) -> ImageError {
     ImageError::Invalid(format!("{what}: {e}"))
 }
 
+/// Replaces the stand-in file of a device entry by the device node (as root).
+fn make_device<R: Read>(dest: &Path, entry: &tar::Entry<R>, name: &str) -> Result<(), ImageError> {
+    let h = entry.header();
+    let fail = |e: std::io::Error| invalid(&format!("create device {name:?}"), e);
+    let path = dest.join(relative(name));
+    let fmt = if h.entry_type().is_character_special() {
+        libc::S_IFCHR
+    } else {
+        libc::S_IFBLK
+    };
+    let rdev = libc::makedev(
+        h.device_major().ok().flatten().unwrap_or(0),
+        h.device_minor().ok().flatten().unwrap_or(0),
+    );
+    std::fs::remove_file(&path).map_err(fail)?;
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| fail(e.into()))?;
+    let mode = h.mode().unwrap_or(0o600) & 0o7777;
+    if unsafe { libc::mknod(c.as_ptr(), fmt | mode, rdev) } != 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
+    std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(fail)?;
+    // mknod applied the umask; chown may have cleared nothing (devices have no set-id bits).
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(fail)
+}
+
+/// An entry's name as unpack_in placed it: relative, without `.` components.
+fn relative(name: &str) -> std::path::PathBuf {
+    Path::new(name)
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect()
+}
+
+/// Records the header's owner, mode and device on the unpacked entry (unprivileged unpack).
+fn record_meta<R: Read>(dest: &Path, entry: &tar::Entry<R>, name: &str) -> Result<(), ImageError> {
+    let h = entry.header();
+    let fail = |e: std::io::Error| invalid(&format!("record owner of {name:?}"), e);
+    let kind = h.entry_type();
+    let fmt = if kind.is_dir() {
+        libc::S_IFDIR
+    } else if kind.is_character_special() {
+        libc::S_IFCHR
+    } else if kind.is_block_special() {
+        libc::S_IFBLK
+    } else {
+        libc::S_IFREG
+    };
+    let rdev = match (h.device_major(), h.device_minor()) {
+        (Ok(Some(ma)), Ok(Some(mi))) if fmt != libc::S_IFREG && fmt != libc::S_IFDIR => {
+            libc::makedev(ma, mi)
+        }
+        _ => 0,
+    };
+    let want = nestfs_fuse::meta::Meta {
+        uid: h.uid().unwrap_or(0) as u32,
+        gid: h.gid().unwrap_or(0) as u32,
+        mode: fmt | (h.mode().unwrap_or(0o644) & 0o7777),
+        rdev,
+    };
+    nestfs_fuse::meta::record_path(&dest.join(relative(name)), &want).map_err(fail)
+}
+
 /// Unpacks the tar stream `reader` into `dest` (an existing, empty directory).
 pub fn unpack(
     reader: impl Read,
@@ -61,7 +125,7 @@ pub fn unpack(
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(true);
-    archive.set_preserve_ownerships(opts.preserve_owner);
+    archive.set_preserve_ownerships(opts.privileged);
     archive.set_overwrite(true);
     let (mut entries, mut bytes) = (0u64, 0u64);
     for entry in archive.entries().map_err(|e| invalid("read layer", e))? {
@@ -80,16 +144,39 @@ pub fn unpack(
             });
         }
         let kind = entry.header().entry_type();
-        if (kind.is_character_special() || kind.is_block_special()) && !opts.allow_devices {
-            continue;
-        }
         let name = entry
             .path()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        match entry.unpack_in(dest) {
-            Ok(_) => {}
-            Err(e) => return Err(invalid(&format!("unpack {name:?}"), e)),
+        let device = kind.is_character_special() || kind.is_block_special();
+        if device {
+            // Safe path (unpack_in's checks) of an empty stand-in file that records the device.
+            let mut stand_in = tar::Header::new_gnu();
+            stand_in.set_entry_type(tar::EntryType::Regular);
+            stand_in.set_size(0);
+            stand_in.set_mode(0o600);
+            let mut b = tar::Builder::new(Vec::new());
+            b.append_data(&mut stand_in, &name, std::io::empty())
+                .map_err(|e| invalid(&format!("unpack {name:?}"), e))?;
+            let data = b
+                .into_inner()
+                .map_err(|e| invalid(&format!("unpack {name:?}"), e))?;
+            let mut one = tar::Archive::new(&data[..]);
+            for e in one.entries().map_err(|e| invalid("stand-in", e))? {
+                let mut e = e.map_err(|e| invalid("stand-in", e))?;
+                e.unpack_in(dest)
+                    .map_err(|e| invalid(&format!("unpack {name:?}"), e))?;
+            }
+        } else {
+            entry
+                .unpack_in(dest)
+                .map_err(|e| invalid(&format!("unpack {name:?}"), e))?;
+        }
+        let plain = kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous;
+        if !opts.privileged && (plain || device) {
+            record_meta(dest, &entry, &name)?;
+        } else if device {
+            make_device(dest, &entry, &name)?;
         }
     }
     let bytes = nestfs_fuse::allocated_bytes(dest).map_err(|e| invalid("measure layer", e))?;

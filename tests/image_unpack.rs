@@ -11,8 +11,7 @@ fn opts() -> UnpackOptions {
     UnpackOptions {
         max_bytes: 1 << 30,
         max_entries: 100_000,
-        preserve_owner: false,
-        allow_devices: false,
+        privileged: false,
     }
 }
 

@@ -6,6 +6,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::meta::{self, Meta};
 use crate::overlay::{Overlay, UPPER, remove_tree};
 use crate::quota::{blocks_of, charged_at};
 use crate::sys::{self, Stat};
@@ -56,7 +57,7 @@ impl Overlay {
             }
             None => 0,
         };
-        let built = self.build_copy(src_dir.as_raw_fd(), &name, work, &tmp, ino, is_dir);
+        let built = self.build_copy(src_dir.as_raw_fd(), &name, work, &tmp, ino, top);
         let placed = built.and_then(|st| {
             sys::rename_at(
                 work,
@@ -128,9 +129,10 @@ impl Overlay {
         work: RawFd,
         tmp: &CStr,
         ino: u64,
-        is_dir: bool,
+        layer: usize,
     ) -> io::Result<Stat> {
         let st = sys::stat_at(src_dir, name)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let fmt = st.st_mode & libc::S_IFMT;
         match fmt {
             libc::S_IFDIR => sys::mkdir_at(work, tmp, 0o700)?,
@@ -155,12 +157,21 @@ impl Overlay {
             &sys::xattr_path(src_dir, Some(name)),
             &sys::xattr_path(work, Some(tmp)),
         )?;
-        if let Err(e) = sys::chown_at(work, tmp, st.st_uid, st.st_gid)
+        let (uid, gid) = self
+            .ids
+            .as_ref()
+            .map_or((st.st_uid, st.st_gid), |m| m.copied(st.st_uid, st.st_gid));
+        if let Err(e) = sys::chown_at(work, tmp, uid, gid)
             && self.privileged
         {
             return Err(e);
         }
-        if fmt != libc::S_IFLNK {
+        if self.records_meta() && meta::can_carry(st.st_mode) {
+            // The copy is owned by the daemon: record what the lower object shows as.
+            let shown = self.shown(st, layer, || sys::xattr_path(src_dir, Some(name)));
+            let real = sys::stat_at(work, tmp)?;
+            meta::record(&sys::xattr_path(work, Some(tmp)), &real, &Meta::of(&shown))?;
+        } else if fmt != libc::S_IFLNK {
             sys::chmod_at(work, tmp, st.st_mode & 0o7777)?;
         }
         // An origin shared by several upper copies would give them one inode after a remount.

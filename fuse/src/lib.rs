@@ -12,6 +12,8 @@
 
 mod copyup;
 mod dir;
+pub mod ids;
+pub mod meta;
 mod modify;
 mod node;
 mod ops;
@@ -46,6 +48,11 @@ pub struct OverlayConfig {
     pub threads: usize,
     /// Count the upper dir's allocation (and enforce its limit) here.
     pub quota: Option<Arc<Quota>>,
+    /// Show the layers' ids as host ids (see [`ids`]).
+    pub ids: Option<ids::IdMap>,
+    /// Owners, modes and devices live in xattrs (layers unpacked without privileges; see
+    /// [`meta`]).
+    pub meta_xattrs: bool,
 }
 
 impl OverlayConfig {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use fuser::{FileAttr, TimeOrNow};
 
 use crate::dir;
+use crate::meta::{self, Meta};
 use crate::overlay::{Found, Overlay, Target, UPPER};
 use crate::quota::{blocks_of, charged_at};
 use crate::sys;
@@ -133,8 +134,60 @@ impl Overlay {
         Ok((upper, had))
     }
 
+    /// Whether owners and modes this daemon cannot set for real are recorded in xattrs.
+    pub fn records_meta(&self) -> bool {
+        self.meta_xattrs && !self.privileged
+    }
+
+    fn fake_device(
+        &self,
+        dir: i32,
+        name: &CStr,
+        mode: u32,
+        rdev: u64,
+        who: Caller,
+    ) -> io::Result<()> {
+        sys::open_at(
+            dir,
+            name,
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+            0o600,
+        )?;
+        let real = sys::stat_at(dir, name)?;
+        let (uid, gid) = self.stored_ids(who.uid, who.gid)?;
+        let want = Meta {
+            uid,
+            gid,
+            mode,
+            rdev,
+        };
+        meta::record(&sys::xattr_path(dir, Some(name)), &real, &want)
+    }
+
+    /// The ids to write into the upper dir for ids the kernel asked for.
+    fn stored_ids(&self, uid: u32, gid: u32) -> io::Result<(u32, u32)> {
+        match &self.ids {
+            Some(m) => m.stored(uid, gid),
+            None => Ok((uid, gid)),
+        }
+    }
+
     /// Gives a new object its caller's ids (the group stays the directory's under setgid).
     fn own(&self, dir: &OwnedFd, name: &CStr, who: Caller, mode: Option<u32>) -> io::Result<()> {
+        if self.records_meta() {
+            let real = sys::stat_at(dir.as_raw_fd(), name)?;
+            if !meta::can_carry(real.st_mode) {
+                return Ok(());
+            }
+            let (uid, gid) = self.stored_ids(who.uid, who.gid)?;
+            let want = Meta {
+                uid,
+                gid,
+                mode: (real.st_mode & libc::S_IFMT) | mode.unwrap_or(real.st_mode) & 0o7777,
+                rdev: 0,
+            };
+            return meta::record(&sys::xattr_path(dir.as_raw_fd(), Some(name)), &real, &want);
+        }
         if !self.privileged {
             return Ok(());
         }
@@ -144,7 +197,8 @@ impl Overlay {
         } else {
             who.gid
         };
-        sys::chown_at(dir.as_raw_fd(), name, who.uid, gid)?;
+        let (uid, gid) = self.stored_ids(who.uid, gid)?;
+        sys::chown_at(dir.as_raw_fd(), name, uid, gid)?;
         // chown clears set-id bits; put back what the caller asked for.
         if let Some(m) = mode
             && m & 0o6000 != 0
@@ -190,6 +244,13 @@ impl Overlay {
                 // A 0/0 character device is how overlayfs spells a whiteout.
                 NewKind::Node { mode, rdev: 0 } if mode & libc::S_IFMT == libc::S_IFCHR => {
                     Err(sys::err(libc::EPERM))
+                }
+                // Without privileges a device is an empty file that says what it is.
+                NewKind::Node { mode, rdev }
+                    if self.records_meta()
+                        && matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) =>
+                {
+                    self.fake_device(fd, name, mode, rdev, who)
                 }
                 NewKind::Node { mode, rdev } => sys::mknod_at(fd, name, mode, rdev)
                     .and_then(|()| self.own(&upper, name, who, Some(mode & 0o7777))),
@@ -485,10 +546,28 @@ impl Overlay {
             self.copy_up(ino)?;
         }
         let t = self.upper_target(ino)?;
-        if uid.is_some() || gid.is_some() {
-            t.chown(uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+        let real = t.stat()?;
+        if self.records_meta()
+            && meta::can_carry(real.st_mode)
+            && (uid.is_some() || gid.is_some() || mode.is_some())
+        {
+            // Owner and mode changes are recorded, not made (an unprivileged daemon cannot chown,
+            // and must keep access to the file).
+            let xp = t.xattr_path();
+            let mut want = meta::read(&xp).unwrap_or_else(|| Meta::of(&real));
+            let (u, g) = self.stored_ids(uid.unwrap_or(want.uid), gid.unwrap_or(want.gid))?;
+            (want.uid, want.gid) = (u, g);
+            if let Some(m) = mode {
+                want.mode = (want.mode & libc::S_IFMT) | (m & 0o7777);
+            }
+            meta::record(&xp, &real, &want)?;
+        } else if uid.is_some() || gid.is_some() {
+            let (uid, gid) = self.stored_ids(uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+            t.chown(uid, gid)?;
         }
-        if let Some(m) = mode {
+        if let Some(m) = mode
+            && !(self.records_meta() && meta::can_carry(real.st_mode))
+        {
             t.chmod(m & 0o7777)?;
         }
         if let Some(len) = size {

@@ -14,8 +14,8 @@ pub enum OptionError {
     UpperWithoutWork,
     #[error("workdir= needs upperdir= too")]
     WorkWithoutUpper,
-    #[error("option {0} is not supported yet")]
-    Unsupported(String),
+    #[error("bad id mapping {0}")]
+    BadMapping(String),
 }
 
 /// Options that only make sense to the kernel or to fuse-overlayfs's own tuning; accepted so
@@ -83,8 +83,17 @@ pub fn apply(cfg: &mut OverlayConfig, list: &str) -> Result<Vec<String>, OptionE
             ("fsname", Some(v)) => cfg.fsname = v.to_string(),
             ("subtype", Some(_)) => {}
             ("ro", None) => cfg.read_only = true,
-            ("uidmapping" | "gidmapping", Some(_)) => {
-                return Err(OptionError::Unsupported(key.to_string()));
+            ("uidmapping" | "gidmapping", Some(v)) => {
+                let ranges = crate::ids::parse(v).map_err(OptionError::BadMapping)?;
+                let m = cfg.ids.get_or_insert_with(|| crate::ids::IdMap {
+                    map_upper: true,
+                    ..Default::default()
+                });
+                if key == "uidmapping" {
+                    m.uids = ranges;
+                } else {
+                    m.gids = ranges;
+                }
             }
             (k, _) if IGNORED.contains(&k) => {}
             _ => warnings.push(format!("unknown option {opt} ignored")),
@@ -175,8 +184,22 @@ mod tests {
         apply(&mut cfg, "lowerdir=/a,workdir=/w").unwrap();
         assert_eq!(validate(&cfg), Err(OptionError::WorkWithoutUpper));
         assert!(matches!(
-            apply(&mut cfg, "uidmapping=0:1000:1"),
-            Err(OptionError::Unsupported(_))
+            apply(&mut cfg, "uidmapping=0:1000"),
+            Err(OptionError::BadMapping(_))
         ));
+    }
+
+    #[test]
+    fn id_mappings_use_fuse_overlayfs_semantics() {
+        let mut cfg = OverlayConfig::default();
+        apply(
+            &mut cfg,
+            "uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1",
+        )
+        .unwrap();
+        let m = cfg.ids.unwrap();
+        assert!(m.map_upper);
+        assert_eq!(m.uids.len(), 2);
+        assert_eq!(m.shown(1, 0), (100000, 1000));
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::OverlayConfig;
+use crate::meta;
 use crate::node::{LayerDir, Node, ROOT, Table};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Style};
@@ -54,6 +55,9 @@ pub struct Overlay {
     pub quota: Option<Arc<crate::Quota>>,
     /// The upper filesystem's block size: the unit space is allocated in.
     pub block: u64,
+    pub ids: Option<crate::ids::IdMap>,
+    /// See [`crate::meta`].
+    pub meta_xattrs: bool,
 }
 
 /// What a name resolved to.
@@ -172,6 +176,8 @@ impl Overlay {
             open_fds: Mutex::default(),
             kept_ino: Mutex::default(),
             quota: cfg.quota.clone().filter(|_| has_upper),
+            ids: cfg.ids.clone(),
+            meta_xattrs: cfg.meta_xattrs,
             block: layers
                 .first()
                 .and_then(|l| rustix::fs::fstatvfs(&*l.root).ok())
@@ -345,7 +351,7 @@ impl Overlay {
             let st = match probe(pd, name)? {
                 Probe::Absent => continue,
                 Probe::Hidden => break,
-                Probe::Here(st) => st,
+                Probe::Here(st) => self.shown(st, pd.layer, || sys::xattr_path(fd, Some(name))),
             };
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 let ino = if self.is_upper(pd.layer) {
@@ -443,23 +449,51 @@ impl Overlay {
     }
 
     pub fn getattr(&self, ino: u64) -> io::Result<FileAttr> {
-        let (target, merged) = {
+        let (target, merged, layer) = {
             let nodes = self.nodes.lock();
-            let merged = nodes.get(&ino).is_some_and(|n| n.dirs.len() > 1);
+            let node = nodes.get(&ino);
+            let merged = node.is_some_and(|n| n.dirs.len() > 1);
+            let layer = node.map_or(UPPER, |n| n.top_layer());
             drop(nodes);
-            (self.target(ino)?, merged)
+            (self.target(ino)?, merged, layer)
         };
         match target.stat() {
-            Ok(st) => Ok(attr(&st, ino, merged)),
+            Ok(st) => Ok(attr(
+                &self.shown(st, layer, || target.xattr_path()),
+                ino,
+                merged,
+            )),
             // An open file whose name is gone (unlinked) still answers through its fd.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 // Under the lock: `release` cannot close the fd meanwhile.
                 let fds = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
                 let fd = fds.get(&ino).and_then(|v| v.first().copied()).ok_or(e)?;
-                Ok(attr(&sys::fstat(fd)?, ino, false))
+                let st = self.shown(sys::fstat(fd)?, UPPER, || sys::xattr_path(fd, None));
+                Ok(attr(&st, ino, false))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A layer object's attributes as the mount shows them: recorded owner, mode and device
+    /// (see [`crate::meta`]), then ids through the mapping.
+    pub fn shown(&self, mut st: Stat, layer: usize, xp: impl FnOnce() -> sys::XPath) -> Stat {
+        if self.meta_xattrs {
+            match meta::can_carry(st.st_mode)
+                .then(|| meta::read(&xp()))
+                .flatten()
+            {
+                Some(m) => m.apply(&mut st),
+                None if !self.is_upper(layer) => (st.st_uid, st.st_gid) = (0, 0),
+                None => {}
+            }
+        }
+        if let Some(m) = &self.ids
+            && (!self.is_upper(layer) || m.map_upper)
+        {
+            (st.st_uid, st.st_gid) = m.shown(st.st_uid, st.st_gid);
+        }
+        st
     }
 
     /// The upper copy of a directory node, copying it up first.

@@ -138,6 +138,11 @@ pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
         .map(drop)
 }
 
+/// chmod through an xattr path (regular files and directories only: it follows symlinks).
+pub fn chmod_path(xp: &XPath, mode: u32) -> io::Result<()> {
+    cvt(unsafe { libc::chmod(xp.path.as_ptr(), mode) }).map(drop)
+}
+
 pub fn utimens_at(dir: RawFd, name: &CStr, times: &[libc::timespec; 2]) -> io::Result<()> {
     cvt(unsafe {
         libc::utimensat(
@@ -161,6 +166,16 @@ pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
 pub struct XPath {
     pub path: CString,
     follow: bool,
+}
+
+impl XPath {
+    /// A plain path, not following a final symlink.
+    pub fn nofollow(path: CString) -> XPath {
+        XPath {
+            path,
+            follow: false,
+        }
+    }
 }
 
 pub fn xattr_path(dir: RawFd, name: Option<&CStr>) -> XPath {

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::os::unix::fs::MetadataExt;
+
 use serde::Serialize;
 
 use super::{
@@ -51,6 +53,23 @@ impl Store {
                 io_ctx(std::fs::create_dir_all(building.join(d)), || {
                     format!("create image dir {d}")
                 })?;
+            }
+            // The rootfs's own root is the upper dir's: owned as the image's root dir shows.
+            if let (Some(ids), Some(top)) = (self.meta()?.id_map(), spec.layers.last()) {
+                let root = self.volume_dir(top);
+                let (uid, gid) = if self.meta()?.rootless {
+                    io_ctx(nestfs_fuse::meta::owner_at(&root), || {
+                        format!("read the owner of volume {top}")
+                    })?
+                } else {
+                    let st = io_ctx(std::fs::metadata(&root), || format!("stat volume {top}"))?;
+                    (st.uid(), st.gid())
+                };
+                let (uid, gid) = ids.shown(uid, gid);
+                io_ctx(
+                    std::os::unix::fs::chown(building.join("upper"), Some(uid), Some(gid)),
+                    || "chown the upper dir".into(),
+                )?;
             }
             write_json(&building.join("image.json"), spec)?;
             // Held across the rename: a delete or remount of this id waits for the daemon.

@@ -100,6 +100,31 @@ pub struct StoreMeta {
     pub uid_mappings: Vec<IdMapping>,
     pub gid_mappings: Vec<IdMapping>,
     pub store_size_bytes: u64,
+    /// Made by an unprivileged user: layers record owners, modes and devices in xattrs.
+    #[serde(default)]
+    pub rootless: bool,
+}
+
+impl StoreMeta {
+    /// The mapping image daemons show layer ids through, if the store has one.
+    pub fn id_map(&self) -> Option<nestfs_fuse::ids::IdMap> {
+        let ranges = |m: &[IdMapping]| {
+            m.iter()
+                .map(|m| nestfs_fuse::ids::IdRange {
+                    inside: m.container,
+                    outside: m.host,
+                    len: m.size,
+                })
+                .collect()
+        };
+        (!self.uid_mappings.is_empty() || !self.gid_mappings.is_empty()).then(|| {
+            nestfs_fuse::ids::IdMap {
+                uids: ranges(&self.uid_mappings),
+                gids: ranges(&self.gid_mappings),
+                map_upper: false,
+            }
+        })
+    }
 }
 
 /// What `create` records about an image.

@@ -36,8 +36,7 @@ impl Store {
         let opts = UnpackOptions {
             max_bytes: budget,
             max_entries: 10_000_000,
-            preserve_owner: unsafe { libc::geteuid() } == 0,
-            allow_devices: unsafe { libc::geteuid() } == 0,
+            privileged: unsafe { libc::geteuid() } == 0,
         };
         let opts = &opts;
         stream::iter(keys.iter().enumerate())
