@@ -161,3 +161,81 @@ fn bad_options_fail_without_mounting() {
         assert!(!is_mounted(&s.mnt), "-o {o:?} left a mount");
     }
 }
+
+/// uid/gid of `p` (not following symlinks).
+fn owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.uid(), m.gid())
+}
+
+#[test]
+fn id_mappings_behave_like_fuse_overlayfs() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let mut bins = vec![overlay_bin()];
+    // The reference, when installed (CI installs it): both must agree on every figure.
+    if Command::new("fuse-overlayfs")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        bins.push(PathBuf::from("fuse-overlayfs"));
+    }
+    for (i, bin) in bins.iter().enumerate() {
+        let layers = [Layer::new()
+            .file("rootfile", "r")
+            .file("userfile", "u")
+            .owner(5, 6)
+            .dir("d")];
+        let s = Side::build(
+            &scratch.sub(&format!("m{i}")),
+            Impl::Nestfs,
+            &layers,
+            Format::Oci,
+        );
+        let _guard = Unmount(s.mnt.clone());
+        let status = Command::new(bin)
+            .arg("-o")
+            .arg(format!(
+                "{},uidmapping=0:100000:65536,gidmapping=0:200000:65536",
+                opts(&s)
+            ))
+            .arg(&s.mnt)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{}", bin.display());
+        let what = bin.display();
+        assert_eq!(owner(&s.mnt.join("rootfile")), (100000, 200000), "{what}");
+        assert_eq!(owner(&s.mnt.join("userfile")), (100005, 200006), "{what}");
+        // A process with mapped ids writes; the upper dir keeps the layers' (inside) ids.
+        let ok = Command::new("setpriv")
+            .args([
+                "--reuid",
+                "100000",
+                "--regid",
+                "200000",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(format!("echo x > {}/d/new", s.mnt.display()))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{what}: write as mapped root");
+        assert_eq!(owner(&s.mnt.join("d/new")), (100000, 200000), "{what}");
+        assert_eq!(owner(&s.upper.join("d/new")), (0, 0), "{what}");
+        std::os::unix::fs::chown(s.mnt.join("d/new"), Some(100007), Some(200008)).unwrap();
+        assert_eq!(owner(&s.upper.join("d/new")), (7, 8), "{what}");
+        assert_eq!(owner(&s.mnt.join("d/new")), (100007, 200008), "{what}");
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&s.mnt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
