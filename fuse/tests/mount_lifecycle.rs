@@ -170,7 +170,7 @@ fn owner(p: &Path) -> (u32, u32) {
 }
 
 #[test]
-fn id_mappings_behave_like_fuse_overlayfs() {
+fn id_mappings_match_the_c_implementation() {
     require_env!();
     let scratch = common::Scratch::new();
     let mut bins = vec![overlay_bin()];
