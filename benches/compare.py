@@ -143,6 +143,9 @@ def find_impls(args):
         ("fuse-overlayfs-rs", args.fuse_overlayfs_rs),
         ("nestfs", args.nestfs),
     ]
+    if args.nestfs_before:
+        # Another nestfs-overlay build (e.g. before an optimisation), measured in the same run.
+        candidates.append(("nestfs-before", args.nestfs_before))
     for name, path in candidates:
         if path and Path(path).is_file():
             impls.append(Impl(name, path))
@@ -325,10 +328,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="1/10 of the data, 3 runs: a smoke run")
-    ap.add_argument("--only", help="comma list of implementations (kernel,fuse-overlayfs-c,fuse-overlayfs-rs,nestfs)")
+    ap.add_argument("--only", help="comma list of implementations (kernel,fuse-overlayfs-c,fuse-overlayfs-rs,nestfs,nestfs-before)")
     ap.add_argument("--workloads", help="comma list of workload names")
     ap.add_argument("--data", default="/var/tmp/nestfs-bench", help="where generated layers are cached")
     ap.add_argument("--nestfs", default=str(REPO / "target/release/nestfs-overlay"))
+    ap.add_argument("--nestfs-before", help="a second nestfs-overlay binary to compare against")
     ap.add_argument("--fuse-overlayfs-rs", default=str(REPO / "benches/.tools/bin/fuse-overlayfs"))
     ap.add_argument("--out", default=str(REPO / "target/bench-compare.json"))
     args = ap.parse_args()

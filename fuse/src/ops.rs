@@ -26,7 +26,9 @@ use crate::sys;
 
 pub struct Fs {
     ov: Overlay,
-    dirs: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
+    /// Open directory handles: the listing, made on the first read (the kernel caches
+    /// listings, so most opens never read).
+    dirs: Mutex<HashMap<u64, Option<Arc<Vec<Entry>>>>>,
     next_dir: AtomicU64,
 }
 
@@ -63,12 +65,34 @@ impl Fs {
         }
     }
 
-    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<Entry>>> {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
+    /// The listing of open directory `fh` (node `ino`), with `.` and `..`.
+    fn listing(&self, fh: FileHandle, ino: u64) -> io::Result<Arc<Vec<Entry>>> {
+        let made = |d: &HashMap<u64, Option<Arc<Vec<Entry>>>>| match d.get(&fh.0) {
+            None => Err(sys::err(libc::EBADF)),
+            Some(l) => Ok(l.clone()),
+        };
+        if let Some(list) = made(&self.dirs.lock().unwrap_or_else(|e| e.into_inner()))? {
+            return Ok(list);
+        }
+        // Listed without the lock: other directories' reads go on meanwhile.
+        let mut entries = vec![
+            Entry {
+                name: c".".into(),
+                dtype: libc::DT_DIR,
+            },
+            Entry {
+                name: c"..".into(),
+                dtype: libc::DT_DIR,
+            },
+        ];
+        entries.extend(dir::list(&self.ov.dirs_of(ino)?)?);
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = made(&dirs)? {
+            return Ok(list); // another read of this handle listed first
+        }
+        let list = Arc::new(entries);
+        dirs.insert(fh.0, Some(list.clone()));
+        Ok(list)
     }
 }
 
@@ -429,24 +453,18 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
-        let mut entries = vec![
-            Entry {
-                name: c".".into(),
-                dtype: libc::DT_DIR,
-            },
-            Entry {
-                name: c"..".into(),
-                dtype: libc::DT_DIR,
-            },
-        ];
-        entries.extend(tryr!(reply, dir::list(&dirs).map_err(E::from)));
+        tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
         let id = self.next_dir.fetch_add(1, Ordering::Relaxed);
         self.dirs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Arc::new(entries));
-        reply.opened(FileHandle(id), FopenFlags::empty());
+            .insert(id, None);
+        // The kernel may keep listings in its page cache: only this mount changes the layers,
+        // and the kernel drops a directory's cached listing when a change goes through it.
+        reply.opened(
+            FileHandle(id),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
 
     fn readdir(
@@ -457,9 +475,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(list) = self.listing(fh) else {
-            return reply.error(Errno::EBADF);
-        };
+        let list = tryr!(reply, self.listing(fh, ino.0).map_err(E::from));
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             // d_ino as a lookup would report it; 1 only if the entry vanished meanwhile.
@@ -487,9 +503,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(list) = self.listing(fh) else {
-            return reply.error(Errno::EBADF);
-        };
+        let list = tryr!(reply, self.listing(fh, ino.0).map_err(E::from));
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             if let Some(d) = self.dot(ino.0, &e.name) {
