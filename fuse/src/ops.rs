@@ -174,8 +174,16 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = tryr!(reply, cname(name));
-        let attr = tryr!(reply, self.ov.lookup(parent.0, &name).map_err(E::from));
-        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
+        match self.ov.lookup(parent.0, &name) {
+            Ok(attr) => reply.entry(&self.ov.ttl_of(&attr), &attr, gen0()),
+            // A negative entry (node 0) the kernel may cache: names only appear through this
+            // mount, and the kernel drops the negative entry when one does.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let none: sys::Stat = unsafe { std::mem::zeroed() };
+                reply.entry(&self.ov.ttl, &crate::overlay::attr(&none, 0, false), gen0());
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -357,7 +365,7 @@ impl Filesystem for Fs {
         let _ = self.ov.track_fd(ino, fd.as_raw_fd(), true);
         reply.opened(
             FileHandle(fd.into_raw_fd() as u64),
-            FopenFlags::FOPEN_KEEP_CACHE,
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
         );
     }
 
@@ -667,7 +675,7 @@ impl Filesystem for Fs {
             &attr,
             gen0(),
             FileHandle(fd.into_raw_fd() as u64),
-            FopenFlags::FOPEN_KEEP_CACHE,
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
         );
     }
 
