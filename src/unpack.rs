@@ -46,8 +46,15 @@ pub fn decompressor<'a, R: Read + 'a>(reader: R) -> std::io::Result<Box<dyn Read
     })
 }
 
-fn invalid(what: &str, e: impl std::fmt::Display) -> ImageError {
-    ImageError::Invalid(format!("{what}: {e}"))
+/// The error with its causes: the tar crate says which entry failed, its source says why.
+fn invalid(what: &str, e: impl std::error::Error) -> ImageError {
+    let mut msg = format!("{what}: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    ImageError::Invalid(msg)
 }
 
 /// Replaces the stand-in file of a device entry by the device node (as root).

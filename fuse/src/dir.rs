@@ -13,6 +13,8 @@ use crate::whiteout;
 pub struct Entry {
     pub name: CString,
     pub dtype: u8,
+    /// Index (in the listed dirs) of the topmost layer that holds the name.
+    pub at: usize,
 }
 
 /// The visible names of a directory made of `dirs` (top first): upper names hide lower ones,
@@ -20,7 +22,7 @@ pub struct Entry {
 pub fn list(dirs: &[LayerDir]) -> io::Result<Vec<Entry>> {
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut out = Vec::new();
-    for d in dirs {
+    for (at, d) in dirs.iter().enumerate() {
         let fd = d.fd.as_raw_fd();
         let mut hidden = Vec::new();
         for (name, dtype) in sys::read_dir_names(fd)? {
@@ -41,7 +43,7 @@ pub fn list(dirs: &[LayerDir]) -> io::Result<Vec<Entry>> {
                 continue;
             }
             seen.insert(name);
-            out.push(Entry { name: c, dtype });
+            out.push(Entry { name: c, dtype, at });
         }
         seen.extend(hidden);
     }

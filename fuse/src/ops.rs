@@ -79,10 +79,12 @@ impl Fs {
             Entry {
                 name: c".".into(),
                 dtype: libc::DT_DIR,
+                at: 0,
             },
             Entry {
                 name: c"..".into(),
                 dtype: libc::DT_DIR,
+                at: 0,
             },
         ];
         entries.extend(dir::list(&self.ov.dirs_of(ino)?)?);
@@ -489,7 +491,11 @@ impl Filesystem for Fs {
             // d_ino as a lookup would report it; 1 only if the entry vanished meanwhile.
             let child = match self.dot(ino.0, &e.name) {
                 Some(d) => d,
-                None => self.ov.resolve(&dirs, &e.name).map(|f| f.ino).unwrap_or(1),
+                None => self
+                    .ov
+                    .resolve_from(&dirs, &e.name, e.at)
+                    .map(|f| f.ino)
+                    .unwrap_or(1),
             };
             if reply.add(
                 INodeNo(child),
@@ -532,7 +538,7 @@ impl Filesystem for Fs {
                 }
                 continue;
             }
-            let Ok(found) = self.ov.resolve(&dirs, &e.name) else {
+            let Ok(found) = self.ov.resolve_from(&dirs, &e.name, e.at) else {
                 continue; // removed since opendir
             };
             let attr = crate::overlay::attr(&found.st, found.ino, found.dirs.len() > 1);

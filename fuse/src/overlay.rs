@@ -346,7 +346,17 @@ impl Overlay {
 
     /// Walks `name` through the parent's layers, top first, honouring whiteouts and opaque dirs.
     pub fn resolve(&self, parent: &[LayerDir], name: &CStr) -> io::Result<Found> {
+        self.resolve_from(parent, name, 0)
+    }
+
+    /// [`Self::resolve`] for a name a listing found first in `parent[at]`: the lower layers
+    /// above it cannot hold it or a whiteout for it (they never change), so only the upper
+    /// layer, which may have changed since, is probed before it.
+    pub fn resolve_from(&self, parent: &[LayerDir], name: &CStr, at: usize) -> io::Result<Found> {
         for (i, pd) in parent.iter().enumerate() {
+            if i < at && !self.is_upper(pd.layer) {
+                continue;
+            }
             let fd = pd.fd.as_raw_fd();
             let st = match probe(pd, name)? {
                 Probe::Absent => continue,
