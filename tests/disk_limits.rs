@@ -62,6 +62,17 @@ fn create(s: &TestStore, image: &str, id: &str, args: &[&str]) -> PathBuf {
     PathBuf::from(r.json()["root"]["path"].as_str().unwrap())
 }
 
+/// Creates `id` with an exclusive limit of `limit` bytes (the image's layers do not count).
+fn create_excl(s: &TestStore, image: &Path, id: &str, limit: u64) -> PathBuf {
+    let limit = limit.to_string();
+    let args = [
+        "--disk-limit-size-bytes",
+        &limit,
+        "--exclude-image-from-quota",
+    ];
+    create(s, image.to_str().unwrap(), id, &args)
+}
+
 #[test]
 fn inclusive_limit_counts_the_layers_and_stops_writes_with_edquot() {
     require_root_fuse!();
@@ -121,16 +132,7 @@ fn exclusive_limit_counts_only_the_container_writes() {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[("three-mib", 3 * MIB as usize)]);
     // Smaller than the image: fine when the image is excluded.
-    let rootfs = create(
-        &s,
-        image.to_str().unwrap(),
-        "ex",
-        &[
-            "--disk-limit-size-bytes",
-            &(2 * MIB).to_string(),
-            "--exclude-image-from-quota",
-        ],
-    );
+    let rootfs = create_excl(&s, &image, "ex", 2 * MIB);
     let used0 = stats(&s, "ex").0;
     let (written, e) = fill(&rootfs.join("fill"), 300_000);
     assert_edquot(&e);
@@ -147,16 +149,7 @@ fn fallocate_truncate_and_sparse_files() {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[]);
     let limit = 2 * MIB;
-    let rootfs = create(
-        &s,
-        image.to_str().unwrap(),
-        "fa",
-        &[
-            "--disk-limit-size-bytes",
-            &limit.to_string(),
-            "--exclude-image-from-quota",
-        ],
-    );
+    let rootfs = create_excl(&s, &image, "fa", limit);
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -203,16 +196,7 @@ fn many_small_files_hit_the_limit() {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[]);
     let limit = MIB;
-    let rootfs = create(
-        &s,
-        image.to_str().unwrap(),
-        "small",
-        &[
-            "--disk-limit-size-bytes",
-            &limit.to_string(),
-            "--exclude-image-from-quota",
-        ],
-    );
+    let rootfs = create_excl(&s, &image, "small", limit);
     std::fs::create_dir(rootfs.join("d")).unwrap();
     let mut made = 0;
     let err = loop {
@@ -242,17 +226,7 @@ fn copy_up_of_a_large_lower_file_costs_the_whole_file() {
     require_root_fuse!();
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[("big", 8 * MIB as usize)]);
-    let image = image.to_str().unwrap();
-    let excl_limit = |n: u64| {
-        vec![
-            "--disk-limit-size-bytes".to_string(),
-            n.to_string(),
-            "--exclude-image-from-quota".to_string(),
-        ]
-    };
-    let args = excl_limit(4 * MIB);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let small = create(&s, image, "small", &args);
+    let small = create_excl(&s, &image, "small", 4 * MIB);
     let original = std::fs::read(small.join("big")).unwrap();
     // A 1-byte write needs the whole file copied up: refused, and the file is untouched.
     let e = OpenOptions::new()
@@ -264,9 +238,7 @@ fn copy_up_of_a_large_lower_file_costs_the_whole_file() {
     assert!(!upper(&s, "small").join("big").exists());
     assert!(stats(&s, "small").0 < 64 * 1024);
 
-    let args = excl_limit(16 * MIB);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let roomy = create(&s, image, "roomy", &args);
+    let roomy = create_excl(&s, &image, "roomy", 16 * MIB);
     let mut f = OpenOptions::new()
         .append(true)
         .open(roomy.join("big"))
@@ -284,16 +256,7 @@ fn hardlinks_count_once_and_stats_match_du_across_a_daemon_restart() {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[("lower", 100_000)]);
     let limit = 8 * MIB;
-    let rootfs = create(
-        &s,
-        image.to_str().unwrap(),
-        "hl",
-        &[
-            "--disk-limit-size-bytes",
-            &limit.to_string(),
-            "--exclude-image-from-quota",
-        ],
-    );
+    let rootfs = create_excl(&s, &image, "hl", limit);
     std::fs::write(rootfs.join("a"), vec![1u8; MIB as usize]).unwrap();
     let one = stats(&s, "hl").0;
     for n in ["b", "c", "d"] {
@@ -346,16 +309,7 @@ fn concurrent_writers_cannot_overshoot_the_limit() {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[]);
     let limit = 16 * MIB;
-    let rootfs = create(
-        &s,
-        image.to_str().unwrap(),
-        "race",
-        &[
-            "--disk-limit-size-bytes",
-            &limit.to_string(),
-            "--exclude-image-from-quota",
-        ],
-    );
+    let rootfs = create_excl(&s, &image, "race", limit);
     let chunk = 256 * 1024;
     let writers: Vec<_> = (0..4)
         .map(|i| {
@@ -381,16 +335,7 @@ fn an_unlinked_open_file_stays_charged_until_its_last_close() {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[]);
     let limit = 4 * MIB;
-    let rootfs = create(
-        &s,
-        image.to_str().unwrap(),
-        "open",
-        &[
-            "--disk-limit-size-bytes",
-            &limit.to_string(),
-            "--exclude-image-from-quota",
-        ],
-    );
+    let rootfs = create_excl(&s, &image, "open", limit);
     let base = stats(&s, "open").0;
     let mut f = OpenOptions::new()
         .create(true)
