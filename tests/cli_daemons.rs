@@ -270,3 +270,31 @@ fn a_hundred_images_mounted_at_once() {
     assert!(mounts_under(s.dir.path()).is_empty());
     assert!(daemons_for(s.dir.path()).is_empty());
 }
+
+#[test]
+fn a_relative_store_path_works() {
+    require_root_fuse!();
+    let s = TestStore::uninitialised();
+    let run = |args: &[&str]| -> common::Run {
+        Command::new(common::bin())
+            .args(["--store", "store"])
+            .args(args)
+            .current_dir(s.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    assert_eq!(run(&["init-store"]).code, 0);
+    let r = run(&["create", &oci("busybox-1.25"), "rel"]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    let rootfs = s.root().join("images/rel/rootfs");
+    assert_eq!(
+        r.json()["root"]["path"],
+        rootfs.to_str().unwrap(),
+        "an absolute path"
+    );
+    assert!(rootfs.join("bin/busybox").exists());
+    assert_eq!(run(&["delete", "rel"]).code, 0);
+    assert_nothing_left(&s);
+}

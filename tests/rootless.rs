@@ -406,3 +406,87 @@ fn missing_pieces_are_named() {
     );
     assert!(r.stdout.contains("fusermount3 is not installed"), "{r:#?}");
 }
+
+#[test]
+fn fixture_images_look_the_same_rootless_as_with_root() {
+    let (uid, gid) = require_user!();
+    let s = Scratch::new((uid, gid));
+    // Modes of every entry, and which entries belong to the image's root, as a root store
+    // shows them (real chown and mknod)...
+    let listing = "find \"$ROOTFS\" -mindepth 1 -printf '%m %U:%G %y %P\\n' 2>/dev/null | sort";
+    for fixture in ["busybox-1.25", "alpine", "garden-rootfs"] {
+        let root_script = format!(
+            r#"
+            S=$DIR/rootstore
+            $NESTFS --store $S init-store
+            $NESTFS --store $S create {image} f > /dev/null
+            ROOTFS=$S/images/f/rootfs; {listing}
+            $NESTFS --store $S delete-store
+            "#,
+            image = oci(fixture)
+        );
+        let as_root = s.run("", &root_script, false);
+        assert_eq!(as_root.code, 0, "{as_root:#?}");
+        // ...and as the user inside `unshare -Ur`, with a store in their home (default path).
+        let user_script = format!(
+            r#"
+            export HOME=$DIR/home XDG_DATA_HOME=
+            $NESTFS init-store
+            $NESTFS create {image} f > /dev/null
+            ROOTFS=$HOME/.local/share/nestfs/images/f/rootfs
+            unshare -Ur sh -c "ROOTFS=$ROOTFS; {listing_q}"
+            $NESTFS delete-store
+            "#,
+            image = oci(fixture),
+            listing_q = listing.replace('"', "\\\""),
+        );
+        let as_user = s.run(
+            &format!("mkdir -p home && chown {uid}:{gid} home"),
+            &user_script,
+            true,
+        );
+        assert_eq!(as_user.code, 0, "{as_user:#?}");
+        // With one id mapped, the image's root shows as root and every other owner as 65534;
+        // entries under directories only their owner may search are not listed by either view
+        // the same way, so compare what both could see.
+        let expect: std::collections::BTreeMap<String, String> = as_root
+            .stdout
+            .lines()
+            .map(|l| {
+                let (mode, rest) = l.split_once(' ').unwrap();
+                let (owner, rest) = rest.split_once(' ').unwrap();
+                let shown = if owner == "0:0" {
+                    "0:0".to_string()
+                } else {
+                    "*".into()
+                };
+                (rest.to_string(), format!("{mode} {shown}"))
+            })
+            .collect();
+        let mut compared = 0;
+        for l in as_user.stdout.lines() {
+            let (mode, rest) = l.split_once(' ').unwrap();
+            let (owner, rest) = rest.split_once(' ').unwrap();
+            let Some(want) = expect.get(rest) else {
+                panic!("{fixture}: {rest} is not in the root view");
+            };
+            let (want_mode, want_owner) = want.split_once(' ').unwrap();
+            assert_eq!(mode, want_mode, "{fixture}: mode of {rest}");
+            if want_owner == "0:0" {
+                assert_eq!(owner, "0:0", "{fixture}: owner of {rest}");
+            } else {
+                assert!(
+                    owner.contains("65534"),
+                    "{fixture}: {rest} owned by {owner}"
+                );
+            }
+            compared += 1;
+        }
+        assert!(
+            compared * 10 >= expect.len() * 9,
+            "{fixture}: compared only {compared} of {} entries",
+            expect.len()
+        );
+    }
+    assert!(daemons_for(&s.dir).is_empty());
+}

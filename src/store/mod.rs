@@ -183,7 +183,9 @@ pub fn default_root() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/lib/nestfs");
     }
+    // An empty XDG_DATA_HOME counts as unset (XDG base directory spec).
     let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
@@ -191,8 +193,13 @@ pub fn default_root() -> PathBuf {
 }
 
 impl Store {
+    /// A store at `root`; a relative path is taken from the current directory (mount points
+    /// and the daemons' arguments must be absolute).
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        let root = root.into();
+        Store {
+            root: std::path::absolute(&root).unwrap_or(root),
+        }
     }
 
     pub fn root(&self) -> &Path {
