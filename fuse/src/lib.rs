@@ -19,6 +19,7 @@ mod node;
 mod ops;
 pub mod options;
 mod overlay;
+mod passthrough;
 mod quota;
 mod sys;
 mod whiteout;
@@ -53,6 +54,9 @@ pub struct OverlayConfig {
     /// Owners, modes and devices live in xattrs (layers unpacked without privileges; see
     /// [`meta`]).
     pub meta_xattrs: bool,
+    /// Keep the kernel from reading layer files itself (FUSE passthrough), which it otherwise
+    /// does where it can.
+    pub no_passthrough: bool,
 }
 
 impl OverlayConfig {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,7 @@ use fuser::{
 use crate::dir::{self, Entry};
 use crate::modify::{Caller, NewKind};
 use crate::overlay::{Overlay, Target};
+use crate::passthrough::Open;
 use crate::sys;
 
 pub struct Fs {
@@ -54,6 +55,20 @@ impl Fs {
             Ok(attr) => reply.entry(&self.ov.ttl_of(&attr), &attr, gen0()),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    /// Whether a first open of `ino` may use passthrough (`Some(lower)`): reads of a lower
+    /// file with one name (a split of a shared inode would split all its names), and any open
+    /// of an upper file when no disk usage is counted (the daemon must see counted writes).
+    fn passthrough_for(&self, ino: u64, flags: i32, fd: &OwnedFd) -> Option<bool> {
+        if !self.ov.io.enabled() {
+            return None;
+        }
+        if self.ov.in_upper(ino) {
+            return self.ov.quota.is_none().then_some(false);
+        }
+        let single = sys::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_nlink <= 1);
+        (!wants_write(flags) && single).then_some(true)
     }
 
     /// The inode a `.` or `..` entry of directory `ino` stands for.
@@ -168,6 +183,18 @@ impl Filesystem for Fs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_EXPORT_SUPPORT;
         let _ = config.add_capabilities(want & config.capabilities());
+        if self.ov.want_passthrough
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            let roots: Vec<_> = self.ov.layers.iter().map(|l| l.root.clone()).collect();
+            if config
+                .set_max_stack_depth(crate::passthrough::stack_depth(&roots))
+                .is_ok()
+            {
+                self.ov.io.enable();
+            }
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -216,6 +243,12 @@ impl Filesystem for Fs {
         reply: ReplyAttr,
     ) {
         let fh = fh.map(|f| f.0).filter(|f| *f > 0);
+        // Truncating a file whose open files read its lower copy: see `open`.
+        if size.is_some() && fh.is_none() && self.ov.io.backs_lower(ino.0) {
+            let _g = self.ov.lock_changes();
+            tryr!(reply, self.ov.split(ino.0).map_err(E::from));
+            return reply.error(Errno::ESTALE);
+        }
         let attr = tryr!(
             reply,
             self.ov
@@ -343,6 +376,15 @@ impl Filesystem for Fs {
         // Both paths hold the change lock: a write open copies up; a read-only open of a lower
         // file must be tracked before any copy-up can slip in (see `redirect_lower_fds`).
         let _g = (wants_write(flags) || !self.ov.in_upper(ino)).then(|| self.ov.lock_changes());
+        // The name of a split node belongs to another now; the kernel looks it up again and
+        // retries the open when told its entry is stale.
+        if self.ov.is_split(ino) {
+            return reply.error(Errno::ESTALE);
+        }
+        if wants_write(flags) && self.ov.io.backs_lower(ino) {
+            tryr!(reply, self.ov.split(ino).map_err(E::from));
+            return reply.error(Errno::ESTALE);
+        }
         let t = if wants_write(flags) {
             tryr!(reply, self.ov.copy_up(ino).map_err(E::from));
             self.ov.upper_target(ino)
@@ -365,10 +407,18 @@ impl Filesystem for Fs {
             );
         }
         let _ = self.ov.track_fd(ino, fd.as_raw_fd(), true);
-        reply.opened(
-            FileHandle(fd.into_raw_fd() as u64),
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-        );
+        let fresh = self.passthrough_for(ino, flags, &fd);
+        match self.ov.io.open(ino, fresh, || reply.open_backing(&fd)) {
+            Open::Passthrough(b) => reply.opened_passthrough(
+                FileHandle(fd.into_raw_fd() as u64),
+                FopenFlags::FOPEN_NOFLUSH,
+                &b,
+            ),
+            Open::Cached => reply.opened(
+                FileHandle(fd.into_raw_fd() as u64),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
+        }
     }
 
     fn read(
@@ -435,6 +485,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.ov.io.release(ino.0);
         if self.ov.track_fd(ino.0, fh.0 as RawFd, false) {
             self.ov.closed(fh.0 as RawFd);
         }
@@ -676,6 +727,7 @@ impl Filesystem for Fs {
                 .map_err(E::from)
         );
         let _ = self.ov.track_fd(attr.ino.0, fd.as_raw_fd(), true);
+        let _ = self.ov.io.open(attr.ino.0, None, || unreachable!());
         reply.created(
             &self.ov.ttl_of(&attr),
             &attr,

@@ -83,6 +83,8 @@ pub fn apply(cfg: &mut OverlayConfig, list: &str) -> Result<Vec<String>, OptionE
             ("fsname", Some(v)) => cfg.fsname = v.to_string(),
             ("subtype", Some(_)) => {}
             ("ro", None) => cfg.read_only = true,
+            ("passthrough", None) => cfg.no_passthrough = false,
+            ("nopassthrough", None) => cfg.no_passthrough = true,
             ("uidmapping" | "gidmapping", Some(v)) => {
                 let ranges = crate::ids::parse(v).map_err(OptionError::BadMapping)?;
                 let m = cfg.ids.get_or_insert_with(|| crate::ids::IdMap {

@@ -58,6 +58,13 @@ pub struct Overlay {
     pub ids: Option<crate::ids::IdMap>,
     /// See [`crate::meta`].
     pub meta_xattrs: bool,
+    /// Which open files the kernel serves itself (see [`crate::passthrough`]).
+    pub io: crate::passthrough::Passthrough,
+    /// Wanted by the configuration (the kernel has the last word, at init).
+    pub want_passthrough: bool,
+    /// Origin inode -> inode shown for upper copies made while the kernel read the lower
+    /// file through passthrough (see [`Overlay::split`]).
+    pub split_inos: Mutex<HashMap<u64, u64>>,
 }
 
 /// What a name resolved to.
@@ -178,6 +185,9 @@ impl Overlay {
             quota: cfg.quota.clone().filter(|_| has_upper),
             ids: cfg.ids.clone(),
             meta_xattrs: cfg.meta_xattrs,
+            io: Default::default(),
+            want_passthrough: !cfg.no_passthrough && privileged,
+            split_inos: Mutex::default(),
             block: layers
                 .first()
                 .and_then(|l| rustix::fs::fstatvfs(&*l.root).ok())
@@ -236,7 +246,7 @@ impl Overlay {
         }
     }
 
-    fn present_ino(&self, layer: usize, st_ino: u64) -> u64 {
+    pub fn present_ino(&self, layer: usize, st_ino: u64) -> u64 {
         let ino = st_ino | self.layers[layer].ino_tag;
         // Node id 1 is the FUSE root; another object with inode 1 moves to a free high bit.
         if ino == ROOT { ino | 1 << 63 } else { ino }
@@ -365,12 +375,14 @@ impl Overlay {
             };
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 let ino = if self.is_upper(pd.layer) {
-                    self.origin(fd, name).unwrap_or_else(|| {
-                        let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
-                        kept.get(&st.st_ino)
-                            .copied()
-                            .unwrap_or_else(|| self.present_ino(pd.layer, st.st_ino))
-                    })
+                    self.origin(fd, name)
+                        .map(|o| self.after_split(o))
+                        .unwrap_or_else(|| {
+                            let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
+                            kept.get(&st.st_ino)
+                                .copied()
+                                .unwrap_or_else(|| self.present_ino(pd.layer, st.st_ino))
+                        })
                 } else {
                     self.present_ino(pd.layer, st.st_ino)
                 };

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use common::layers::{Format, Layer};
 use common::ops::{self, Fd, Log, Res};
-use common::pair::{Pair, assert_logs_equal, case};
+use common::pair::{Pair, assert_logs_equal, case_with};
 
 /// Layers most cases start from (top first).
 fn base() -> Vec<Layer> {
@@ -63,19 +63,22 @@ fn base() -> Vec<Layer> {
 /// Declares a case run over overlay-format and OCI-format layers.
 macro_rules! diff_case {
     ($(#[$m:meta])* $name:ident, $layers:expr, $script:expr) => {
+        diff_case!($(#[$m])* $name, options = "", $layers, $script);
+    };
+    ($(#[$m:meta])* $name:ident, options = $opts:expr, $layers:expr, $script:expr) => {
         mod $name {
             use super::*;
             #[test]
             $(#[$m])*
             fn overlay_format() {
                 require_env!();
-                case(&$layers, Format::Overlay, $script);
+                case_with(&$layers, Format::Overlay, $opts, $script);
             }
             #[test]
             $(#[$m])*
             fn oci_format() {
                 require_env!();
-                case(&$layers, Format::Oci, $script);
+                case_with(&$layers, Format::Oci, $opts, $script);
             }
         }
     };
@@ -705,8 +708,11 @@ fn read_fd_across_copy_up(r: &Path) -> Res {
     Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
 }
 
+// Passthrough reads keep the lower copy for fds opened before (tests/passthrough.rs); without
+// it nestfs behaves as overlayfs does.
 diff_case!(
     fd_opened_before_copy_up,
+    options = "nopassthrough",
     base(),
     |r: &Path, log: &mut Log| {
         log.rec("pread old fd after copy-up", read_fd_across_copy_up(r));

@@ -359,6 +359,7 @@ fn check_fixture(name: &str, extra: impl Fn(&Path, &Model)) {
             upper: mk("upper"),
             work: mk("work"),
             mnt: mk("mnt"),
+            options: "",
         }
     };
     let kernel = side(Impl::Kernel, "kernel");

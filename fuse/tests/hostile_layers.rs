@@ -76,6 +76,7 @@ fn mount_solo(
         &side.lowers,
         Some((side.upper.as_path(), side.work.as_path())),
         &side.mnt,
+        "",
     );
     (side, lowers, m)
 }

@@ -115,12 +115,16 @@ pub struct NestfsOverlay {
 }
 
 impl NestfsOverlay {
-    pub fn mount(lowers: &[PathBuf], rw: Option<(&Path, &Path)>, mnt: &Path) -> Self {
+    pub fn mount(lowers: &[PathBuf], rw: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> Self {
         let bin = overlay_bin();
+        let mut opts = overlay_opts(lowers, rw);
+        if !extra.is_empty() {
+            opts = format!("{opts},{extra}");
+        }
         let mut child = Command::new(&bin)
             .arg("-f")
             .arg("-o")
-            .arg(overlay_opts(lowers, rw))
+            .arg(opts)
             .arg(mnt)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -150,6 +154,10 @@ impl NestfsOverlay {
             mnt: mnt.to_path_buf(),
             child,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the daemon process is still running (a crash is a finding of its own).
@@ -208,6 +216,8 @@ pub struct Side {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub mnt: PathBuf,
+    /// More `-o` options for the tested binary.
+    pub options: &'static str,
 }
 
 impl Side {
@@ -232,6 +242,7 @@ impl Side {
             upper: mk(base.join("upper")),
             work: mk(base.join("work")),
             mnt: mk(base.join("mnt")),
+            options: "",
         }
     }
 
@@ -240,7 +251,12 @@ impl Side {
         let dirs = rw.then_some((self.upper.as_path(), self.work.as_path()));
         match self.which {
             Impl::Kernel => Box::new(KernelOverlay::mount(&self.lowers, dirs, &self.mnt)),
-            Impl::Nestfs => Box::new(NestfsOverlay::mount(&self.lowers, dirs, &self.mnt)),
+            Impl::Nestfs => Box::new(NestfsOverlay::mount(
+                &self.lowers,
+                dirs,
+                &self.mnt,
+                self.options,
+            )),
         }
     }
 

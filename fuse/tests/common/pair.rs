@@ -32,13 +32,24 @@ impl Pair {
     /// Like `new`, in a scratch dir the caller prepared (e.g. with canaries next to the sides,
     /// which live in `kernel/` and `nestfs/` under it).
     pub fn new_in(scratch: Scratch, layers: &[Layer], format: Format) -> Pair {
+        Self::with_options(scratch, layers, format, "")
+    }
+
+    /// Like `new_in`, with more `-o` options for the tested binary.
+    pub fn with_options(
+        scratch: Scratch,
+        layers: &[Layer],
+        format: Format,
+        options: &'static str,
+    ) -> Pair {
         let kernel = Side::build(
             &scratch.sub("kernel"),
             Impl::Kernel,
             layers,
             Format::Overlay,
         );
-        let nestfs = Side::build(&scratch.sub("nestfs"), Impl::Nestfs, layers, format);
+        let mut nestfs = Side::build(&scratch.sub("nestfs"), Impl::Nestfs, layers, format);
+        nestfs.options = options;
         let lowers_before = kernel
             .lowers
             .iter()
@@ -174,7 +185,17 @@ pub fn assert_logs_equal(k: &Log, n: &Log) {
 
 /// One differential case: layers, the script, then all final checks.
 pub fn case(layers: &[Layer], format: Format, script: impl Fn(&Path, &mut Log) + Sync) {
-    let pair = Pair::new(layers, format);
+    case_with(layers, format, "", script);
+}
+
+/// [`case`] with more `-o` options for the tested binary.
+pub fn case_with(
+    layers: &[Layer],
+    format: Format,
+    options: &'static str,
+    script: impl Fn(&Path, &mut Log) + Sync,
+) {
+    let pair = Pair::with_options(Scratch::new(), layers, format, options);
     pair.run(script);
     pair.finish();
 }

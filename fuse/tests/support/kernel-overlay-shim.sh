@@ -14,5 +14,6 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+opts="${opts//,nopassthrough/}"
 mount -t overlay overlay -o "$opts,redirect_dir=off,index=off,metacopy=off,xino=off" "$mnt"
 while grep -q " $mnt " /proc/self/mountinfo; do sleep 0.05; done

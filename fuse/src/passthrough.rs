@@ -1,0 +1,174 @@
+//! FUSE passthrough: the kernel reads a layer's file itself (and writes it, when nothing counts
+//! the upper dir's space), so file data never crosses the daemon and every mount of a layer
+//! shares that file's page cache.
+//!
+//! The kernel's rules shape this. All open files of one FUSE inode use the same backing file,
+//! and an inode is in passthrough or in cached mode, never both at once. A lower file read
+//! through passthrough keeps its backing file while any such open lives, so changing its data
+//! (a write open, a truncate) first gives the name a node of its own ([`Overlay::split`]): fds
+//! opened before keep reading the lower copy, as on overlayfs before Linux 4.19.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fuser::BackingId;
+
+use crate::overlay::{Overlay, Target, UPPER};
+use crate::sys;
+
+/// How the kernel does I/O for the open files of one node.
+enum Mode {
+    Cached,
+    Passthrough {
+        backing: Arc<BackingId>,
+        lower: bool,
+    },
+}
+
+struct Io {
+    mode: Mode,
+    opens: u32,
+}
+
+/// What an open is answered with.
+pub enum Open {
+    Cached,
+    Passthrough(Arc<BackingId>),
+}
+
+/// Filesystems that stack on others: a backing file there needs a FUSE stacking depth of 2.
+const STACKED_FS: [i64; 3] = [
+    0x794c_7630, // overlayfs
+    0x6573_5546, // fuse
+    0xf15f,      // ecryptfs
+];
+
+/// The stacking depth passthrough needs for backing files in `layers`: 1 keeps the mount
+/// usable as a kernel overlayfs layer; 2 when a layer is itself on a stacking filesystem.
+pub fn stack_depth(layers: &[impl AsRawFd]) -> u32 {
+    let stacked = layers.iter().any(|l| {
+        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::fstatfs(l.as_raw_fd(), &mut s) } == 0;
+        ok && STACKED_FS.contains(&(s.f_type as i64))
+    });
+    if stacked { 2 } else { 1 }
+}
+
+#[derive(Default)]
+pub struct Passthrough {
+    enabled: AtomicBool,
+    nodes: Mutex<HashMap<u64, Io>>,
+}
+
+impl Passthrough {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Io>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called once the kernel agreed to passthrough.
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether open files of `ino` read its lower copy through the kernel: its data must not
+    /// change under them.
+    pub fn backs_lower(&self, ino: u64) -> bool {
+        self.lock()
+            .get(&ino)
+            .is_some_and(|io| matches!(io.mode, Mode::Passthrough { lower: true, .. }))
+    }
+
+    /// Chooses the I/O mode of a new open of `ino`: the mode its other open files use, else
+    /// passthrough when `fresh` says so (`Some(lower)`), registering the backing file with
+    /// `register`. A kernel that refuses backing files (no CAP_SYS_ADMIN, a layer stacked too
+    /// deep) turns passthrough off for the mount.
+    pub fn open(
+        &self,
+        ino: u64,
+        fresh: Option<bool>,
+        register: impl FnOnce() -> io::Result<BackingId>,
+    ) -> Open {
+        let mut nodes = self.lock();
+        if let Some(io) = nodes.get_mut(&ino) {
+            io.opens += 1;
+            return match &io.mode {
+                Mode::Cached => Open::Cached,
+                Mode::Passthrough { backing, .. } => Open::Passthrough(backing.clone()),
+            };
+        }
+        let mode = match fresh.filter(|_| self.enabled()).map(|l| (l, register())) {
+            Some((lower, Ok(b))) => Mode::Passthrough {
+                backing: Arc::new(b),
+                lower,
+            },
+            Some((_, Err(e))) => {
+                tracing::warn!("passthrough off: the kernel refused a backing file: {e}");
+                self.enabled.store(false, Ordering::Relaxed);
+                Mode::Cached
+            }
+            None => Mode::Cached,
+        };
+        let open = match &mode {
+            Mode::Cached => Open::Cached,
+            Mode::Passthrough { backing, .. } => Open::Passthrough(backing.clone()),
+        };
+        nodes.insert(ino, Io { mode, opens: 1 });
+        open
+    }
+
+    /// An open of `ino` was released; the last one frees the backing file.
+    pub fn release(&self, ino: u64) {
+        let mut nodes = self.lock();
+        if let Some(io) = nodes.get_mut(&ino) {
+            io.opens -= 1;
+            if io.opens == 0 {
+                nodes.remove(&ino);
+            }
+        }
+    }
+}
+
+impl Overlay {
+    /// Gives the name of `ino` (a lower file whose open files the kernel reads directly) a
+    /// node of its own for its upper copy: lookups answer the copy's inode number from now on,
+    /// and the kernel forgets the name, so later opens and changes reach the new node.
+    pub fn split(&self, ino: u64) -> io::Result<()> {
+        self.copy_up(ino)?;
+        let Target::Entry(dir, name) = self.upper_target(ino)? else {
+            return Err(sys::err(libc::EISDIR));
+        };
+        let st = sys::stat_at(dir.as_raw_fd(), &name)?;
+        let new = self.present_ino(UPPER, st.st_ino);
+        self.splits().insert(ino, new);
+        if let Some(parent) = self.nodes.lock().get(&ino).map(|n| n.parent) {
+            self.forget_entry_later(parent, &name);
+        }
+        Ok(())
+    }
+
+    fn splits(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.split_inos.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `ino` was split: its name now belongs to another node.
+    pub fn is_split(&self, ino: u64) -> bool {
+        let s = self.splits();
+        !s.is_empty() && s.contains_key(&ino)
+    }
+
+    /// The inode number shown for the upper copy whose origin is `ino`.
+    pub fn after_split(&self, ino: u64) -> u64 {
+        let s = self.splits();
+        if s.is_empty() {
+            return ino;
+        }
+        s.get(&ino).copied().unwrap_or(ino)
+    }
+}
