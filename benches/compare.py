@@ -105,7 +105,7 @@ def wait_mounted(mnt, proc=None, timeout=20):
             raise RuntimeError(f"mount of {mnt} failed: exit {proc.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"mount of {mnt} did not appear")
-        time.sleep(0.005)
+        time.sleep(0.0005)  # fine enough not to dominate mount-stat-umount (~4 ms)
 
 
 class Impl:

@@ -89,11 +89,9 @@ pub fn dtype_kind(dtype: u8) -> fuser::FileType {
 pub fn in_lower(dirs: &[LayerDir], upper: Option<usize>, name: &CStr) -> bool {
     for d in dirs.iter().filter(|d| Some(d.layer) != upper) {
         let fd = d.fd.as_raw_fd();
-        if d.oci && whiteout::has_oci_whiteout(fd, name) {
-            return false;
-        }
         match sys::stat_at(fd, name) {
             Ok(st) => return !whiteout::is_device_whiteout(&st),
+            Err(_) if d.oci && whiteout::has_oci_whiteout(fd, name) => return false,
             Err(_) => continue,
         }
     }

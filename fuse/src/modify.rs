@@ -344,7 +344,8 @@ impl Overlay {
                     }
                     sys::unlink_at(fd, name, is_dir)?;
                 }
-                if dir::in_lower(&dirs, Some(UPPER), name) {
+                // What was found in a lower layer needs hiding; an upper copy may hide one.
+                if !self.is_upper(found.layer) || dir::in_lower(&dirs, Some(UPPER), name) {
                     self.style.write_whiteout(fd, name)?;
                 }
                 Ok(())

@@ -558,13 +558,18 @@ fn probe(pd: &LayerDir, name: &CStr) -> io::Result<Probe> {
         return Ok(Probe::Absent); // an OCI marker is not a name of its own
     }
     let fd = pd.fd.as_raw_fd();
-    if pd.oci && whiteout::has_oci_whiteout(fd, name) {
-        return Ok(Probe::Hidden);
-    }
+    // The name first: an OCI whiteout hides only lower layers' copies, never its own layer's
+    // (image-spec, "Whiteouts"), so a name that is here needs no second look.
     match sys::stat_at(fd, name) {
         Ok(st) if whiteout::is_device_whiteout(&st) => Ok(Probe::Hidden),
         Ok(st) => Ok(Probe::Here(st)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Probe::Absent),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            if pd.oci && whiteout::has_oci_whiteout(fd, name) {
+                Ok(Probe::Hidden)
+            } else {
+                Ok(Probe::Absent)
+            }
+        }
         Err(e) => Err(e),
     }
 }

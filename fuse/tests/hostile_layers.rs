@@ -628,3 +628,32 @@ fn overlay_metadata_xattrs_in_layers_cannot_escape() {
     canary.assert_untouched();
     lowers.assert_unchanged();
 }
+
+/// An OCI layer holding both `NAME` and `.wh.NAME`: the whiteout hides only lower layers'
+/// copies (image-spec), so the layer's own file shows; a lone whiteout still hides.
+#[test]
+fn a_whiteout_never_hides_its_own_layers_file() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let layers = [
+        Layer::new().file("both", "top").file("gone", "x"),
+        Layer::new().file("both", "base").file("gone", "base"),
+    ];
+    let (side, lowers, m) = mount_solo(&scratch, &layers, Format::Oci);
+    std::fs::write(side.lowers[0].join(".wh.both"), "").unwrap();
+    std::fs::remove_file(side.lowers[0].join("gone")).unwrap();
+    std::fs::write(side.lowers[0].join(".wh.gone"), "").unwrap();
+    let r = &side.mnt;
+    assert_eq!(std::fs::read_to_string(r.join("both")).unwrap(), "top");
+    assert!(
+        !r.join("gone").exists(),
+        "a whiteout in the top layer hides the base's file"
+    );
+    let mut names: Vec<_> = std::fs::read_dir(r)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["both"]);
+    drop((m, lowers));
+}
