@@ -99,12 +99,19 @@ impl Style {
         }
     }
 
-    pub fn write_whiteout(self, dir: RawFd, name: &CStr) -> io::Result<()> {
+    /// The entry that stands for a whiteout of `name`.
+    pub fn entry(self, name: &CStr) -> std::borrow::Cow<'_, CStr> {
         match self {
-            Style::Overlay => sys::mknod_at(dir, name, libc::S_IFCHR, 0),
-            Style::Oci => {
-                sys::open_at(dir, &oci_name(name), libc::O_CREAT | libc::O_WRONLY, 0o600).map(drop)
-            }
+            Style::Overlay => name.into(),
+            Style::Oci => oci_name(name).into(),
+        }
+    }
+
+    /// Makes a whiteout object at exactly `entry` (see [`Self::entry`]).
+    pub fn make(self, dir: RawFd, entry: &CStr) -> io::Result<()> {
+        match self {
+            Style::Overlay => sys::mknod_at(dir, entry, libc::S_IFCHR, 0),
+            Style::Oci => sys::open_at(dir, entry, libc::O_CREAT | libc::O_WRONLY, 0o600).map(drop),
         }
     }
 
