@@ -727,14 +727,30 @@ impl Filesystem for Fs {
                 .map_err(E::from)
         );
         let _ = self.ov.track_fd(attr.ino.0, fd.as_raw_fd(), true);
-        let _ = self.ov.io.open(attr.ino.0, None, || unreachable!());
-        reply.created(
-            &self.ov.ttl_of(&attr),
-            &attr,
-            gen0(),
-            FileHandle(fd.into_raw_fd() as u64),
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-        );
+        // A new file is in the upper dir: see `passthrough_for`.
+        let fresh = (self.ov.io.enabled() && self.ov.quota.is_none()).then_some(false);
+        let ttl = self.ov.ttl_of(&attr);
+        match self
+            .ov
+            .io
+            .open(attr.ino.0, fresh, || reply.open_backing(&fd))
+        {
+            Open::Passthrough(b) => reply.created_passthrough(
+                &ttl,
+                &attr,
+                gen0(),
+                FileHandle(fd.into_raw_fd() as u64),
+                FopenFlags::FOPEN_NOFLUSH,
+                &b,
+            ),
+            Open::Cached => reply.created(
+                &ttl,
+                &attr,
+                gen0(),
+                FileHandle(fd.into_raw_fd() as u64),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
+        }
     }
 
     fn fallocate(

@@ -16,13 +16,17 @@ use common::mounts::{Impl, Mounted, NestfsOverlay, Side, is_mounted};
 
 const BIG: usize = 8 << 20;
 
-/// Bytes the process has read with read(2) and friends.
-fn rchar(pid: u32) -> u64 {
+/// A counter of /proc/PID/io: `rchar` (bytes read with read(2) and friends) or `wchar`.
+fn io_counter(pid: u32, key: &str) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
     io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
         .and_then(|v| v.parse().ok())
-        .expect("rchar in /proc/PID/io")
+        .unwrap_or_else(|| panic!("{key} in /proc/PID/io"))
+}
+
+fn rchar(pid: u32) -> u64 {
+    io_counter(pid, "rchar")
 }
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -72,6 +76,35 @@ fn reads_bypass_the_daemon() {
     assert!(
         copied >= BIG as u64,
         "without passthrough the daemon read only {copied} bytes"
+    );
+}
+
+#[test]
+fn writes_bypass_the_daemon_when_nothing_is_counted() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let m = mount(&s, &s.lowers, "");
+    let root = m.root();
+    let before = io_counter(m.pid(), "wchar");
+    std::fs::write(root.join("new"), pattern(BIG)).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("new"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &pattern(BIG)).unwrap();
+    drop(f);
+    let written = io_counter(m.pid(), "wchar") - before;
+    assert!(
+        written < (BIG / 8) as u64,
+        "the daemon wrote {written} bytes for 16 MiB of writes: no passthrough"
+    );
+    let mut want = pattern(BIG);
+    want.extend(pattern(BIG));
+    assert!(std::fs::read(s.upper.join("new")).unwrap() == want);
+    assert_eq!(
+        std::fs::metadata(root.join("new")).unwrap().len(),
+        2 * BIG as u64
     );
 }
 
