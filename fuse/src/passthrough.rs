@@ -28,6 +28,15 @@ enum Mode {
     },
 }
 
+impl Mode {
+    fn answer(&self) -> Open {
+        match self {
+            Mode::Cached => Open::Cached,
+            Mode::Passthrough { backing, .. } => Open::Passthrough(backing.clone()),
+        }
+    }
+}
+
 struct Io {
     mode: Mode,
     opens: u32,
@@ -98,10 +107,7 @@ impl Passthrough {
         let mut nodes = self.lock();
         if let Some(io) = nodes.get_mut(&ino) {
             io.opens += 1;
-            return match &io.mode {
-                Mode::Cached => Open::Cached,
-                Mode::Passthrough { backing, .. } => Open::Passthrough(backing.clone()),
-            };
+            return io.mode.answer();
         }
         let mode = match fresh.filter(|_| self.enabled()).map(|l| (l, register())) {
             Some((lower, Ok(b))) => Mode::Passthrough {
@@ -115,10 +121,7 @@ impl Passthrough {
             }
             None => Mode::Cached,
         };
-        let open = match &mode {
-            Mode::Cached => Open::Cached,
-            Mode::Passthrough { backing, .. } => Open::Passthrough(backing.clone()),
-        };
+        let open = mode.answer();
         nodes.insert(ino, Io { mode, opens: 1 });
         open
     }
