@@ -98,14 +98,31 @@ fn basic_auth_and_wrong_credentials() {
     assert!(s.root().join("images/ok/rootfs/bin").exists());
 }
 
+/// A loopback port that refuses connections for as long as the returned socket lives: bound
+/// but not listening, so no other test's server can take it meanwhile (a port merely found
+/// free once can be, and then the "unreachable" registry answers).
+fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let r = unsafe { libc::bind(raw, (&raw const addr).cast(), len) };
+    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+    let mut len = len;
+    let r = unsafe { libc::getsockname(raw, (&raw mut addr).cast(), &mut len) };
+    assert_eq!(r, 0, "getsockname: {}", std::io::Error::last_os_error());
+    (fd, u16::from_be(addr.sin_port))
+}
+
 #[test]
 fn unreachable_registry_fails_with_a_clear_line() {
     let s = TestStore::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_held, port) = refusing_port();
     let r = s.run(&[
         "create",
         "--insecure-registry",

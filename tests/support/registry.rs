@@ -55,6 +55,9 @@ impl Registry {
         }
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();
+        // One start at a time in this process, so two registries never race for one port.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&cfg)
@@ -62,7 +65,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("start docker-registry (apt-get install docker-registry)");
-        let r = Registry {
+        let mut r = Registry {
             child,
             addr,
             dir,
@@ -70,9 +73,12 @@ impl Registry {
         };
         let start = Instant::now();
         while std::net::TcpStream::connect(&r.addr).is_err() {
+            // A registry that exits could not bind its port (taken meanwhile, e.g. as some
+            // connection's source port): the caller's test would fail for nothing.
+            let exited = r.child.try_wait().expect("poll docker-registry");
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "registry did not start on {}",
+                exited.is_none() && start.elapsed() < Duration::from_secs(30),
+                "registry did not start on {} ({exited:?})",
                 r.addr
             );
             std::thread::sleep(Duration::from_millis(20));
