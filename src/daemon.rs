@@ -216,41 +216,10 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     std::fs::write(pid_file(store, id), std::process::id().to_string())?;
     let target = mnt.clone();
     control::listen(&dir, quota, move || unmount(&target, false))?;
-    shed_startup_pages();
+    nestfs_fuse::shed_startup_pages();
     let served = prepared.serve();
     let _ = std::fs::remove_file(dir.join(control::SOCKET));
     served
-}
-
-/// Unmaps the clean file-backed pages startup touched (argument parsing, logging, mount setup
-/// in the binary and its libraries, mapped in 64 KiB fault-around blocks), so an idle daemon's
-/// RSS holds only what serving uses: those pages fault back from the page cache on use. Only
-/// mappings that are not writable and hold no private (copied) pages are touched, so nothing
-/// is lost, not even relocations.
-fn shed_startup_pages() {
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-        return;
-    };
-    let mut current: Option<(usize, usize)> = None;
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-')
-            && let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            )
-        {
-            let perms = words.next().unwrap_or("");
-            let file_backed = words.nth(3).is_some_and(|p| p.starts_with('/'));
-            current = (file_backed && perms.starts_with("r-")).then_some((start, end));
-        } else if first == "Anonymous:"
-            && words.next() == Some("0")
-            && let Some((start, end)) = current.take()
-        {
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-        }
-    }
 }
 
 /// Unmounts `mnt`, lazily (detached now, gone once its last user lets go) or not (EBUSY while

@@ -13,6 +13,7 @@
 mod copyup;
 mod dir;
 pub mod ids;
+mod memory;
 pub mod meta;
 mod modify;
 mod node;
@@ -30,6 +31,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
 
+pub use memory::shed_startup_pages;
 pub use quota::{Quota, allocated_bytes};
 
 /// What to mount.

@@ -97,16 +97,12 @@ fn without_f_returns_once_the_mount_answers() {
     );
 }
 
-#[test]
-fn foreground_daemon_exits_cleanly_after_unmount() {
-    require_env!();
-    let scratch = common::Scratch::new();
-    let s = side(&scratch);
-    let _guard = Unmount(s.mnt.clone());
+/// Starts `nestfs-overlay -f` on `s` and returns once its mount exists.
+fn foreground(s: &Side) -> std::process::Child {
     let mut child = Command::new(overlay_bin())
         .arg("-f")
         .arg("-o")
-        .arg(opts(&s))
+        .arg(opts(s))
         .arg(&s.mnt)
         .stdin(Stdio::null())
         .spawn()
@@ -115,8 +111,104 @@ fn foreground_daemon_exits_cleanly_after_unmount() {
         if let Some(st) = child.try_wait().unwrap() {
             panic!("daemon exited with {st} before mounting");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
+    child
+}
+
+#[test]
+fn stop_signals_unmount_and_exit_cleanly() {
+    require_env!();
+    // At once (while the daemon still settles) and once it has shed its startup pages.
+    for (signal, after) in [
+        (libc::SIGTERM, Duration::ZERO),
+        (libc::SIGINT, Duration::from_millis(500)),
+        (libc::SIGHUP, Duration::from_millis(500)),
+    ] {
+        let scratch = common::Scratch::new();
+        let s = side(&scratch);
+        let _guard = Unmount(s.mnt.clone());
+        let child = foreground(&s);
+        std::fs::write(s.mnt.join("kept"), "written before the signal").unwrap();
+        std::thread::sleep(after);
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let status = wait_with_limit(child, &format!("signal {signal} after {after:?}"));
+        assert!(
+            status.success(),
+            "signal {signal} after {after:?}: exit {status}"
+        );
+        assert!(!is_mounted(&s.mnt), "signal {signal} left the mount");
+        assert_eq!(
+            std::fs::read_to_string(s.upper.join("kept")).unwrap(),
+            "written before the signal"
+        );
+    }
+}
+
+/// Resident KiB of the daemon's own executable mappings.
+fn exe_rss_kib(pid: u32) -> u64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut ours = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("Rss:") if ours => kib += words.next().unwrap().parse::<u64>().unwrap(),
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                ours = words.nth(4).map(Path::new) == Some(exe.as_path());
+            }
+            _ => {}
+        }
+    }
+    kib
+}
+
+#[test]
+fn an_idle_daemon_keeps_only_the_code_serving_needs() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let _guard = Unmount(s.mnt.clone());
+    let child = foreground(&s);
+    let pid = child.id();
+    assert_eq!(
+        std::fs::read_to_string(s.mnt.join("hello")).unwrap(),
+        "world"
+    );
+    let started = exe_rss_kib(pid);
+    // The daemon sheds startup pages 200 ms after mounting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while exe_rss_kib(pid) * 2 > started {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the executable's resident pages stayed at {} KiB (after mount: {started} KiB)",
+            exe_rss_kib(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What was dropped comes back from the page cache: the mount serves as before.
+    assert_eq!(
+        std::fs::read_to_string(s.mnt.join("hello")).unwrap(),
+        "world"
+    );
+    std::fs::write(s.mnt.join("new"), "after shedding").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(s.upper.join("new")).unwrap(),
+        "after shedding"
+    );
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = wait_with_limit(child, "daemon after shedding");
+    assert!(status.success(), "exit {status}");
+}
+
+#[test]
+fn foreground_daemon_exits_cleanly_after_unmount() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let _guard = Unmount(s.mnt.clone());
+    let child = foreground(&s);
     assert!(Path::new(&s.mnt.join("d")).is_dir());
     let out = Command::new("fusermount3")
         .arg("-u")
