@@ -145,6 +145,46 @@ fn stop_signals_unmount_and_exit_cleanly() {
     }
 }
 
+#[test]
+fn debug_flag_logs_every_request() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let _guard = Unmount(s.mnt.clone());
+    let mut child = Command::new(overlay_bin())
+        .arg("-d")
+        .arg("-o")
+        .arg(opts(&s))
+        .arg(&s.mnt)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    while !is_mounted(&s.mnt) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("daemon exited with {st} before mounting");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        std::fs::read_to_string(s.mnt.join("hello")).unwrap(),
+        "world"
+    );
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&s.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fusermount3 -u: {out:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let status = wait_with_limit(child, "daemon with -d");
+    assert!(status.success(), "exit {status}");
+    for want in ["LOOKUP name \"hello\"", " OPEN flags"] {
+        assert!(log.contains(want), "no {want:?} in the -d log:\n{log}");
+    }
+}
+
 /// Resident KiB of the daemon's own executable mappings.
 fn exe_rss_kib(pid: u32) -> u64 {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
