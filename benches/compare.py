@@ -213,6 +213,17 @@ def w_stat_warm(c):
     return timed(lambda: sh(f"find {c.mnt}/tree -printf '%s\\n'"))
 
 
+def w_stat_parallel(c):
+    """Four `find`s at once over quarters of the tree, cold: containers run many processes,
+    and a daemon that serves one request at a time makes them queue."""
+    dirs = sorted(p.name for p in (c.mnt / "tree").iterdir())
+    parts = [" ".join(f"{c.mnt}/tree/{d}" for d in dirs[i::4]) for i in range(4)]
+    drop_caches()
+    starts = "".join(f"find {p} -printf '%s\\n' >/dev/null & p{i}=$!; " for i, p in enumerate(parts))
+    waits = " && ".join(f"wait $p{i}" for i in range(4))  # any find that fails fails the sample
+    return timed(lambda: sh(starts + waits))
+
+
 def w_list(c):
     sh(f"ls -f {c.mnt}/dir10k")
     return timed(lambda: sh(f"ls -f {c.mnt}/dir10k"))
@@ -265,6 +276,7 @@ def w_rss(c):
 WORKLOADS = [
     ("stat-cold", "s", w_stat_cold),
     ("stat-warm", "s", w_stat_warm),
+    ("stat-parallel-cold", "s", w_stat_parallel),
     ("list-10k", "s", w_list),
     ("seq-read-cold", "s", w_seq_cold),
     ("seq-read-warm", "s", w_seq_warm),
