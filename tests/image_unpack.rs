@@ -217,3 +217,57 @@ trait TakeBytes: std::io::Read + Sized {
     }
 }
 impl<R: std::io::Read> TakeBytes for R {}
+
+#[test]
+fn symlinked_directories_inside_the_layer_are_followed() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    raw(&mut b, tar::EntryType::Directory, "usr/lib/", "", b"");
+    raw(&mut b, tar::EntryType::Symlink, "lib", "usr/lib", b"");
+    raw(&mut b, tar::EntryType::Regular, "lib/x", "", b"through lib");
+    raw(&mut b, tar::EntryType::Link, "lib/h", "lib/x", b"");
+    raw(&mut b, tar::EntryType::Symlink, "usr/lib/up", "../..", b"");
+    raw(
+        &mut b,
+        tar::EntryType::Regular,
+        "usr/lib/up/top",
+        "",
+        b"at the root",
+    );
+    unpack(&b.into_inner().unwrap()[..], &c.dest, &opts()).unwrap();
+    let x = c.dest.join("usr/lib/x");
+    assert_eq!(std::fs::read_to_string(&x).unwrap(), "through lib");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(c.dest.join("usr/lib/h")).unwrap().ino(),
+        std::fs::metadata(&x).unwrap().ino(),
+        "the hard link shares the file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.dest.join("top")).unwrap(),
+        "at the root"
+    );
+    canary_untouched(&c);
+}
+
+#[test]
+fn a_file_that_replaces_a_symlinked_directory_is_not_walked_through() {
+    let c = case();
+    let mut b = tar::Builder::new(Vec::new());
+    raw(&mut b, tar::EntryType::Directory, "real/", "", b"");
+    raw(&mut b, tar::EntryType::Symlink, "s", "real", b"");
+    raw(&mut b, tar::EntryType::Regular, "s/a", "", b"a");
+    raw(&mut b, tar::EntryType::Regular, "s", "", b"now a file");
+    raw(&mut b, tar::EntryType::Regular, "s/b", "", b"b");
+    let r = unpack(&b.into_inner().unwrap()[..], &c.dest, &opts());
+    assert!(r.is_err(), "s/b unpacked beneath a regular file");
+    assert_eq!(std::fs::read_to_string(c.dest.join("real/a")).unwrap(), "a");
+    assert!(
+        !c.dest.join("real/b").exists(),
+        "s/b went through the symlink s no longer is"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.dest.join("s")).unwrap(),
+        "now a file"
+    );
+}
