@@ -194,6 +194,10 @@ impl Overlay {
         if !self.privileged {
             return Ok(());
         }
+        // Made by this daemon (root, its group or the setgid directory's): owned as asked.
+        if self.stored_ids(who.uid, who.gid)? == (0, unsafe { libc::getegid() }) {
+            return Ok(());
+        }
         let pst = sys::fstat(dir.as_raw_fd())?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             u32::MAX
@@ -572,27 +576,32 @@ impl Overlay {
             self.copy_up(ino)?;
         }
         let t = self.upper_target(ino)?;
-        let real = t.stat()?;
-        if self.records_meta()
-            && meta::can_carry(real.st_mode)
+        // Whether owner and mode live in an xattr: only for daemons that record them.
+        let recorded = if self.records_meta() {
+            let real = t.stat()?;
+            meta::can_carry(real.st_mode).then_some(real)
+        } else {
+            None
+        };
+        if let Some(real) = recorded.as_ref()
             && (uid.is_some() || gid.is_some() || mode.is_some())
         {
             // Owner and mode changes are recorded, not made (an unprivileged daemon cannot chown,
             // and must keep access to the file).
             let xp = t.xattr_path();
-            let mut want = meta::read(&xp).unwrap_or_else(|| Meta::of(&real));
+            let mut want = meta::read(&xp).unwrap_or_else(|| Meta::of(real));
             let (u, g) = self.stored_ids(uid.unwrap_or(want.uid), gid.unwrap_or(want.gid))?;
             (want.uid, want.gid) = (u, g);
             if let Some(m) = mode {
                 want.mode = (want.mode & libc::S_IFMT) | (m & 0o7777);
             }
-            meta::record(&xp, &real, &want)?;
+            meta::record(&xp, real, &want)?;
         } else if uid.is_some() || gid.is_some() {
             let (uid, gid) = self.stored_ids(uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
             t.chown(uid, gid)?;
         }
         if let Some(m) = mode
-            && !(self.records_meta() && meta::can_carry(real.st_mode))
+            && recorded.is_none()
         {
             t.chmod(m & 0o7777)?;
         }

@@ -128,6 +128,23 @@ pub fn chown_at(dir: RawFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
 
 /// chmod of a non-symlink beneath `dir` (symlinks have no mode of their own).
 pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // fchmodat2 (Linux 6.6) changes the entry itself, never a symlink's target, in one call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            dir,
+            name.as_ptr(),
+            mode,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(e);
+    }
     let fd = open_at(dir, name, libc::O_PATH, 0)?;
     cvt(unsafe { libc::fchmodat(fd.as_raw_fd(), c"".as_ptr(), mode, libc::AT_EMPTY_PATH) })
         .or_else(|_| {

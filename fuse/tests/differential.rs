@@ -1143,3 +1143,45 @@ fn state_survives_remount_oci_format() {
     require_env!();
     state_survives_remount(Format::Oci);
 }
+
+// New entries in a setgid directory take its group (and directories its setgid bit), whoever
+// creates them; elsewhere they take the creator's ids, set-id bits asked for kept.
+diff_case!(
+    setgid_directories_and_new_owners,
+    base_with_setgid_dir(),
+    |r: &Path, log: &mut Log| {
+        log.rec(
+            "root creates in setgid dir",
+            ops::create(r, "shared/by-root", libc::O_WRONLY, 0o644),
+        );
+        log.rec("stat", ops::stat(r, "shared/by-root"));
+        log.rec(
+            "root mkdir in setgid dir",
+            ops::mkdir(r, "shared/sub", 0o755),
+        );
+        log.rec("stat", ops::stat(r, "shared/sub"));
+        log.rec(
+            "root creates setuid file",
+            ops::create(r, "suid", libc::O_WRONLY, 0o4755),
+        );
+        log.rec("stat", ops::stat(r, "suid"));
+        as_user(1000, 1000, || {
+            log.rec(
+                "user creates in setgid dir",
+                ops::create(r, "shared/by-user", libc::O_WRONLY, 0o644),
+            );
+            log.rec(
+                "user creates setgid file in setgid dir",
+                ops::create(r, "shared/sgid", libc::O_WRONLY, 0o2755),
+            );
+        });
+        log.rec("stat", ops::stat(r, "shared/by-user"));
+        log.rec("stat", ops::stat(r, "shared/sgid"));
+    }
+);
+
+fn base_with_setgid_dir() -> Vec<Layer> {
+    let mut l = base();
+    l.push(Layer::new().dir("shared").mode(0o2777).owner(0, 50));
+    l
+}
