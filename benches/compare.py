@@ -305,7 +305,9 @@ def run_mounted(impl, data, scratch, fn):
         return fn(c)
     finally:
         impl.umount(c.mnt, c.proc)
-        shutil.rmtree(run)
+        # The sample's upper stays until the run ends: deleting thousands of files makes ext4
+        # skip their inode numbers for minutes after ("recently deleted"), which made file
+        # creation in the next samples 2-10x slower depending on who ran after whom.
 
 
 def w_mount_latency(impl, data, scratch, rounds=10):
