@@ -99,12 +99,18 @@ fn without_f_returns_once_the_mount_answers() {
 
 /// Starts `nestfs-overlay -f` on `s` and returns once its mount exists.
 fn foreground(s: &Side) -> std::process::Child {
+    foreground_with(s, "-f", Stdio::inherit())
+}
+
+/// Starts `nestfs-overlay FLAG` (staying in the foreground) on `s`; returns once it is mounted.
+fn foreground_with(s: &Side, flag: &str, stderr: Stdio) -> std::process::Child {
     let mut child = Command::new(overlay_bin())
-        .arg("-f")
+        .arg(flag)
         .arg("-o")
         .arg(opts(s))
         .arg(&s.mnt)
         .stdin(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn daemon");
     while !is_mounted(&s.mnt) {
@@ -151,21 +157,7 @@ fn debug_flag_logs_every_request() {
     let scratch = common::Scratch::new();
     let s = side(&scratch);
     let _guard = Unmount(s.mnt.clone());
-    let mut child = Command::new(overlay_bin())
-        .arg("-d")
-        .arg("-o")
-        .arg(opts(&s))
-        .arg(&s.mnt)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
-    while !is_mounted(&s.mnt) {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("daemon exited with {st} before mounting");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut child = foreground_with(&s, "-d", Stdio::piped());
     assert_eq!(
         std::fs::read_to_string(s.mnt.join("hello")).unwrap(),
         "world"
