@@ -31,6 +31,16 @@ impl Drop for Unmount {
     }
 }
 
+/// Unmounts `mnt` as a user would, asserting that it worked.
+fn fusermount_u(mnt: &Path) {
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fusermount3 -u: {out:?}");
+}
+
 fn side(scratch: &common::Scratch) -> Side {
     let layers = [Layer::new().file("hello", "world").dir("d")];
     Side::build(&scratch.sub("side"), Impl::Nestfs, &layers, Format::Oci)
@@ -84,12 +94,7 @@ fn without_f_returns_once_the_mount_answers() {
         "world"
     );
     std::fs::write(s.mnt.join("new"), "served by the detached daemon").unwrap();
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&s.mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fusermount3 -u: {out:?}");
+    fusermount_u(&s.mnt);
     assert!(!is_mounted(&s.mnt));
     assert_eq!(
         std::fs::read_to_string(s.upper.join("new")).unwrap(),
@@ -162,12 +167,7 @@ fn debug_flag_logs_every_request() {
         std::fs::read_to_string(s.mnt.join("hello")).unwrap(),
         "world"
     );
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&s.mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fusermount3 -u: {out:?}");
+    fusermount_u(&s.mnt);
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
     let status = wait_with_limit(child, "daemon with -d");
@@ -242,12 +242,7 @@ fn foreground_daemon_exits_cleanly_after_unmount() {
     let _guard = Unmount(s.mnt.clone());
     let child = foreground(&s);
     assert!(Path::new(&s.mnt.join("d")).is_dir());
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&s.mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fusermount3 -u: {out:?}");
+    fusermount_u(&s.mnt);
     let status = wait_with_limit(child, "foreground daemon after unmount");
     assert!(
         status.success(),
