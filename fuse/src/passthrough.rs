@@ -162,16 +162,41 @@ impl Overlay {
 
     /// Whether `ino` was split: its name now belongs to another node.
     pub fn is_split(&self, ino: u64) -> bool {
-        let s = self.splits();
-        !s.is_empty() && s.contains_key(&ino)
+        self.splits().contains_key(&ino)
     }
 
     /// The inode number shown for the upper copy whose origin is `ino`.
     pub fn after_split(&self, ino: u64) -> u64 {
-        let s = self.splits();
-        if s.is_empty() {
-            return ino;
-        }
-        s.get(&ino).copied().unwrap_or(ino)
+        self.splits().get(&ino).copied().unwrap_or(ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> io::Result<BackingId> {
+        Err(io::Error::from_raw_os_error(libc::EPERM))
+    }
+
+    fn never() -> io::Result<BackingId> {
+        panic!("no backing file may be registered once passthrough is off")
+    }
+
+    /// A kernel that refuses a backing file (no CAP_SYS_ADMIN, stacking too deep) turns
+    /// passthrough off for the mount: that open and every later one are cached, none fails.
+    #[test]
+    fn a_refused_backing_file_turns_passthrough_off() {
+        let p = Passthrough::default();
+        p.enable();
+        assert!(matches!(p.open(1, Some(true), refused), Open::Cached));
+        assert!(!p.enabled());
+        assert!(matches!(p.open(1, Some(true), never), Open::Cached));
+        assert!(matches!(p.open(2, Some(false), never), Open::Cached));
+        assert!(!p.backs_lower(1));
+        p.release(1);
+        p.release(1);
+        p.release(2);
+        assert!(p.lock().is_empty(), "released opens leave nothing behind");
     }
 }
