@@ -22,6 +22,7 @@ pub mod options;
 mod overlay;
 mod passthrough;
 mod quota;
+mod setid;
 mod sys;
 mod whiteout;
 

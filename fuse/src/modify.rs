@@ -301,7 +301,17 @@ impl Overlay {
                     }
                 })
         })?;
-        Ok((self.found_new(parent, name)?, file))
+        // A file made just now has no origin in a lower layer: its own fd says what it is.
+        let st = self.shown(sys::fstat(file.as_raw_fd())?, UPPER, || {
+            sys::xattr_path(dfd, Some(name))
+        });
+        let found = Found {
+            ino: self.upper_ino(st.st_ino),
+            st,
+            dirs: Vec::new(),
+            layer: UPPER,
+        };
+        Ok((self.remember(parent, name, found), file))
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &CStr) -> io::Result<FileAttr> {
@@ -576,6 +586,40 @@ impl Overlay {
             self.copy_up(ino)?;
         }
         let t = self.upper_target(ino)?;
+        self.set_owner_mode(&t, uid, gid, mode)?;
+        if let Some(len) = size {
+            let opened;
+            let fd = match (fh, &t) {
+                (Some(fd), _) => fd as i32,
+                (None, Target::Entry(d, n)) => {
+                    opened = sys::open_at(d.as_raw_fd(), n, libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
+                    opened.as_raw_fd()
+                }
+                (None, Target::Dir(_)) => return Err(sys::err(libc::EISDIR)),
+            };
+            // Growing a file this way makes a hole: it allocates nothing.
+            self.measured(ino, fd, 0, || sys::ftruncate(fd, len))?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            t.utimens(&[timespec(atime), timespec(mtime)])?;
+        }
+        self.getattr(ino)
+    }
+
+    /// Sets the mode of `ino`, which a write open has already copied up.
+    pub fn chmod_upper(&self, ino: u64, mode: u32) -> io::Result<()> {
+        self.set_owner_mode(&self.upper_target(ino)?, None, None, Some(mode))
+    }
+
+    /// Changes owner and mode of an upper file: made, or recorded where the daemon keeps them
+    /// in an xattr.
+    fn set_owner_mode(
+        &self,
+        t: &Target,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    ) -> io::Result<()> {
         // Whether owner and mode live in an xattr: only for daemons that record them.
         let recorded = if self.records_meta() {
             let real = t.stat()?;
@@ -605,23 +649,7 @@ impl Overlay {
         {
             t.chmod(m & 0o7777)?;
         }
-        if let Some(len) = size {
-            let opened;
-            let fd = match (fh, &t) {
-                (Some(fd), _) => fd as i32,
-                (None, Target::Entry(d, n)) => {
-                    opened = sys::open_at(d.as_raw_fd(), n, libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
-                    opened.as_raw_fd()
-                }
-                (None, Target::Dir(_)) => return Err(sys::err(libc::EISDIR)),
-            };
-            // Growing a file this way makes a hole: it allocates nothing.
-            self.measured(ino, fd, 0, || sys::ftruncate(fd, len))?;
-        }
-        if atime.is_some() || mtime.is_some() {
-            t.utimens(&[timespec(atime), timespec(mtime)])?;
-        }
-        self.getattr(ino)
+        Ok(())
     }
 
     pub fn getxattr(&self, ino: u64, key: &CStr) -> io::Result<Vec<u8>> {

@@ -23,6 +23,7 @@ use crate::dir::{self, Entry};
 use crate::modify::{Caller, NewKind};
 use crate::overlay::{Overlay, Target};
 use crate::passthrough::Open;
+use crate::setid::{self, Change, Requester};
 use crate::sys;
 
 pub struct Fs {
@@ -31,6 +32,8 @@ pub struct Fs {
     /// listings, so most opens never read).
     dirs: Mutex<HashMap<u64, Option<Arc<Vec<Entry>>>>>,
     next_dir: AtomicU64,
+    /// The kernel left clearing set-id bits on chown, write and truncate to the daemon.
+    clears_setid: bool,
 }
 
 impl Fs {
@@ -39,6 +42,7 @@ impl Fs {
             ov,
             dirs: Mutex::default(),
             next_dir: AtomicU64::new(1),
+            clears_setid: false,
         }
     }
 
@@ -69,6 +73,17 @@ impl Fs {
         }
         let single = sys::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_nlink <= 1);
         (!wants_write(flags) && single).then_some(true)
+    }
+
+    /// The mode bits `ino` keeps after `change` by the caller of `req`, where the daemon must
+    /// clear set-id bits and the change clears some.
+    fn setid_kept(&self, ino: u64, change: Change, req: &Request) -> Result<Option<u32>, E> {
+        if !self.clears_setid {
+            return Ok(None);
+        }
+        let attr = self.ov.getattr(ino)?;
+        let who = Requester::new(req.pid(), req.gid());
+        Ok(setid::kept_after(&attr, change, &who))
     }
 
     /// The inode a `.` or `..` entry of directory `ino` stands for.
@@ -183,6 +198,14 @@ impl Filesystem for Fs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_EXPORT_SUPPORT;
         let _ = config.add_capabilities(want & config.capabilities());
+        // The daemon clears set-id bits itself (see `setid`): no refresh before each chown,
+        // and a file's later writes skip the kernel's security.capability lookup.
+        self.clears_setid = config
+            .capabilities()
+            .contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            && config
+                .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+                .is_ok();
         if self.ov.want_passthrough
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -226,7 +249,7 @@ impl Filesystem for Fs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -249,6 +272,19 @@ impl Filesystem for Fs {
             tryr!(reply, self.ov.split(ino.0).map_err(E::from));
             return reply.error(Errno::ESTALE);
         }
+        // A setattr that changes nothing is the kernel asking to clear set-id bits after an
+        // unprivileged write or fallocate (or a chown(-1, -1)).
+        let change = if uid.is_some() || gid.is_some() {
+            Some(Change::Chown)
+        } else if size.is_some() || (mode, atime, mtime) == (None, None, None) {
+            Some(Change::Modify)
+        } else {
+            None
+        };
+        let mode = match change {
+            Some(c) if mode.is_none() => tryr!(reply, self.setid_kept(ino.0, c, req)),
+            _ => mode,
+        };
         let attr = tryr!(
             reply,
             self.ov
@@ -371,7 +407,7 @@ impl Filesystem for Fs {
         reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (ino, flags) = (ino.0, flags.0);
         // Both paths hold the change lock: a write open copies up; a read-only open of a lower
         // file must be tracked before any copy-up can slip in (see `redirect_lower_fds`).
@@ -405,6 +441,9 @@ impl Filesystem for Fs {
                     .measured(ino, fd.as_raw_fd(), 0, || sys::ftruncate(fd.as_raw_fd(), 0))
                     .map_err(E::from)
             );
+            if let Some(kept) = tryr!(reply, self.setid_kept(ino, Change::Modify, req)) {
+                tryr!(reply, self.ov.chmod_upper(ino, kept).map_err(E::from));
+            }
         }
         let _ = self.ov.track_fd(ino, fd.as_raw_fd(), true);
         let fresh = self.passthrough_for(ino, flags, &fd);

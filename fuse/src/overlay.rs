@@ -377,12 +377,7 @@ impl Overlay {
                 let ino = if self.is_upper(pd.layer) {
                     self.origin(fd, name)
                         .map(|o| self.after_split(o))
-                        .unwrap_or_else(|| {
-                            let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
-                            kept.get(&st.st_ino)
-                                .copied()
-                                .unwrap_or_else(|| self.present_ino(pd.layer, st.st_ino))
-                        })
+                        .unwrap_or_else(|| self.upper_ino(st.st_ino))
                 } else {
                     self.present_ino(pd.layer, st.st_ino)
                 };
@@ -442,6 +437,14 @@ impl Overlay {
     }
 
     /// The inode number recorded on an upper file when it was copied up.
+    /// The inode number shown for an upper non-directory with no origin in a lower layer.
+    pub fn upper_ino(&self, st_ino: u64) -> u64 {
+        let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
+        kept.get(&st_ino)
+            .copied()
+            .unwrap_or_else(|| self.present_ino(UPPER, st_ino))
+    }
+
     fn origin(&self, dir: RawFd, name: &CStr) -> Option<u64> {
         let v = sys::lgetxattr(&sys::xattr_path(dir, Some(name)), self.origin_key).ok()?;
         Some(u64::from_le_bytes(v.try_into().ok()?))

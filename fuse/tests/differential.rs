@@ -1185,3 +1185,100 @@ fn base_with_setgid_dir() -> Vec<Layer> {
     l.push(Layer::new().dir("shared").mode(0o2777).owner(0, 50));
     l
 }
+
+// Set-id bits a change must clear, as the kernel clears them: a chown of anything but a
+// directory (whoever makes it), and a write, truncate, O_TRUNC open or fallocate by a caller
+// without CAP_FSETID; set-group-id without group execute only for callers outside the group.
+// The daemon does this itself (FUSE_HANDLE_KILLPRIV_V2), on lower and upper files alike.
+diff_case!(setid_bits_cleared_by_changes, setid_layers(), setid_changes);
+// The same with every write going through the daemon (as nestfs's image daemons write).
+diff_case!(
+    setid_bits_cleared_by_daemon_writes,
+    options = "nopassthrough",
+    setid_layers(),
+    setid_changes
+);
+
+fn setid_changes(r: &Path, log: &mut Log) {
+    log.rec(
+        "root creates setuid file",
+        ops::create(r, "sid/new", libc::O_WRONLY, 0o4777),
+    );
+    log.rec("root writes setuid file", ops::append(r, "sid/root", b"r"));
+    log.rec(
+        "root truncates setuid file",
+        ops::truncate(r, "sid/root", 2),
+    );
+    log.rec("root chowns setuid file", ops::lchown(r, "sid/chown", 5, 5));
+    log.rec("root chowns setid dir", ops::lchown(r, "sid/dir", 5, 5));
+    log.rec(
+        "root chowns sgid file without group exec",
+        ops::lchown(r, "sid/nogx-root", 5, 5),
+    );
+    as_user(1000, 1000, || {
+        log.rec("user writes lower file", ops::append(r, "sid/write", b"u"));
+        log.rec("user writes upper file", ops::append(r, "sid/new", b"u"));
+        log.rec("user truncates", ops::truncate(r, "sid/trunc", 1));
+        log.rec(
+            "user opens O_TRUNC",
+            ops::open(r, "sid/otrunc", libc::O_WRONLY | libc::O_TRUNC, 0).map(|_| String::new()),
+        );
+        log.rec(
+            "user fallocates",
+            fd_call(r, "sid/falloc", |fd| unsafe {
+                libc::fallocate(fd.0, 0, 0, 8192)
+            }),
+        );
+        log.rec(
+            "user writes sgid file of another group",
+            ops::append(r, "sid/nogx", b"u"),
+        );
+        log.rec(
+            "user writes sgid file of own group",
+            ops::append(r, "sid/nogx-own", b"u"),
+        );
+        log.rec("user writes setid dir's file", ops::utimes(r, "sid/dir", 7));
+    });
+    for p in [
+        "new",
+        "root",
+        "chown",
+        "dir",
+        "nogx-root",
+        "write",
+        "trunc",
+        "otrunc",
+        "falloc",
+        "nogx",
+        "nogx-own",
+    ] {
+        log.rec(format!("stat {p}"), ops::stat(r, &format!("sid/{p}")));
+    }
+}
+
+fn setid_layers() -> Vec<Layer> {
+    let mut l = base();
+    let mut top = Layer::new()
+        .dir("sid")
+        .mode(0o777)
+        .dir("sid/dir")
+        .mode(0o6777);
+    for (name, mode, gid) in [
+        ("root", 0o6777, 0),
+        ("chown", 0o6755, 0),
+        ("nogx-root", 0o2767, 0),
+        ("write", 0o6777, 0),
+        ("trunc", 0o6777, 0),
+        ("otrunc", 0o6777, 0),
+        ("falloc", 0o6777, 0),
+        ("nogx", 0o2767, 0),
+        ("nogx-own", 0o2767, 1000),
+    ] {
+        top = top
+            .file(&format!("sid/{name}"), "data")
+            .mode(mode)
+            .owner(0, gid);
+    }
+    l.insert(0, top);
+    l
+}
