@@ -255,6 +255,12 @@ def w_extract(c):
     return timed(lambda: sh(f"tar -xf {c.data}/extract.tar -C {c.mnt} && sync -f {c.mnt}"))
 
 
+def w_write_small(c):
+    """256 MiB written 4 KiB at a time into a new file: a FUSE kernel that must ask the daemon
+    whether each write clears a security.capability makes every write a round trip."""
+    return timed(lambda: sh(f"dd if=/dev/zero of={c.mnt}/written bs=4k count=65536 && sync -f {c.mnt}"))
+
+
 def w_copyup(c):
     return timed(lambda: sh(f"printf x | dd of={c.mnt}/copyup bs=1 count=1 conv=notrunc"))
 
@@ -282,6 +288,7 @@ WORKLOADS = [
     ("seq-read-warm", "s", w_seq_warm),
     ("rand-read-4k", "s", w_rand),
     ("extract-tar", "s", w_extract),
+    ("write-4k", "s", w_write_small),
     ("copy-up", "s", w_copyup),
     ("rm-rf", "s", w_rm),
     ("read-all", "s", w_readall),
