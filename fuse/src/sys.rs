@@ -209,6 +209,14 @@ pub fn lgetxattr(xp: &XPath, key: &CStr) -> io::Result<Vec<u8>> {
         libc::lgetxattr
     };
     let path = &xp.path;
+    // Most values (origins, recorded owners, capabilities) are small: one call reads them.
+    let mut small = [0u8; 256];
+    let (k, buf) = (key.as_ptr(), small.as_mut_ptr().cast());
+    match cvt_size(unsafe { get(path.as_ptr(), k, buf, small.len()) }) {
+        Ok(m) => return Ok(small[..m].to_vec()),
+        Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {}
+        Err(e) => return Err(e),
+    }
     loop {
         let n = cvt_size(unsafe { get(path.as_ptr(), key.as_ptr(), std::ptr::null_mut(), 0) })?;
         let mut buf = vec![0u8; n];
