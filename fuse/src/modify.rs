@@ -42,19 +42,10 @@ fn check_name(style: Style, name: &CStr) -> io::Result<()> {
 }
 
 impl Target {
-    fn proc_path(&self) -> std::ffi::CString {
-        self.xattr_path().path
-    }
-
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
         match self {
-            Target::Dir(_) => {
-                let p = self.proc_path();
-                if unsafe { libc::chmod(p.as_ptr(), mode) } < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            }
+            // `.` beneath the directory's own fd is the directory.
+            Target::Dir(fd) => sys::chmod_at(fd.as_raw_fd(), c".", mode),
             Target::Entry(d, n) => sys::chmod_at(d.as_raw_fd(), n, mode),
         }
     }
@@ -76,14 +67,7 @@ impl Target {
 
     pub fn utimens(&self, times: &[libc::timespec; 2]) -> io::Result<()> {
         match self {
-            Target::Dir(_) => {
-                let p = self.proc_path();
-                let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) };
-                if r < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            }
+            Target::Dir(fd) => sys::utimens_at(fd.as_raw_fd(), c".", times),
             Target::Entry(d, n) => sys::utimens_at(d.as_raw_fd(), n, times),
         }
     }

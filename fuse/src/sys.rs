@@ -6,6 +6,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub type Stat = libc::stat;
 
@@ -155,9 +156,10 @@ pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
         .map(drop)
 }
 
-/// chmod through an xattr path (regular files and directories only: it follows symlinks).
+/// chmod of the object an [`XPath`] names (regular files and directories only: it follows
+/// symlinks).
 pub fn chmod_path(xp: &XPath, mode: u32) -> io::Result<()> {
-    cvt(unsafe { libc::chmod(xp.path.as_ptr(), mode) }).map(drop)
+    cvt(unsafe { libc::fchmodat(xp.dir, xp.name.as_ptr(), mode, 0) }).map(drop)
 }
 
 pub fn utimens_at(dir: RawFd, name: &CStr, times: &[libc::timespec; 2]) -> io::Result<()> {
@@ -178,49 +180,113 @@ pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
-/// Where xattr calls go: `/proc/self/fd/DIR` (the dir itself: the magic link must be
-/// followed) or `/proc/self/fd/DIR/NAME` (a name beneath it: never followed).
+/// Where xattr calls go: NAME beneath the directory fd DIR (`.` for DIR itself), or a plain path
+/// (DIR is `AT_FDCWD`); a final symlink is never followed.
 pub struct XPath {
-    pub path: CString,
-    follow: bool,
+    dir: RawFd,
+    name: CString,
 }
 
 impl XPath {
-    /// A plain path, not following a final symlink.
+    /// A plain path.
     pub fn nofollow(path: CString) -> XPath {
         XPath {
-            path,
-            follow: false,
+            dir: libc::AT_FDCWD,
+            name: path,
+        }
+    }
+
+    /// The same object as a path for the l*xattr calls of kernels before 6.13:
+    /// `/proc/self/fd/DIR/NAME` (the magic link to DIR followed, NAME not).
+    fn path(&self) -> CString {
+        if self.dir == libc::AT_FDCWD {
+            self.name.clone()
+        } else {
+            proc_path(self.dir, Some(&self.name))
         }
     }
 }
 
 pub fn xattr_path(dir: RawFd, name: Option<&CStr>) -> XPath {
     XPath {
-        path: proc_path(dir, name),
-        follow: name.is_none(),
+        dir,
+        name: name.unwrap_or(c".").to_owned(),
     }
 }
 
+// The *xattrat calls (Linux 6.13) reach a name beneath a directory fd without a walk through
+// /proc; their numbers are the same on every architecture.
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Whether the kernel has the *xattrat calls (until one answers ENOSYS).
+static XATTRAT: AtomicBool = AtomicBool::new(true);
+
+/// Runs an *xattrat call, or `fallback` with the object's path where the kernel lacks them.
+fn xattr_call(
+    xp: &XPath,
+    at: impl Fn(&XPath) -> libc::c_long,
+    fallback: impl Fn(&CStr) -> libc::ssize_t,
+) -> io::Result<usize> {
+    if XATTRAT.load(Ordering::Relaxed) {
+        match cvt_size(at(xp) as libc::ssize_t) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                XATTRAT.store(false, Ordering::Relaxed);
+            }
+            r => return r,
+        }
+    }
+    cvt_size(fallback(&xp.path()))
+}
+
+/// getxattr into `buf`: the value's length, or its size when `buf` is empty.
+fn getxattr_into(xp: &XPath, key: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+    xattr_call(
+        xp,
+        |xp| {
+            let args = XattrArgs {
+                value: ptr as u64,
+                size: len as u32,
+                flags: 0,
+            };
+            unsafe {
+                libc::syscall(
+                    SYS_GETXATTRAT,
+                    xp.dir,
+                    xp.name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    key.as_ptr(),
+                    &args as *const XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            }
+        },
+        |p| unsafe { libc::lgetxattr(p.as_ptr(), key.as_ptr(), ptr.cast(), len) },
+    )
+}
+
 pub fn lgetxattr(xp: &XPath, key: &CStr) -> io::Result<Vec<u8>> {
-    let get = if xp.follow {
-        libc::getxattr
-    } else {
-        libc::lgetxattr
-    };
-    let path = &xp.path;
     // Most values (origins, recorded owners, capabilities) are small: one call reads them.
     let mut small = [0u8; 256];
-    let (k, buf) = (key.as_ptr(), small.as_mut_ptr().cast());
-    match cvt_size(unsafe { get(path.as_ptr(), k, buf, small.len()) }) {
+    match getxattr_into(xp, key, &mut small) {
         Ok(m) => return Ok(small[..m].to_vec()),
         Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {}
         Err(e) => return Err(e),
     }
     loop {
-        let n = cvt_size(unsafe { get(path.as_ptr(), key.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let n = getxattr_into(xp, key, &mut [])?;
         let mut buf = vec![0u8; n];
-        match cvt_size(unsafe { get(path.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), n) }) {
+        match getxattr_into(xp, key, &mut buf) {
             Ok(m) => {
                 buf.truncate(m);
                 return Ok(buf);
@@ -232,16 +298,27 @@ pub fn lgetxattr(xp: &XPath, key: &CStr) -> io::Result<Vec<u8>> {
 }
 
 pub fn llistxattr(xp: &XPath) -> io::Result<Vec<u8>> {
-    let list = if xp.follow {
-        libc::listxattr
-    } else {
-        libc::llistxattr
+    let list = |buf: &mut [u8]| {
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+        xattr_call(
+            xp,
+            |xp| unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    xp.dir,
+                    xp.name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    ptr,
+                    len,
+                )
+            },
+            |p| unsafe { libc::llistxattr(p.as_ptr(), ptr.cast(), len) },
+        )
     };
-    let path = &xp.path;
     loop {
-        let n = cvt_size(unsafe { list(path.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let n = list(&mut [])?;
         let mut buf = vec![0u8; n];
-        match cvt_size(unsafe { list(path.as_ptr(), buf.as_mut_ptr().cast(), n) }) {
+        match list(&mut buf) {
             Ok(m) => {
                 buf.truncate(m);
                 return Ok(buf);
@@ -253,22 +330,47 @@ pub fn llistxattr(xp: &XPath) -> io::Result<Vec<u8>> {
 }
 
 pub fn lsetxattr(xp: &XPath, key: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
-    let set = if xp.follow {
-        libc::setxattr
-    } else {
-        libc::lsetxattr
-    };
-    let (p, v) = (xp.path.as_ptr(), value.as_ptr().cast());
-    cvt(unsafe { set(p, key.as_ptr(), v, value.len(), flags) }).map(drop)
+    let (v, len) = (value.as_ptr(), value.len());
+    xattr_call(
+        xp,
+        |xp| {
+            let args = XattrArgs {
+                value: v as u64,
+                size: len as u32,
+                flags: flags as u32,
+            };
+            unsafe {
+                libc::syscall(
+                    SYS_SETXATTRAT,
+                    xp.dir,
+                    xp.name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    key.as_ptr(),
+                    &args as *const XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            }
+        },
+        |p| unsafe { libc::lsetxattr(p.as_ptr(), key.as_ptr(), v.cast(), len, flags) as isize },
+    )
+    .map(drop)
 }
 
 pub fn lremovexattr(xp: &XPath, key: &CStr) -> io::Result<()> {
-    let remove = if xp.follow {
-        libc::removexattr
-    } else {
-        libc::lremovexattr
-    };
-    cvt(unsafe { remove(xp.path.as_ptr(), key.as_ptr()) }).map(drop)
+    xattr_call(
+        xp,
+        |xp| unsafe {
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                xp.dir,
+                xp.name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                key.as_ptr(),
+            )
+        },
+        |p| unsafe { libc::lremovexattr(p.as_ptr(), key.as_ptr()) as isize },
+    )
+    .map(drop)
 }
 
 /// Names in a directory (without `.` and `..`), read through a fresh fd so that concurrent
@@ -332,4 +434,41 @@ pub fn errno(e: &io::Error) -> i32 {
 
 pub fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sets, reads, lists and removes xattrs of a file, of a directory through its own fd, and
+    /// of a symlink's name (never its target), first with the *xattrat calls, then through
+    /// /proc as on kernels before 6.13.
+    #[test]
+    fn xattrs_through_a_dir_fd_with_and_without_xattrat() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("l")).unwrap();
+        let dir = open_dir_path(libc::AT_FDCWD, &cname(tmp.path().as_os_str()).unwrap()).unwrap();
+        let d = dir.as_raw_fd();
+        for with_xattrat in [true, false] {
+            XATTRAT.store(with_xattrat, Ordering::Relaxed);
+            let (file, itself) = (xattr_path(d, Some(c"f")), xattr_path(d, None));
+            if let Err(e) = lsetxattr(&file, c"user.k", b"v", 0) {
+                // tmpfs before 6.6 has no user xattrs: nothing to check there.
+                assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+                return;
+            }
+            lsetxattr(&itself, c"user.d", &[7u8; 300], 0).unwrap();
+            assert_eq!(lgetxattr(&file, c"user.k").unwrap(), b"v");
+            assert_eq!(lgetxattr(&itself, c"user.d").unwrap(), [7u8; 300]);
+            assert_eq!(llistxattr(&file).unwrap(), b"user.k\0");
+            let link = lgetxattr(&xattr_path(d, Some(c"l")), c"user.k");
+            assert_eq!(link.unwrap_err().raw_os_error(), Some(libc::ENODATA));
+            lremovexattr(&file, c"user.k").unwrap();
+            lremovexattr(&itself, c"user.d").unwrap();
+            let gone = lgetxattr(&file, c"user.k").unwrap_err();
+            assert_eq!(gone.raw_os_error(), Some(libc::ENODATA));
+        }
+        XATTRAT.store(true, Ordering::Relaxed);
+    }
 }
