@@ -248,109 +248,86 @@ fn xattr_call(
     cvt_size(fallback(&xp.path()))
 }
 
-/// getxattr into `buf`: the value's length, or its size when `buf` is empty.
-fn getxattr_into(xp: &XPath, key: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    let (ptr, len) = (buf.as_mut_ptr(), buf.len());
-    xattr_call(
-        xp,
-        |xp| {
-            let args = XattrArgs {
-                value: ptr as u64,
-                size: len as u32,
-                flags: 0,
-            };
-            unsafe {
-                libc::syscall(
-                    SYS_GETXATTRAT,
-                    xp.dir,
-                    xp.name.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                    key.as_ptr(),
-                    &args as *const XattrArgs,
-                    std::mem::size_of::<XattrArgs>(),
-                )
-            }
-        },
-        |p| unsafe { libc::lgetxattr(p.as_ptr(), key.as_ptr(), ptr.cast(), len) },
-    )
+/// getxattrat or setxattrat: both pass the value through a `struct xattr_args`.
+fn xattrat_value(
+    nr: libc::c_long,
+    xp: &XPath,
+    key: &CStr,
+    value: *const u8,
+    len: usize,
+    flags: i32,
+) -> libc::c_long {
+    let args = XattrArgs {
+        value: value as u64,
+        size: len as u32,
+        flags: flags as u32,
+    };
+    unsafe {
+        libc::syscall(
+            nr,
+            xp.dir,
+            xp.name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            key.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    }
 }
 
-pub fn lgetxattr(xp: &XPath, key: &CStr) -> io::Result<Vec<u8>> {
-    // Most values (origins, recorded owners, capabilities) are small: one call reads them.
+/// Reads a value of unknown size with `read` (which answers the size for an empty buffer):
+/// most (origins, recorded owners, capabilities, short lists) fit a small buffer, one call.
+fn read_sized(read: impl Fn(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8>> {
     let mut small = [0u8; 256];
-    match getxattr_into(xp, key, &mut small) {
+    match read(&mut small) {
         Ok(m) => return Ok(small[..m].to_vec()),
         Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {}
         Err(e) => return Err(e),
     }
     loop {
-        let n = getxattr_into(xp, key, &mut [])?;
-        let mut buf = vec![0u8; n];
-        match getxattr_into(xp, key, &mut buf) {
+        let mut buf = vec![0u8; read(&mut [])?];
+        match read(&mut buf) {
             Ok(m) => {
                 buf.truncate(m);
                 return Ok(buf);
             }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue, // it grew meanwhile
             Err(e) => return Err(e),
         }
     }
 }
 
+pub fn lgetxattr(xp: &XPath, key: &CStr) -> io::Result<Vec<u8>> {
+    read_sized(|buf| {
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+        xattr_call(
+            xp,
+            |xp| xattrat_value(SYS_GETXATTRAT, xp, key, ptr, len, 0),
+            |p| unsafe { libc::lgetxattr(p.as_ptr(), key.as_ptr(), ptr.cast(), len) },
+        )
+    })
+}
+
 pub fn llistxattr(xp: &XPath) -> io::Result<Vec<u8>> {
-    let list = |buf: &mut [u8]| {
+    read_sized(|buf| {
         let (ptr, len) = (buf.as_mut_ptr(), buf.len());
         xattr_call(
             xp,
             |xp| unsafe {
-                libc::syscall(
-                    SYS_LISTXATTRAT,
-                    xp.dir,
-                    xp.name.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                    ptr,
-                    len,
-                )
+                let name = xp.name.as_ptr();
+                let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+                libc::syscall(SYS_LISTXATTRAT, xp.dir, name, nofollow, ptr, len)
             },
             |p| unsafe { libc::llistxattr(p.as_ptr(), ptr.cast(), len) },
         )
-    };
-    loop {
-        let n = list(&mut [])?;
-        let mut buf = vec![0u8; n];
-        match list(&mut buf) {
-            Ok(m) => {
-                buf.truncate(m);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    })
 }
 
 pub fn lsetxattr(xp: &XPath, key: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     let (v, len) = (value.as_ptr(), value.len());
     xattr_call(
         xp,
-        |xp| {
-            let args = XattrArgs {
-                value: v as u64,
-                size: len as u32,
-                flags: flags as u32,
-            };
-            unsafe {
-                libc::syscall(
-                    SYS_SETXATTRAT,
-                    xp.dir,
-                    xp.name.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                    key.as_ptr(),
-                    &args as *const XattrArgs,
-                    std::mem::size_of::<XattrArgs>(),
-                )
-            }
-        },
+        |xp| xattrat_value(SYS_SETXATTRAT, xp, key, v, len, flags),
         |p| unsafe { libc::lsetxattr(p.as_ptr(), key.as_ptr(), v.cast(), len, flags) as isize },
     )
     .map(drop)
