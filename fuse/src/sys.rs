@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub type Stat = libc::stat;
 
@@ -142,8 +142,13 @@ pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
     if r == 0 {
         return Ok(());
     }
+    // ENOSYS before 6.6, EPERM from a seccomp profile that predates the call: the fallback
+    // below gives the real answer (a genuine EPERM again).
     let e = io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
+    ) {
         return Err(e);
     }
     let fd = open_at(dir, name, libc::O_PATH, 0)?;
@@ -228,22 +233,43 @@ struct XattrArgs {
     flags: u32,
 }
 
-/// Whether the kernel has the *xattrat calls (until one answers ENOSYS).
-static XATTRAT: AtomicBool = AtomicBool::new(true);
+/// Whether the *xattrat calls work here: 0 not yet probed, 1 yes, 2 no.
+static XATTRAT: AtomicU8 = AtomicU8::new(0);
 
-/// Runs an *xattrat call, or `fallback` with the object's path where the kernel lacks them.
+/// Probes once: kernels before 6.13 answer ENOSYS, and a seccomp filter that predates the calls
+/// (a container runtime's default profile) usually EPERM, which reading a user xattr of `/`
+/// never answers otherwise.
+fn xattrat_works() -> bool {
+    match XATTRAT.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let root = XPath::nofollow(c"/".into());
+    let r = cvt_size(xattrat_value(
+        SYS_GETXATTRAT,
+        &root,
+        c"user.nestfs.probe",
+        std::ptr::null(),
+        0,
+        0,
+    ) as libc::ssize_t);
+    let works = !matches!(
+        r.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENOSYS | libc::EPERM))
+    );
+    XATTRAT.store(if works { 1 } else { 2 }, Ordering::Relaxed);
+    works
+}
+
+/// Runs an *xattrat call, or `fallback` with the object's path where they do not work.
 fn xattr_call(
     xp: &XPath,
     at: impl Fn(&XPath) -> libc::c_long,
     fallback: impl Fn(&CStr) -> libc::ssize_t,
 ) -> io::Result<usize> {
-    if XATTRAT.load(Ordering::Relaxed) {
-        match cvt_size(at(xp) as libc::ssize_t) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                XATTRAT.store(false, Ordering::Relaxed);
-            }
-            r => return r,
-        }
+    if xattrat_works() {
+        return cvt_size(at(xp) as libc::ssize_t);
     }
     cvt_size(fallback(&xp.path()))
 }
@@ -427,13 +453,26 @@ mod tests {
         std::os::unix::fs::symlink("f", tmp.path().join("l")).unwrap();
         let dir = open_dir_path(libc::AT_FDCWD, &cname(tmp.path().as_os_str()).unwrap()).unwrap();
         let d = dir.as_raw_fd();
-        for with_xattrat in [true, false] {
-            XATTRAT.store(with_xattrat, Ordering::Relaxed);
+        XATTRAT.store(0, Ordering::Relaxed);
+        let probed = xattrat_works();
+        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::uname(&mut uts) }, 0);
+        let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy();
+        let v: Vec<u32> = release
+            .split(['.', '-'])
+            .take(2)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v >= vec![6, 13] {
+            assert!(probed, "*xattrat calls refused on Linux {release}");
+        }
+        for with_xattrat in [probed, false] {
+            XATTRAT.store(if with_xattrat { 1 } else { 2 }, Ordering::Relaxed);
             let (file, itself) = (xattr_path(d, Some(c"f")), xattr_path(d, None));
             if let Err(e) = lsetxattr(&file, c"user.k", b"v", 0) {
                 // tmpfs before 6.6 has no user xattrs: nothing to check there.
                 assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
-                return;
+                break;
             }
             lsetxattr(&itself, c"user.d", &[7u8; 300], 0).unwrap();
             assert_eq!(lgetxattr(&file, c"user.k").unwrap(), b"v");
@@ -446,6 +485,6 @@ mod tests {
             let gone = lgetxattr(&file, c"user.k").unwrap_err();
             assert_eq!(gone.raw_os_error(), Some(libc::ENODATA));
         }
-        XATTRAT.store(true, Ordering::Relaxed);
+        XATTRAT.store(0, Ordering::Relaxed);
     }
 }

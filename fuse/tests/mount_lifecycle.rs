@@ -358,3 +358,87 @@ fn id_mappings_match_the_c_implementation() {
         assert!(ok);
     }
 }
+
+/// Makes the calling process (a daemon about to exec) answer EPERM to fchmodat2 and the *xattrat
+/// calls, as a container runtime's seccomp profile written before Linux 6.6 does.
+fn refuse_new_calls() -> std::io::Result<()> {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let prog = [
+        op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0), // the syscall number
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 2, 0, 452), // fchmodat2
+        op(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, 0, 2, 463), // setxattrat
+        op(libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K, 1, 0, 466), // removexattrat
+        op(
+            libc::BPF_RET | libc::BPF_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+// Under a seccomp filter that refuses the newest calls with EPERM (not ENOSYS), chmod and xattrs
+// still work: the daemon falls back to the calls older kernels have.
+#[test]
+fn chmod_and_xattrs_work_where_seccomp_refuses_new_calls() {
+    use common::ops;
+    use std::fs::Permissions;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    require_env!();
+    let scratch = common::Scratch::new();
+    let layers = [Layer::new()
+        .file("hello", "world")
+        .xattr("user.layer", "lower value")];
+    let s = Side::build(&scratch.sub("side"), Impl::Nestfs, &layers, Format::Oci);
+    let _guard = Unmount(s.mnt.clone());
+    let mut cmd = Command::new(overlay_bin());
+    cmd.arg("-f").arg("-o").arg(opts(&s)).arg(&s.mnt);
+    unsafe { cmd.pre_exec(refuse_new_calls) };
+    let mut child = cmd.stdin(Stdio::null()).spawn().expect("spawn daemon");
+    while !is_mounted(&s.mnt) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("daemon exited with {st} before mounting");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(
+        status.contains("Seccomp:\t2"),
+        "no filter on the daemon: {status}"
+    );
+
+    let m = &s.mnt;
+    assert_eq!(
+        ops::getxattr(m, "hello", "user.layer").unwrap(),
+        "lower value"
+    );
+    ops::setxattr(m, "hello", "user.new", b"v", 0).expect("setxattr (a copy-up)");
+    assert_eq!(ops::getxattr(m, "hello", "user.new").unwrap(), "v");
+    assert_eq!(ops::listxattr(m, "hello").unwrap(), "user.layer,user.new");
+    ops::removexattr(m, "hello", "user.new").expect("removexattr");
+    let chmod = std::fs::set_permissions(s.mnt.join("hello"), Permissions::from_mode(0o604));
+    chmod.expect("chmod under the filter");
+    let mode = std::fs::metadata(s.upper.join("hello")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o604);
+    fusermount_u(&s.mnt);
+    assert!(wait_with_limit(child, "daemon under seccomp").success());
+}
