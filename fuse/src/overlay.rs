@@ -89,7 +89,7 @@ impl Target {
         }
     }
 
-    pub fn xattr_path(&self) -> sys::XPath {
+    pub fn xattr_path(&self) -> sys::XPath<'_> {
         match self {
             Target::Dir(fd) => sys::xattr_path(fd.as_raw_fd(), None),
             Target::Entry(dir, name) => sys::xattr_path(dir.as_raw_fd(), Some(name)),
@@ -436,7 +436,6 @@ impl Overlay {
         Ok(())
     }
 
-    /// The inode number recorded on an upper file when it was copied up.
     /// The inode number shown for an upper non-directory with no origin in a lower layer.
     pub fn upper_ino(&self, st_ino: u64) -> u64 {
         let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
@@ -445,6 +444,7 @@ impl Overlay {
             .unwrap_or_else(|| self.present_ino(UPPER, st_ino))
     }
 
+    /// The inode number recorded on an upper file when it was copied up.
     fn origin(&self, dir: RawFd, name: &CStr) -> Option<u64> {
         let v = sys::lgetxattr(&sys::xattr_path(dir, Some(name)), self.origin_key).ok()?;
         Some(u64::from_le_bytes(v.try_into().ok()?))
@@ -502,7 +502,12 @@ impl Overlay {
 
     /// A layer object's attributes as the mount shows them: recorded owner, mode and device
     /// (see [`crate::meta`]), then ids through the mapping.
-    pub fn shown(&self, mut st: Stat, layer: usize, xp: impl FnOnce() -> sys::XPath) -> Stat {
+    pub fn shown<'a>(
+        &self,
+        mut st: Stat,
+        layer: usize,
+        xp: impl FnOnce() -> sys::XPath<'a>,
+    ) -> Stat {
         if self.meta_xattrs {
             match meta::can_carry(st.st_mode)
                 .then(|| meta::read(&xp()))

@@ -2,6 +2,7 @@
 //! path component resolved relative to a directory fd, and no call follows a symlink in its last
 //! component, so nothing a layer contains can lead the daemon outside that layer.
 
+use std::borrow::Cow;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -187,17 +188,17 @@ pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
 
 /// Where xattr calls go: NAME beneath the directory fd DIR (`.` for DIR itself), or a plain path
 /// (DIR is `AT_FDCWD`); a final symlink is never followed.
-pub struct XPath {
+pub struct XPath<'a> {
     dir: RawFd,
-    name: CString,
+    name: Cow<'a, CStr>,
 }
 
-impl XPath {
+impl XPath<'_> {
     /// A plain path.
-    pub fn nofollow(path: CString) -> XPath {
+    pub fn nofollow(path: CString) -> XPath<'static> {
         XPath {
             dir: libc::AT_FDCWD,
-            name: path,
+            name: Cow::Owned(path),
         }
     }
 
@@ -205,17 +206,18 @@ impl XPath {
     /// `/proc/self/fd/DIR/NAME` (the magic link to DIR followed, NAME not).
     fn path(&self) -> CString {
         if self.dir == libc::AT_FDCWD {
-            self.name.clone()
+            self.name.clone().into_owned()
         } else {
             proc_path(self.dir, Some(&self.name))
         }
     }
 }
 
-pub fn xattr_path(dir: RawFd, name: Option<&CStr>) -> XPath {
+/// NAME beneath DIR, or DIR itself; borrows the name (xattr calls sit on hot paths).
+pub fn xattr_path(dir: RawFd, name: Option<&CStr>) -> XPath<'_> {
     XPath {
         dir,
-        name: name.unwrap_or(c".").to_owned(),
+        name: Cow::Borrowed(name.unwrap_or(c".")),
     }
 }
 
