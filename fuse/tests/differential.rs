@@ -1237,7 +1237,11 @@ fn setid_changes(r: &Path, log: &mut Log) {
             "user writes sgid file of own group",
             ops::append(r, "sid/nogx-own", b"u"),
         );
-        log.rec("user writes setid dir's file", ops::utimes(r, "sid/dir", 7));
+        log.rec("user sets times of setid dir", ops::utimes(r, "sid/dir", 7));
+        log.rec(
+            "user chowns own setid file to itself",
+            ops::lchown(r, "sid/own", 1000, 1000),
+        );
     });
     for p in [
         "new",
@@ -1251,6 +1255,7 @@ fn setid_changes(r: &Path, log: &mut Log) {
         "falloc",
         "nogx",
         "nogx-own",
+        "own",
     ] {
         log.rec(format!("stat {p}"), ops::stat(r, &format!("sid/{p}")));
     }
@@ -1279,6 +1284,7 @@ fn setid_layers() -> Vec<Layer> {
             .mode(mode)
             .owner(0, gid);
     }
+    top = top.file("sid/own", "data").mode(0o6755).owner(1000, 1000);
     l.insert(0, top);
     l
 }
