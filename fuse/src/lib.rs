@@ -35,6 +35,12 @@ use fuser::{Config, MountOption, SessionACL};
 pub use memory::shed_startup_pages;
 pub use quota::{Quota, allocated_bytes};
 
+/// Workers a mount gets unless told otherwise (`max_threads=`): one per CPU up to this many. On
+/// 2 CPUs, 4 or 8 workers served concurrent cold tree walks no faster than 2, while each worker
+/// is a task of its own and keeps the pages of the largest request it served (1 MiB writes
+/// without passthrough), so a daemon per container on a 64-CPU host would hold 66 tasks.
+pub const DEFAULT_MAX_THREADS: usize = 8;
+
 /// What to mount.
 #[derive(Clone, Debug, Default)]
 pub struct OverlayConfig {
@@ -48,7 +54,7 @@ pub struct OverlayConfig {
     pub read_only: bool,
     /// Source shown in /proc/mounts (`fsname=`).
     pub fsname: String,
-    /// Worker threads (0: one per CPU, at least 2).
+    /// Worker threads (0: one per CPU, from 2 up to [`DEFAULT_MAX_THREADS`]).
     pub threads: usize,
     /// Count the upper dir's allocation (and enforce its limit) here.
     pub quota: Option<Arc<Quota>>,
@@ -86,7 +92,7 @@ impl OverlayConfig {
         } else {
             std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
-                .max(2)
+                .clamp(2, DEFAULT_MAX_THREADS)
         };
         let mut cfg = Config::default();
         cfg.mount_options = opts;
@@ -127,6 +133,7 @@ fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Sess
     options::validate(cfg)?;
     // Modes are set exactly as asked; the daemon's own umask must not interfere.
     unsafe { libc::umask(0) };
+    memory::map_big_buffers();
     let notifier = Arc::new(OnceLock::new());
     let ov = overlay::Overlay::new(cfg, notifier.clone())?;
     let s = fuser::Session::new(ops::Fs::new(ov), mountpoint, &cfg.mount_config())
@@ -155,5 +162,22 @@ impl Prepared {
     /// Serves until the mount is unmounted.
     pub fn serve(self) -> anyhow::Result<()> {
         self.0.run().context("serve FUSE requests")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_follow_the_cpus_within_bounds_unless_told() {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let default = OverlayConfig::default().mount_config().n_threads.unwrap();
+        assert_eq!(default, cpus.clamp(2, DEFAULT_MAX_THREADS));
+        let asked = OverlayConfig {
+            threads: 64,
+            ..Default::default()
+        };
+        assert_eq!(asked.mount_config().n_threads, Some(64));
     }
 }

@@ -16,6 +16,8 @@ pub enum OptionError {
     WorkWithoutUpper,
     #[error("bad id mapping {0}")]
     BadMapping(String),
+    #[error("max_threads= needs a whole number from 1 up, not {0:?}")]
+    BadThreads(String),
 }
 
 /// Options that only make sense to the kernel or to fuse-overlayfs's own tuning; accepted so
@@ -85,6 +87,12 @@ pub fn apply(cfg: &mut OverlayConfig, list: &str) -> Result<Vec<String>, OptionE
             ("ro", None) => cfg.read_only = true,
             ("passthrough", None) => cfg.no_passthrough = false,
             ("nopassthrough", None) => cfg.no_passthrough = true,
+            ("max_threads", Some(v)) => {
+                cfg.threads = match v.parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => return Err(OptionError::BadThreads(v.to_string())),
+                }
+            }
             ("uidmapping" | "gidmapping", Some(v)) => {
                 let ranges = crate::ids::parse(v).map_err(OptionError::BadMapping)?;
                 let m = cfg.ids.get_or_insert_with(|| crate::ids::IdMap {
@@ -189,6 +197,14 @@ mod tests {
             apply(&mut cfg, "uidmapping=0:1000"),
             Err(OptionError::BadMapping(_))
         ));
+        for bad in ["max_threads=0", "max_threads=two", "max_threads=-1"] {
+            assert!(matches!(
+                apply(&mut cfg, bad),
+                Err(OptionError::BadThreads(_))
+            ));
+        }
+        apply(&mut cfg, "max_threads=3").unwrap();
+        assert_eq!(cfg.threads, 3);
     }
 
     #[test]
