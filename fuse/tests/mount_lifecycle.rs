@@ -119,13 +119,18 @@ fn foreground_with(s: &Side, flag: &str, opts: &str, stderr: Stdio) -> std::proc
         .stderr(stderr)
         .spawn()
         .expect("spawn daemon");
-    while !is_mounted(&s.mnt) {
+    wait_mounted(&mut child, &s.mnt);
+    child
+}
+
+/// Returns once `mnt` is mounted; panics if the daemon exits first.
+fn wait_mounted(child: &mut std::process::Child, mnt: &Path) {
+    while !is_mounted(mnt) {
         if let Some(st) = child.try_wait().unwrap() {
             panic!("daemon exited with {st} before mounting");
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    child
 }
 
 #[test]
@@ -235,6 +240,7 @@ fn an_idle_daemon_keeps_only_the_code_serving_needs() {
     assert!(status.success(), "exit {status}");
 }
 
+/// The number after `field` in /proc/PID/status.
 fn status_field(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
@@ -463,17 +469,9 @@ fn chmod_and_xattrs_work_where_seccomp_refuses_new_calls() {
     cmd.arg("-f").arg("-o").arg(opts(&s)).arg(&s.mnt);
     unsafe { cmd.pre_exec(refuse_new_calls) };
     let mut child = cmd.stdin(Stdio::null()).spawn().expect("spawn daemon");
-    while !is_mounted(&s.mnt) {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("daemon exited with {st} before mounting");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    assert!(
-        status.contains("Seccomp:\t2"),
-        "no filter on the daemon: {status}"
-    );
+    wait_mounted(&mut child, &s.mnt);
+    let mode = status_field(child.id(), "Seccomp:");
+    assert_eq!(mode, 2, "no filter on the daemon (seccomp mode {mode})");
 
     let m = &s.mnt;
     assert_eq!(
