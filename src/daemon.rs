@@ -212,10 +212,14 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let quota = Arc::new(Quota::new(store.upper_limit(&meta), used));
     cfg.quota = Some(quota.clone());
     let mnt = rootfs(store, id);
-    let prepared = nestfs_fuse::prepare(&cfg, &mnt)?;
+    // Pid file and control socket come before the mount: `start` returns as soon as the rootfs
+    // is mounted, and from then on `list`, `stats` and `delete` must find the daemon answering.
     std::fs::write(pid_file(store, id), std::process::id().to_string())?;
     let target = mnt.clone();
     control::listen(&dir, quota, move || unmount(&target, false))?;
+    let prepared = nestfs_fuse::prepare(&cfg, &mnt).inspect_err(|_| {
+        let _ = std::fs::remove_file(dir.join(control::SOCKET));
+    })?;
     nestfs_fuse::shed_startup_pages();
     let served = prepared.serve();
     let _ = std::fs::remove_file(dir.join(control::SOCKET));

@@ -298,3 +298,34 @@ fn a_relative_store_path_works() {
     assert_eq!(run(&["delete", "rel"]).code, 0);
     assert_nothing_left(&s);
 }
+
+#[test]
+fn a_daemon_answers_its_control_socket_from_the_moment_its_rootfs_is_mounted() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox-1.25"), "r");
+    let sock = s.root().join("images/r/control.sock");
+    for round in 0..10 {
+        // As after a reboot: no daemon, no mount, a stale socket file.
+        kill_daemons(&s);
+        let c = std::ffi::CString::new(rootfs.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+        let remount = s
+            .cmd()
+            .arg("remount")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while mounts_under(s.dir.path()).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never mounted");
+        }
+        // Connecting is all `list` needs to tell a live daemon from a dead one.
+        let conn = std::os::unix::net::UnixStream::connect(&sock);
+        assert!(conn.is_ok(), "round {round}: mounted but {conn:?}");
+        drop(conn);
+        assert!(remount.wait_with_output().unwrap().status.success());
+    }
+    s.run(&["delete", "r"]).ok();
+    assert_nothing_left(&s);
+}
