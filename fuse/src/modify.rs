@@ -19,6 +19,9 @@ use crate::whiteout::{self, Style};
 /// The work dir's whiteout that whiteouts link to (its prefix gets it cleaned at mount).
 const SHARED_WHITEOUT: &CStr = c"#nestfs-whiteout";
 
+/// One side of an exchange: parent, name, the entry, and the parent's layer dirs.
+type Side<'a> = (u64, &'a CStr, &'a Found, &'a [crate::node::LayerDir]);
+
 /// Who asked for a new file: it is created with their ids when the daemon may chown.
 #[derive(Clone, Copy)]
 pub struct Caller {
@@ -397,8 +400,7 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         // Without redirects a directory that has lower copies cannot move (overlayfs says EXDEV).
-        let pinned =
-            |f: &Found| f.dirs.len() > 1 || f.dirs.first().is_some_and(|d| !self.is_upper(d.layer));
+        let pinned = |f: &Found| self.has_lower(&f.dirs);
         if pinned(&src) {
             return Err(sys::err(libc::EXDEV));
         }
@@ -407,7 +409,10 @@ impl Overlay {
             if pinned(&dst) {
                 return Err(sys::err(libc::EXDEV));
             }
-            return self.exchange(parent, name, &src, newparent, newname, &dst);
+            return self.exchange(
+                (parent, name, &src, &sdirs),
+                (newparent, newname, &dst, &ddirs),
+            );
         }
         if let Some(d) = &dst {
             if flags & libc::RENAME_NOREPLACE != 0 {
@@ -479,7 +484,6 @@ impl Overlay {
         ddirs: &[crate::node::LayerDir],
         dupper: &OwnedFd,
     ) -> io::Result<()> {
-        let dst_in_lower = dir::in_lower(ddirs, Some(UPPER), newname);
         if let Some(d) = dst
             && !d.dirs.is_empty()
         {
@@ -510,21 +514,15 @@ impl Overlay {
         }
         // A directory moved into a merged parent is made opaque (as overlayfs does), so no
         // lower directory of the same name can ever show through it.
-        if !src.dirs.is_empty() && (dst_in_lower || ddirs.len() > 1) {
+        if !src.dirs.is_empty() && self.has_lower(ddirs) {
             self.style.mark_opaque(dupper.as_raw_fd(), newname)?;
         }
         Ok(())
     }
 
-    fn exchange(
-        &self,
-        parent: u64,
-        name: &CStr,
-        src: &Found,
-        newparent: u64,
-        newname: &CStr,
-        dst: &Found,
-    ) -> io::Result<()> {
+    /// RENAME_EXCHANGE of two entries that have no lower directories.
+    fn exchange(&self, a: Side, b: Side) -> io::Result<()> {
+        let ((parent, name, src, sdirs), (newparent, newname, dst, ddirs)) = (a, b);
         self.copy_up(src.ino)?;
         self.copy_up(dst.ino)?;
         let supper = self.upper_dir(parent)?;
@@ -542,6 +540,12 @@ impl Overlay {
             },
             || sys::rename_at(sfd, name, dfd, newname, libc::RENAME_EXCHANGE),
         )?;
+        // Each directory that lands in a merged parent is made opaque, as in `move_entry`.
+        for (moved, dirs, fd, at) in [(src, ddirs, dfd, newname), (dst, sdirs, sfd, name)] {
+            if !moved.dirs.is_empty() && self.has_lower(dirs) {
+                self.style.mark_opaque(fd, at)?;
+            }
+        }
         let mut nodes = self.nodes.lock();
         for (ino, p, n) in [(src.ino, newparent, newname), (dst.ino, parent, name)] {
             if let Some(node) = nodes.get_mut(&ino) {
@@ -660,6 +664,11 @@ impl Overlay {
         {
             let _g = self.lock_changes();
             self.writable()?;
+            // As overlayfs: removing an attribute the lower file lacks fails without a copy-up
+            // (which would also split a lower hard link).
+            if value.is_none() && !self.in_upper(ino) {
+                sys::lgetxattr(&self.target(ino)?.xattr_path(), &key)?;
+            }
             self.copy_up(ino)?;
         }
         if value.is_some() {

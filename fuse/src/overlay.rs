@@ -225,6 +225,12 @@ impl Overlay {
         self.has_upper && layer == UPPER
     }
 
+    /// Whether a directory made of `dirs` has a lower copy: a merged directory once it is (or
+    /// would be) copied up.
+    pub fn has_lower(&self, dirs: &[LayerDir]) -> bool {
+        dirs.iter().any(|d| !self.is_upper(d.layer))
+    }
+
     /// Whether `.wh.*` names in `layer` are OCI whiteout markers.
     pub fn oci_markers(&self, layer: usize) -> bool {
         !self.is_upper(layer) || self.style == Style::Oci

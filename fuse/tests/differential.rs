@@ -575,6 +575,55 @@ diff_case!(chmod_chown_utimes, base(), |r: &Path, log: &mut Log| {
     log.rec("stat c", ops::stat(r, "dir/sub/c"));
 });
 
+// Removing an attribute the lower file lacks copies nothing up (so a lower hard link stays one).
+diff_case!(remove_missing_xattr, base(), |r: &Path, log: &mut Log| {
+    log.rec(
+        "remove missing",
+        ops::removexattr(r, "links/h1", "user.none"),
+    );
+    log.rec("stat h1", ops::stat(r, "links/h1"));
+    log.rec("stat h2", ops::stat(r, "links/h2"));
+    log.rec(
+        "remove missing on a dir",
+        ops::removexattr(r, "dir", "user.none"),
+    );
+});
+
+// Directories moved or swapped into merged parents are made opaque, from either side of an
+// exchange, also when the parent gets its upper copy only for the move.
+diff_case!(
+    moved_dirs_become_opaque,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec("mkdir new", ops::mkdir(r, "new", 0o755));
+        log.rec("mkdir new2", ops::mkdir(r, "new2", 0o755));
+        let exchange = libc::RENAME_EXCHANGE;
+        log.rec(
+            "dir for a lower file",
+            ops::rename(r, "new", "dir/a", exchange),
+        );
+        log.rec(
+            "lower file for a dir",
+            ops::rename(r, "etc/passwd", "new2", exchange),
+        );
+        log.rec("readdir dir/a", ops::readdir(r, "dir/a"));
+        log.rec("readdir etc/passwd", ops::readdir(r, "etc/passwd"));
+        log.rec("read new", ops::read(r, "new"));
+        log.rec("read new2", ops::read(r, "new2"));
+        log.rec("mkdir new3", ops::mkdir(r, "new3", 0o755));
+        log.rec(
+            "into a lower-only dir",
+            ops::rename(r, "new3", "dir/sub/c", exchange),
+        );
+        log.rec("mkdir new4", ops::mkdir(r, "new4", 0o755));
+        log.rec(
+            "move into a lower-only dir",
+            ops::rename(r, "new4", "data/d", 0),
+        );
+        log.rec("readdir data", ops::readdir(r, "data"));
+    }
+);
+
 diff_case!(xattrs, base(), |r: &Path, log: &mut Log| {
     log.rec("list exec", ops::listxattr(r, "data/exec"));
     log.rec("set on lower", ops::setxattr(r, "dir/a", "user.a", b"1", 0));
