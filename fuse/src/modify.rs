@@ -377,7 +377,10 @@ impl Overlay {
                 Ok(())
             },
         )
-        .inspect(|()| self.charge(kept))
+        .inspect(|()| {
+            self.charge(kept);
+            self.nodes.unlinked(found.ino, parent, name);
+        })
     }
 
     pub fn rename(
@@ -460,13 +463,15 @@ impl Overlay {
             )
         })?;
         self.charge(kept);
-        let mut nodes = self.nodes.lock();
-        if let Some(n) = nodes.get_mut(&src.ino) {
-            n.parent = newparent;
-            n.name = newname.to_owned();
-            if n.dirs.is_empty() {
-                n.layer = UPPER;
-            }
+        if let Some(d) = &dst {
+            self.nodes.unlinked(d.ino, newparent, newname);
+        }
+        self.nodes
+            .renamed(src.ino, (parent, name), (newparent, newname));
+        if let Some(n) = self.nodes.lock().get_mut(&src.ino)
+            && n.dirs.is_empty()
+        {
+            n.layer = UPPER;
         }
         Ok(())
     }
@@ -546,12 +551,11 @@ impl Overlay {
                 self.style.mark_opaque(fd, at)?;
             }
         }
-        let mut nodes = self.nodes.lock();
-        for (ino, p, n) in [(src.ino, newparent, newname), (dst.ino, parent, name)] {
-            if let Some(node) = nodes.get_mut(&ino) {
-                node.parent = p;
-                node.name = n.to_owned();
-            }
+        // Two names of one file swapped: nothing moved.
+        if src.ino != dst.ino {
+            let (a, b) = ((parent, name), (newparent, newname));
+            self.nodes.renamed(src.ino, a, b);
+            self.nodes.renamed(dst.ino, b, a);
         }
         Ok(())
     }

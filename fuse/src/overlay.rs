@@ -209,6 +209,7 @@ impl Overlay {
             Node {
                 parent: ROOT,
                 name: CString::default(),
+                aliases: Vec::new(),
                 lookups: 1,
                 dirs: root_dirs,
                 layer: 0,

@@ -517,6 +517,44 @@ diff_case!(hardlinks, base(), |r: &Path, log: &mut Log| {
     log.rec("readlink sym2", ops::readlink(r, "sym2"));
 });
 
+fn new_file(r: &Path, p: &str, data: &[u8]) -> Res {
+    ops::create(r, p, libc::O_WRONLY, 0o644).and_then(|_| ops::append(r, p, data))
+}
+
+// The first name of a file keeps working when its later names go: the kernel cached it while
+// the file had one link, and it stays the same file when another name is removed or replaced.
+diff_case!(
+    a_name_outlives_the_others,
+    base(),
+    |r: &Path, log: &mut Log| {
+        log.rec("create n1", new_file(r, "n1", b"one"));
+        log.rec("link n2", ops::link(r, "n1", "n2"));
+        log.rec("unlink n2", ops::unlink(r, "n2"));
+        log.rec("read n1", ops::read(r, "n1"));
+        log.rec("append n1", ops::append(r, "n1", b"+"));
+        log.rec("stat n1", ops::stat(r, "n1"));
+        log.rec("create m1", new_file(r, "m1", b"m"));
+        log.rec("link m2", ops::link(r, "m1", "m2"));
+        log.rec("create y", new_file(r, "y", b"yy"));
+        log.rec("rename onto m2", ops::rename(r, "y", "m2", 0));
+        log.rec("read m1", ops::read(r, "m1"));
+        log.rec("read m2", ops::read(r, "m2"));
+        log.rec("link lower", ops::link(r, "dir/a", "dir/a2"));
+        log.rec("move it", ops::rename(r, "dir/a2", "a3", 0));
+        log.rec("unlink moved", ops::unlink(r, "a3"));
+        log.rec("read dir/a", ops::read(r, "dir/a"));
+        log.rec("create e1", new_file(r, "e1", b"e"));
+        log.rec("link e2", ops::link(r, "e1", "e2"));
+        log.rec("create f", new_file(r, "f", b"ff"));
+        let exchange = libc::RENAME_EXCHANGE;
+        log.rec("exchange f e2", ops::rename(r, "f", "e2", exchange));
+        log.rec("unlink f", ops::unlink(r, "f"));
+        log.rec("read e1", ops::read(r, "e1"));
+        log.rec("read e2", ops::read(r, "e2"));
+        log.rec("stat e1", ops::stat(r, "e1"));
+    }
+);
+
 diff_case!(
     symlinks_and_special_files,
     base(),
