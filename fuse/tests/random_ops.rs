@@ -223,4 +223,10 @@ seeds! {
     seed_4_oci: 4, Format::Oci;
     seed_5_oci: 5, Format::Oci;
     seed_6_oci: 6, Format::Oci;
+    seed_7_overlay: 7, Format::Overlay;
+    seed_8_oci: 8, Format::Oci;
+    seed_9_overlay: 9, Format::Overlay;
+    seed_10_oci: 10, Format::Oci;
+    seed_13_overlay: 13, Format::Overlay;
+    seed_15_oci: 15, Format::Oci;
 }
