@@ -20,7 +20,7 @@ use crate::whiteout::{self, Style};
 const SHARED_WHITEOUT: &CStr = c"#nestfs-whiteout";
 
 /// One side of an exchange: parent, name, the entry, and the parent's layer dirs.
-type Side<'a> = (u64, &'a CStr, &'a Found, &'a [crate::node::LayerDir]);
+type ExchangeSide<'a> = (u64, &'a CStr, &'a Found, &'a [crate::node::LayerDir]);
 
 /// Who asked for a new file: it is created with their ids when the daemon may chown.
 #[derive(Clone, Copy)]
@@ -526,7 +526,7 @@ impl Overlay {
     }
 
     /// RENAME_EXCHANGE of two entries that have no lower directories.
-    fn exchange(&self, a: Side, b: Side) -> io::Result<()> {
+    fn exchange(&self, a: ExchangeSide, b: ExchangeSide) -> io::Result<()> {
         let ((parent, name, src, sdirs), (newparent, newname, dst, ddirs)) = (a, b);
         self.copy_up(src.ino)?;
         self.copy_up(dst.ino)?;
