@@ -435,10 +435,19 @@ impl Filesystem for Fs {
             sys::open_at(d.as_raw_fd(), &n, open_flags(flags), 0).map_err(E::from)
         );
         if flags & libc::O_TRUNC != 0 {
+            // O_RDONLY|O_TRUNC truncates too (the kernel checked write permission), but not
+            // through a read-only fd.
+            let truncate = || match flags & libc::O_ACCMODE {
+                libc::O_RDONLY => {
+                    sys::open_at(d.as_raw_fd(), &n, libc::O_WRONLY | libc::O_NONBLOCK, 0)
+                        .and_then(|w| sys::ftruncate(w.as_raw_fd(), 0))
+                }
+                _ => sys::ftruncate(fd.as_raw_fd(), 0),
+            };
             tryr!(
                 reply,
                 self.ov
-                    .measured(ino, fd.as_raw_fd(), 0, || sys::ftruncate(fd.as_raw_fd(), 0))
+                    .measured(ino, fd.as_raw_fd(), 0, truncate)
                     .map_err(E::from)
             );
             if let Some(kept) = tryr!(reply, self.setid_kept(ino, Change::Modify, req)) {

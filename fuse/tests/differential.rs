@@ -613,6 +613,23 @@ diff_case!(chmod_chown_utimes, base(), |r: &Path, log: &mut Log| {
     log.rec("stat c", ops::stat(r, "dir/sub/c"));
 });
 
+// Linux truncates on O_TRUNC even when the file is opened read-only.
+diff_case!(
+    read_only_open_with_o_trunc,
+    base(),
+    |r: &Path, log: &mut Log| {
+        let open =
+            |p: &str| ops::open(r, p, libc::O_RDONLY | libc::O_TRUNC, 0).map(|_| String::new());
+        log.rec("lower file", open("etc/passwd"));
+        log.rec("stat it", ops::stat(r, "etc/passwd"));
+        log.rec("copy up hosts", ops::append(r, "etc/hosts", b"x"));
+        log.rec("upper file", open("etc/hosts"));
+        log.rec("read it", ops::read(r, "etc/hosts"));
+        log.rec("hard link", open("links/h1"));
+        log.rec("stat h2", ops::stat(r, "links/h2"));
+    }
+);
+
 // Removing an attribute the lower file lacks copies nothing up (so a lower hard link stays one).
 diff_case!(remove_missing_xattr, base(), |r: &Path, log: &mut Log| {
     log.rec(
