@@ -578,6 +578,11 @@ impl Overlay {
             self.copy_up(ino)?;
         }
         let t = self.upper_target(ino)?;
+        if (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None) {
+            // chown(-1, -1), or set-id bits that turned out to stay: the kernel's chown still
+            // sets the change time, and so does this one.
+            t.chown(u32::MAX, u32::MAX)?;
+        }
         self.set_owner_mode(&t, uid, gid, mode)?;
         if let Some(len) = size {
             let opened;

@@ -630,6 +630,36 @@ diff_case!(
     }
 );
 
+/// Whether `change` moves the change time of `p` (after a pause longer than the clock's tick).
+fn moves_ctime(r: &Path, p: &str, change: impl Fn() -> Res) -> Res {
+    use std::os::unix::fs::MetadataExt;
+    let ctime = || std::fs::symlink_metadata(r.join(p)).map(|m| (m.ctime(), m.ctime_nsec()));
+    let before = ctime()?;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    change()?;
+    Ok(if ctime()? == before {
+        "ctime kept"
+    } else {
+        "ctime moved"
+    }
+    .into())
+}
+
+// chown(-1, -1) changes nothing but the change time, of lower and upper files alike.
+diff_case!(chown_to_the_same_ids, base(), |r: &Path, log: &mut Log| {
+    let keep = |p: &'static str| move || ops::lchown(r, p, u32::MAX, u32::MAX);
+    log.rec(
+        "lower file",
+        moves_ctime(r, "etc/passwd", keep("etc/passwd")),
+    );
+    log.rec(
+        "upper file",
+        moves_ctime(r, "etc/passwd", keep("etc/passwd")),
+    );
+    log.rec("lower dir", moves_ctime(r, "dir", keep("dir")));
+    log.rec("stat passwd", ops::stat(r, "etc/passwd"));
+});
+
 // Removing an attribute the lower file lacks copies nothing up (so a lower hard link stays one).
 diff_case!(remove_missing_xattr, base(), |r: &Path, log: &mut Log| {
     log.rec(
