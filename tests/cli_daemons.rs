@@ -36,6 +36,22 @@ fn kill_daemons(s: &TestStore) {
     }
 }
 
+/// Runs nestfs with `args` in a mount namespace where /dev/fuse is /dev/null, so that the mount(2)
+/// of any daemon it starts fails.
+fn without_fuse(s: &TestStore, args: &[&str]) -> common::Run {
+    let script = format!(
+        "mount --bind /dev/null /dev/fuse && exec {} --store {} {}",
+        common::bin(),
+        s.root().display(),
+        args.join(" ")
+    );
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap()
+        .into()
+}
+
 fn assert_nothing_left(s: &TestStore) {
     assert!(
         mounts_under(s.dir.path()).is_empty(),
@@ -206,18 +222,7 @@ fn twenty_concurrent_creates_and_deletes_and_double_deletes() {
 fn a_daemon_that_cannot_mount_fails_create_with_its_message_and_leaves_nothing() {
     require_root_fuse!();
     let s = TestStore::new();
-    // In a mount namespace where /dev/fuse is /dev/null, the daemon's mount(2) must fail.
-    let script = format!(
-        "mount --bind /dev/null /dev/fuse && exec {} --store {} create {} broken",
-        common::bin(),
-        s.root().display(),
-        oci("busybox-1.25")
-    );
-    let r: common::Run = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap()
-        .into();
+    let r = without_fuse(&s, &["create", &oci("busybox-1.25"), "broken"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stdout.contains("image daemon exited") && r.stdout.contains("mount"),
@@ -228,6 +233,32 @@ fn a_daemon_that_cannot_mount_fails_create_with_its_message_and_leaves_nothing()
     // The layers it pulled stay cached, and the id is free again.
     s.create(&oci("busybox-1.25"), "broken");
     s.run(&["delete", "broken"]).ok();
+}
+
+#[test]
+fn a_remount_whose_daemon_cannot_mount_fails_and_keeps_the_image() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox-1.25"), "r");
+    std::fs::write(rootfs.join("kept"), "upper data").unwrap();
+    kill_daemons(&s);
+    let c = std::ffi::CString::new(rootfs.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    let r = without_fuse(&s, &["remount", "r"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("image daemon exited"), "{r:?}");
+    // Nothing mounted, no daemon, and no control socket to mistake for a dead daemon's.
+    assert_eq!(state(&s, "r"), "not-mounted");
+    assert!(daemons_for(s.dir.path()).is_empty());
+    assert!(!s.root().join("images/r/control.sock").exists());
+    // The upper dir is intact: a remount that can mount serves it again.
+    s.run(&["remount", "r"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("kept")).unwrap(),
+        "upper data"
+    );
+    s.run(&["delete", "r"]).ok();
+    assert_nothing_left(&s);
 }
 
 #[test]
