@@ -9,7 +9,8 @@
   on an upper dir holding 20k files.
 
 Run as root:  python3 benches/lifecycle.py [--runs 15] [--image oci:///path/to/layout]
-Builds nothing: uses target/release/nestfs (cargo build --release first). Never leaves mounts,
+Uses target/release/nestfs (cargo build --release first) and, without --image, the busybox
+test image that nestfs-testimages builds from local files. Never leaves mounts,
 daemons or stores behind. See docs/benchmarks.md.
 """
 
@@ -169,9 +170,14 @@ def main():
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--write-mib", type=int, default=256)
     ap.add_argument("--binary", default=str(REPO / "target/release/nestfs"))
-    ap.add_argument("--image", default="oci://" + str(REPO.parent / "shared/fixtures/oci/busybox-1.25"))
+    ap.add_argument("--image", help="default: the busybox test image, built by nestfs-testimages")
     ap.add_argument("--out", default=str(REPO / "target/bench-lifecycle.json"))
     args = ap.parse_args()
+    if args.image is None:
+        layout = subprocess.run(
+            ["cargo", "run", "-q", "-p", "nestfs-testimages", "--", str(REPO / "target/images"), "busybox"],
+            cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+        args.image = "oci://" + layout
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark mounts FUSE filesystems")
     scratch = Path(tempfile.mkdtemp(prefix="nestfs-bench-", dir="/var/tmp"))

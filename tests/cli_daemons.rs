@@ -75,7 +75,7 @@ fn assert_nothing_left(s: &TestStore) {
 fn killed_daemon_is_reported_remounted_with_its_data_and_deleted() {
     require_root_fuse!();
     let s = TestStore::new();
-    let rootfs = s.create(&oci("busybox-1.25"), "k");
+    let rootfs = s.create(&oci("busybox"), "k");
     assert_eq!(state(&s, "k"), "mounted");
     std::fs::write(rootfs.join("kept"), vec![5u8; 100_000]).unwrap();
     let live = s.run(&["stats", "k"]).ok().json();
@@ -105,8 +105,8 @@ fn killed_daemon_is_reported_remounted_with_its_data_and_deleted() {
 fn after_a_reboot_images_are_not_mounted_and_remount_serves_them() {
     require_root_fuse!();
     let s = TestStore::new();
-    let a = s.create(&oci("busybox-1.25"), "a");
-    let b = s.create(&oci("busybox-1.25"), "b");
+    let a = s.create(&oci("busybox"), "a");
+    let b = s.create(&oci("busybox"), "b");
     std::fs::write(a.join("note"), "from before the reboot").unwrap();
     // A reboot: daemons gone and no mounts at all.
     kill_daemons(&s);
@@ -143,7 +143,7 @@ fn after_a_reboot_images_are_not_mounted_and_remount_serves_them() {
 fn delete_of_a_busy_rootfs_detaches_it_and_its_daemon_serves_the_last_user() {
     require_root_fuse!();
     let s = TestStore::new();
-    let rootfs = s.create(&oci("busybox-1.25"), "busy");
+    let rootfs = s.create(&oci("busybox"), "busy");
     std::fs::write(rootfs.join("open-me"), "still readable").unwrap();
     // A process with its cwd in the rootfs and a file open there.
     let mut user = Command::new("sh")
@@ -187,7 +187,7 @@ fn delete_of_a_busy_rootfs_detaches_it_and_its_daemon_serves_the_last_user() {
 fn twenty_concurrent_creates_and_deletes_and_double_deletes() {
     require_root_fuse!();
     let s = TestStore::new();
-    let image = oci("busybox-1.25");
+    let image = oci("busybox");
     s.create(&image, "warm"); // layers cached: the race is about daemons, not pulls
     let spawn = |args: &[&str]| s.cmd().args(args).stdout(Stdio::piped()).spawn().unwrap();
     let creates: Vec<_> = (0..20)
@@ -222,7 +222,7 @@ fn twenty_concurrent_creates_and_deletes_and_double_deletes() {
 fn a_daemon_that_cannot_mount_fails_create_with_its_message_and_leaves_nothing() {
     require_root_fuse!();
     let s = TestStore::new();
-    let r = without_fuse(&s, &["create", &oci("busybox-1.25"), "broken"]);
+    let r = without_fuse(&s, &["create", &oci("busybox"), "broken"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stdout.contains("image daemon exited") && r.stdout.contains("mount"),
@@ -231,7 +231,7 @@ fn a_daemon_that_cannot_mount_fails_create_with_its_message_and_leaves_nothing()
     assert_eq!(r.stdout.trim().lines().count(), 1);
     assert_nothing_left(&s);
     // The layers it pulled stay cached, and the id is free again.
-    s.create(&oci("busybox-1.25"), "broken");
+    s.create(&oci("busybox"), "broken");
     s.run(&["delete", "broken"]).ok();
 }
 
@@ -239,7 +239,7 @@ fn a_daemon_that_cannot_mount_fails_create_with_its_message_and_leaves_nothing()
 fn a_remount_whose_daemon_cannot_mount_fails_and_keeps_the_image() {
     require_root_fuse!();
     let s = TestStore::new();
-    let rootfs = s.create(&oci("busybox-1.25"), "r");
+    let rootfs = s.create(&oci("busybox"), "r");
     std::fs::write(rootfs.join("kept"), "upper data").unwrap();
     kill_daemons(&s);
     let c = std::ffi::CString::new(rootfs.to_str().unwrap()).unwrap();
@@ -266,7 +266,7 @@ fn without_mount_still_returns_a_mounted_rootfs_and_no_mounts() {
     require_root_fuse!();
     let s = TestStore::new();
     let r = s
-        .run(&["create", "--without-mount", &oci("busybox-1.25"), "wm"])
+        .run(&["create", "--without-mount", &oci("busybox"), "wm"])
         .ok();
     let spec = r.json();
     assert_eq!(spec["mounts"], serde_json::json!([]));
@@ -280,7 +280,7 @@ fn without_mount_still_returns_a_mounted_rootfs_and_no_mounts() {
 fn a_hundred_images_mounted_at_once() {
     require_root_fuse!();
     let s = TestStore::new();
-    let image = oci("busybox-1.25");
+    let image = oci("busybox");
     let roots: Vec<_> = (0..100)
         .map(|i| s.create(&image, &format!("h{i}")))
         .collect();
@@ -317,7 +317,7 @@ fn a_relative_store_path_works() {
             .into()
     };
     assert_eq!(run(&["init-store"]).code, 0);
-    let r = run(&["create", &oci("busybox-1.25"), "rel"]);
+    let r = run(&["create", &oci("busybox"), "rel"]);
     assert_eq!(r.code, 0, "{r:#?}");
     let rootfs = s.root().join("images/rel/rootfs");
     assert_eq!(
@@ -334,7 +334,7 @@ fn a_relative_store_path_works() {
 fn a_daemon_answers_its_control_socket_from_the_moment_its_rootfs_is_mounted() {
     require_root_fuse!();
     let s = TestStore::new();
-    let rootfs = s.create(&oci("busybox-1.25"), "r");
+    let rootfs = s.create(&oci("busybox"), "r");
     let sock = s.root().join("images/r/control.sock");
     for round in 0..10 {
         // As after a reboot: no daemon, no mount, a stale socket file.

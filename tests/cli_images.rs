@@ -72,18 +72,7 @@ fn create_serves_the_image_and_delete_removes_it() {
 fn every_fixture_creates_and_deletes() {
     require_root_fuse!();
     let s = TestStore::new();
-    for (i, name) in [
-        "busybox-1.25",
-        "alpine",
-        "grootfs-busybox",
-        "empty",
-        "4mb-image",
-        "tar-layer",
-        "hardlink",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, name) in nestfs_testimages::NAMES.iter().enumerate() {
         let image = match *name {
             "empty" => format!("{}:v0.1.1", oci(name)),
             _ => oci(name),
@@ -104,9 +93,9 @@ fn every_fixture_creates_and_deletes() {
 fn existing_id_fails_and_keeps_the_first_image() {
     require_root_fuse!();
     let s = TestStore::new();
-    let rootfs = s.create(&oci("busybox-1.25"), "same");
+    let rootfs = s.create(&oci("busybox"), "same");
     std::fs::write(rootfs.join("mine"), "kept").unwrap();
-    let r = s.run(&["create", &oci("alpine"), "same"]);
+    let r = s.run(&["create", &oci("generated"), "same"]);
     assert_eq!(r.code, 1);
     assert_eq!(r.stdout.trim(), "image id 'same' already exists");
     assert_eq!(
@@ -119,7 +108,7 @@ fn existing_id_fails_and_keeps_the_first_image() {
 fn delete_after_the_daemon_was_killed() {
     require_root_fuse!();
     let s = TestStore::new();
-    let rootfs = s.create(&oci("busybox-1.25"), "k");
+    let rootfs = s.create(&oci("busybox"), "k");
     for pid in daemons_for(s.dir.path()) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -136,7 +125,7 @@ fn delete_after_the_daemon_was_killed() {
 fn concurrent_creates_share_layers_and_all_succeed() {
     require_root_fuse!();
     let s = TestStore::new();
-    let image = oci("grootfs-busybox");
+    let image = oci("four-layers");
     let children: Vec<_> = (0..8)
         .map(|i| {
             s.cmd()
@@ -169,8 +158,8 @@ fn concurrent_creates_share_layers_and_all_succeed() {
 fn clean_removes_only_unused_volumes() {
     require_root_fuse!();
     let s = TestStore::new();
-    s.create(&oci("busybox-1.25"), "keep");
-    s.create(&oci("alpine"), "drop");
+    s.create(&oci("busybox"), "keep");
+    s.create(&oci("generated"), "drop");
     s.run(&["delete", "drop"]).ok();
     let count = || {
         std::fs::read_dir(s.root().join("volumes"))
@@ -183,7 +172,11 @@ fn clean_removes_only_unused_volumes() {
     s.run(&["clean", "--threshold-bytes", "999999999999"]).ok();
     assert_eq!(count(), 2, "under the threshold nothing is removed");
     s.run(&["clean"]).ok();
-    assert_eq!(count(), 1, "alpine's volume is unused, busybox's is in use");
+    assert_eq!(
+        count(),
+        1,
+        "the generated image's volume is unused, busybox's is in use"
+    );
     assert!(s.root().join("images/keep/rootfs/bin").exists());
 }
 
@@ -195,7 +188,7 @@ fn disk_limit_smaller_than_the_image_fails_cleanly() {
         "create",
         "--disk-limit-size-bytes",
         "1000",
-        &oci("busybox-1.25"),
+        &oci("busybox"),
         "small",
     ]);
     assert_eq!(r.code, 1, "{r:#?}");
@@ -210,7 +203,7 @@ fn disk_limit_smaller_than_the_image_fails_cleanly() {
         "--disk-limit-size-bytes",
         "1000",
         "--exclude-image-from-quota",
-        &oci("busybox-1.25"),
+        &oci("busybox"),
         "excl",
     ])
     .ok();
@@ -221,7 +214,7 @@ fn corrupted_layer_fails_and_caches_nothing() {
     require_root_fuse!();
     let s = TestStore::new();
     let layout = s.dir.path().join("layout");
-    let src = common::fixture("busybox-1.25");
+    let src = common::fixture("busybox");
     let out = std::process::Command::new("cp")
         .arg("-r")
         .arg(&src)

@@ -152,12 +152,12 @@ fn run_in_container(fixture: &str) {
 
 #[test]
 fn busybox_container_writes_land_in_the_upper_dir() {
-    run_in_container("busybox-1.25");
+    run_in_container("busybox");
 }
 
 #[test]
-fn alpine_container_writes_land_in_the_upper_dir() {
-    run_in_container("alpine");
+fn four_layer_container_writes_land_in_the_upper_dir() {
+    run_in_container("four-layers");
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn dd_in_a_container_stops_at_the_disk_limit_with_edquot() {
             "--disk-limit-size-bytes",
             &limit.to_string(),
             "--exclude-image-from-quota",
-            &oci("busybox-1.25"),
+            &oci("busybox"),
             "dd",
         ])
         .ok();

@@ -1,4 +1,5 @@
-//! Real OCI images (`shared/fixtures/oci`): each layout's layers are unpacked one dir per layer
+//! OCI images with the shapes of GrootFS's and Garden's test images (built by
+//! `nestfs-testimages` from local files): each layout's layers are unpacked one dir per layer
 //! (OCI whiteout format for the overlay under test, converted to overlayfs format for the
 //! kernel), mounted, and checked against a model computed from the tars themselves (whiteouts and
 //! opaque dirs applied in order): every path with its type, mode, owner, size, content hash and
@@ -20,43 +21,14 @@ use common::layers::{cpath, set_xattr};
 use common::mounts::{Impl, Side};
 use common::snapshot::{Detail, diff, file_hash, snapshot};
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/oci")
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
-}
-
-fn blob(layout: &Path, digest: &str) -> PathBuf {
-    let (alg, hex) = digest.split_once(':').expect("digest is alg:hex");
-    layout.join("blobs").join(alg).join(hex)
+fn fixture(name: &str) -> PathBuf {
+    nestfs_testimages::layout(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("images"), name)
 }
 
 /// The layer tars of the layout's first manifest, bottom first, decompressed.
 fn layer_tars(layout: &Path) -> Vec<Vec<u8>> {
-    let index = read_json(&layout.join("index.json"));
-    let digest = index["manifests"][0]["digest"]
-        .as_str()
-        .expect("manifest digest");
-    let manifest = read_json(&blob(layout, digest));
-    let layers = manifest["layers"].as_array().expect("manifest layers");
-    layers
-        .iter()
-        .map(|l| {
-            let raw = std::fs::read(blob(layout, l["digest"].as_str().unwrap())).expect("layer");
-            if raw.starts_with(&[0x1f, 0x8b]) {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(&raw[..])
-                    .read_to_end(&mut out)
-                    .expect("gunzip");
-                out
-            } else {
-                raw
-            }
-        })
-        .collect()
+    nestfs_testimages::layer_tars(layout)
+        .unwrap_or_else(|e| panic!("layers of {}: {e}", layout.display()))
 }
 
 fn norm(path: &Path) -> String {
@@ -328,7 +300,7 @@ fn check_against_model(root: &Path, model: &Model, who: &str) {
 /// Unpacks `name`, mounts it both ways, checks both against the model and each other, runs
 /// `extra` on the tested mount, and finally checks that no lower layer changed.
 fn check_fixture(name: &str, extra: impl Fn(&Path, &Model)) {
-    let layout = fixtures_dir().join(name);
+    let layout = fixture(name);
     let tars = layer_tars(&layout);
     let model = model(&tars);
     let scratch = common::Scratch::new();
@@ -400,10 +372,10 @@ macro_rules! fixture_tests {
 
 fixture_tests! {
     four_mb_image: "4mb-image";
-    alpine: "alpine";
+    generated: "generated";
     empty: "empty";
     garden_busybox: "garden-busybox";
-    grootfs_busybox: "grootfs-busybox";
+    four_layers: "four-layers";
     non_writable_file: "non-writable-file";
     non_writable_folder: "non-writable-folder";
     opq_whiteouts_busybox: "opq-whiteouts-busybox";
@@ -413,7 +385,7 @@ fixture_tests! {
 #[test]
 fn garden_rootfs_32_layers() {
     require_env!();
-    assert_eq!(layer_tars(&fixtures_dir().join("garden-rootfs")).len(), 32);
+    assert_eq!(layer_tars(&fixture("garden-rootfs")).len(), 32);
     check_fixture("garden-rootfs", |_, m| assert!(!m.paths.is_empty()));
 }
 
@@ -442,7 +414,7 @@ fn hardlink_fixture_keeps_links() {
 #[test]
 fn busybox_runs_from_the_mount() {
     require_env!();
-    check_fixture("busybox-1.25", |root, m| {
+    check_fixture("busybox", |root, m| {
         assert!(
             m.paths.contains_key("bin/busybox"),
             "fixture has bin/busybox"

@@ -26,12 +26,10 @@ macro_rules! require_root_fuse {
     };
 }
 
+/// The OCI layout of test image `name` (see `nestfs_testimages::NAMES`), built from local
+/// files the first time a test asks for it and cached under the target dir.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/oci"
-    ))
-    .join(name)
+    nestfs_testimages::layout(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("images"), name)
 }
 
 pub fn oci(name: &str) -> String {
