@@ -28,6 +28,12 @@ fn test_user() -> Option<(u32, u32)> {
         let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
         Some((uid, gid))
     };
+    // Tests run in parallel threads and processes: two concurrent useradds would both create
+    // the user (one's home owned by the other's uid, two /etc/subuid ranges). One at a time.
+    let lock = std::fs::File::create(std::env::temp_dir().join("nestfs-test-user.lock")).ok()?;
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return None;
+    }
     if let Some(ids) = lookup() {
         return Some(ids);
     }
@@ -35,6 +41,31 @@ fn test_user() -> Option<(u32, u32)> {
         .args(["--create-home", "--shell", "/bin/sh", USER])
         .status();
     lookup()
+}
+
+/// Concurrent first uses make the user once: one uid, its own home, one subordinate range.
+#[test]
+fn the_test_user_is_made_once() {
+    require_root_fuse!();
+    let users: Vec<_> = (0..4).map(|_| std::thread::spawn(test_user)).collect();
+    let ids: Vec<_> = users.into_iter().map(|t| t.join().unwrap()).collect();
+    let Some((uid, _)) = ids[0] else {
+        eprintln!("SKIP the_test_user_is_made_once: cannot create users here");
+        return;
+    };
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let home = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/home/{USER}")).expect("home"),
+    );
+    assert_eq!(home, uid, "the home dir belongs to the user");
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let ranges = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{USER}:")))
+            .count();
+        assert_eq!(ranges, 1, "{file}: {text}");
+    }
 }
 
 /// A scratch dir that the test user can use, removed (daemons killed first) on drop.
@@ -340,7 +371,7 @@ fn mapped_stores_show_layer_ids_as_host_ids_and_keep_host_ids_in_the_upper_dir()
 fn stores_on_tmpfs_and_overlayfs_without_loop_devices_for_root_and_users() {
     let (uid, gid) = require_user!();
     let s = Scratch::new((uid, gid));
-    let fixture = oci("busybox-1.25");
+    let fixture = oci("busybox");
     for (fs, setup) in [
         ("tmpfs", "mkdir -p fs && mount -t tmpfs -o size=256m tmpfs fs".to_string()),
         (
@@ -414,7 +445,7 @@ fn fixture_images_look_the_same_rootless_as_with_root() {
     // Modes of every entry, and which entries belong to the image's root, as a root store
     // shows them (real chown and mknod)...
     let listing = "find \"$ROOTFS\" -mindepth 1 -printf '%m %U:%G %y %P\\n' 2>/dev/null | sort";
-    for fixture in ["busybox-1.25", "alpine", "garden-rootfs"] {
+    for fixture in ["busybox", "generated", "garden-rootfs"] {
         let root_script = format!(
             r#"
             S=$DIR/rootstore
