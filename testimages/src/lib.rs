@@ -637,24 +637,34 @@ pub fn image(name: &str) -> Option<Image> {
 }
 
 /// What a cached layout depends on: this generator and the busybox it packs.
-fn fingerprint() -> String {
-    let mut h = Sha256::new();
-    h.update(include_str!("lib.rs"));
-    h.update(std::fs::read(BUSYBOX).unwrap_or_default());
-    format!("{:x}", h.finalize())[..16].to_string()
+fn fingerprint() -> &'static str {
+    static FINGERPRINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FINGERPRINT.get_or_init(|| {
+        let mut h = Sha256::new();
+        h.update(include_str!("lib.rs"));
+        h.update(std::fs::read(BUSYBOX).unwrap_or_default());
+        format!("{:x}", h.finalize())[..16].to_string()
+    })
 }
 
 /// The OCI layout of image `name`, built under `cache` the first time (by whichever process
 /// gets there first; the others use its copy) and reused while the generator is unchanged.
 /// Layouts are readable by everyone, so tests running as another user can read them.
 pub fn layout(cache: &Path, name: &str) -> PathBuf {
-    let image = image(name).unwrap_or_else(|| panic!("no test image {name:?}; see NAMES"));
+    assert!(NAMES.contains(&name), "no test image {name:?}; see NAMES");
     let dir = cache.join(fingerprint()).join(name);
+    if dir.join("index.json").exists() {
+        return dir;
+    }
+    // Threads of one process share its pid, and so the temp name: one build at a time.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if dir.join("index.json").exists() {
         return dir;
     }
     let parent = dir.parent().expect("cache dir");
     std::fs::create_dir_all(parent).expect("create image cache");
+    let image = image(name).expect("a name in NAMES");
     let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     write_layout(&tmp, &image).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
