@@ -13,6 +13,7 @@ use crate::daemon;
 use crate::image::{self, ImageRef, PullOptions};
 use crate::logging::{Level, Logger};
 use crate::store::{self, IdMapping, ImageMeta, Store, StoreMeta};
+use crate::usage;
 
 #[derive(Parser)]
 #[command(
@@ -52,14 +53,15 @@ struct Cli {
 enum Cmd {
     /// Create the store (idempotent).
     InitStore {
-        /// CONTAINER:HOST:SIZE, repeatable
-        #[arg(long = "uid-mapping")]
+        /// Map container uids CONTAINER.. to host uids HOST.. (SIZE ids; repeatable); the
+        /// daemon shows layer owners through it. Default for an ordinary user: 0:YOUR_UID:1
+        #[arg(long = "uid-mapping", value_name = "CONTAINER:HOST:SIZE")]
         uid_mappings: Vec<IdMapping>,
-        /// CONTAINER:HOST:SIZE, repeatable
-        #[arg(long = "gid-mapping")]
+        /// Map container gids to host gids, as --uid-mapping does for uids (repeatable)
+        #[arg(long = "gid-mapping", value_name = "CONTAINER:HOST:SIZE")]
         gid_mappings: Vec<IdMapping>,
-        /// Reported by `capacity`.
-        #[arg(long)]
+        /// The capacity `capacity` reports [default: the size of the store's filesystem]
+        #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = usage::byte_count("store size"))]
         store_size_bytes: Option<u64>,
         #[arg(long, hide = true)]
         with_direct_io: bool,
@@ -68,42 +70,64 @@ enum Cmd {
     },
     /// Create a mounted root filesystem for IMAGE and print its runtime spec.
     Create {
-        #[arg(long)]
+        /// Cap the image's layers plus the container's writes at N bytes (writes past it fail
+        /// with EDQUOT); 0: no limit
+        #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = usage::byte_count("disk limit"))]
         disk_limit_size_bytes: Option<u64>,
+        /// Count only the container's writes against the disk limit, not the image's layers
         #[arg(long)]
         exclude_image_from_quota: bool,
+        /// User name for the registry (with --password)
         #[arg(long)]
         username: Option<String>,
+        /// Password for the registry (with --username)
         #[arg(long)]
         password: Option<String>,
-        /// host[:port] reached over plain http, repeatable
-        #[arg(long = "insecure-registry")]
+        /// A registry (HOST[:PORT]) reached over plain http (repeatable)
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
-        #[arg(long, overrides_with = "without_clean")]
+        /// Remove unused layer volumes before creating (see `clean`)
+        #[arg(long, conflicts_with = "without_clean")]
         with_clean: bool,
+        /// Do not clean before creating, whatever the config file says
         #[arg(long)]
         without_clean: bool,
-        #[arg(long)]
+        /// With --with-clean: clean only when the store holds more than N bytes of layers
+        #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = usage::byte_count("clean threshold"))]
         threshold_bytes: Option<u64>,
+        /// Do not check layer digests of OCI layouts and registries against their manifests
         #[arg(long)]
         skip_layer_validation: bool,
+        /// Mount the rootfs (the default)
         #[arg(long, overrides_with = "without_mount")]
         with_mount: bool,
+        /// Accepted for GrootFS compatibility: a FUSE rootfs is always mounted by its daemon
         #[arg(long)]
         without_mount: bool,
-        /// docker:///NAME[:TAG], docker://HOST[:PORT]/NAME[:TAG|@DIGEST], oci:///PATH[:TAG] or a rootfs tarball
+        /// docker:///NAME[:TAG] (Docker Hub), docker://HOST[:PORT]/NAME[:TAG|@DIGEST],
+        /// oci:///PATH[:TAG|:@N] (an OCI layout; TAG matches org.opencontainers.image.ref.name,
+        /// @N its manifest number N, from 0), or the path of a rootfs tarball
         image: String,
+        /// The image's id: images/ID in the store
         id: String,
     },
     /// Stop an image's daemon and remove it (an unknown id is not an error).
-    Delete { id: String },
+    Delete {
+        /// An image id, or its image or rootfs path
+        id: String,
+    },
     /// Disk usage of an image, as JSON.
-    Stats { id: String },
+    Stats {
+        /// An image id, or its image or rootfs path
+        id: String,
+    },
     /// Remove layer volumes no image uses.
     Clean {
-        #[arg(long)]
+        /// Clean only when the store holds more than N bytes of layers
+        #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = usage::byte_count("clean threshold"))]
         threshold_bytes: Option<u64>,
-        #[arg(long = "ignore-image")]
+        /// Keep the layers of this image even if unused (repeatable)
+        #[arg(long = "ignore-image", value_name = "IMAGE")]
         ignore_images: Vec<String>,
     },
     /// Images, one per line: path and state (mounted, daemon-dead, not-mounted).
@@ -114,7 +138,10 @@ enum Cmd {
     },
     /// Serve images again whose daemon died or that lost their mount (e.g. after a reboot),
     /// keeping what their containers wrote. Without ids: every image that needs it.
-    Remount { ids: Vec<String> },
+    Remount {
+        /// Image ids or paths [default: every image that needs it]
+        ids: Vec<String>,
+    },
     /// The store's capacity, as JSON.
     Capacity,
     /// Remove every image and the store.
@@ -126,18 +153,10 @@ enum Cmd {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let args: Vec<String> = std::env::args().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                print!("{e}");
-                return 0;
-            }
-            // Garden shows stdout, not stderr, to its users.
-            println!("{}", e.kind_message_line(&e));
-            return 2;
-        }
+        Err(e) => return crate::usage::report(&e, &args),
     };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -192,22 +211,6 @@ pub fn main() -> i32 {
             println!("{msg}");
             1
         }
-    }
-}
-
-trait KindLine {
-    fn kind_message_line(&self, e: &clap::Error) -> String;
-}
-
-impl KindLine for clap::Error {
-    /// clap's rendered error without its usage block: one line.
-    fn kind_message_line(&self, e: &clap::Error) -> String {
-        let text = e.render().to_string();
-        text.lines()
-            .next()
-            .unwrap_or("invalid arguments")
-            .trim_start_matches("error: ")
-            .to_string()
     }
 }
 

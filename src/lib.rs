@@ -14,3 +14,4 @@ pub mod image;
 pub mod logging;
 pub mod store;
 pub mod unpack;
+pub mod usage;
