@@ -67,6 +67,20 @@ fn invalid(what: &str, e: impl std::error::Error) -> ImageError {
     ImageError::Invalid(msg)
 }
 
+/// A tar entry that cannot be read. The tar crate's message quotes the header's bytes (a text
+/// file given as a tarball had its first lines printed), so only its gist is kept.
+fn bad_entry(read: u64, e: std::io::Error) -> ImageError {
+    if read == 0 && e.kind() == std::io::ErrorKind::Other && e.to_string().contains("cksum") {
+        return ImageError::Invalid(
+            "the layer is not a tar archive (no tar header at its start)".into(),
+        );
+    }
+    let text = e.to_string();
+    let gist = text.split(" when getting").next().unwrap_or_default();
+    let gist: String = gist.chars().take(120).filter(|c| !c.is_control()).collect();
+    ImageError::Invalid(format!("read layer entry {}: {gist}", read + 1))
+}
+
 /// Replaces the stand-in file at `path` of a device entry by the device node (as root).
 fn make_device<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Result<(), ImageError> {
     let h = entry.header();
@@ -271,7 +285,7 @@ fn unpack_with(
     archive.set_overwrite(true);
     let (mut entries, mut bytes) = (0u64, 0u64);
     for entry in archive.entries().map_err(|e| invalid("read layer", e))? {
-        let mut entry = entry.map_err(|e| invalid("read layer entry", e))?;
+        let mut entry = entry.map_err(|e| bad_entry(entries, e))?;
         entries += 1;
         if entries > opts.max_entries {
             return Err(ImageError::TooManyEntries {

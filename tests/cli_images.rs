@@ -242,3 +242,37 @@ fn corrupted_layer_fails_and_caches_nothing() {
     let tmp = std::fs::read_dir(s.root().join("tmp")).unwrap().count();
     assert_eq!(tmp, 0, "no partial layer left behind");
 }
+
+/// What is wrong with a tarball argument is said in GrootFS's words, and a file that is not a
+/// tar archive is named as such, never printed.
+#[test]
+fn bad_tarball_arguments_are_named_and_never_printed() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let text = s.dir.path().join("secrets.txt");
+    std::fs::write(&text, "root:x:0:0:secret-line:/root:/bin/sh\n".repeat(20)).unwrap();
+    let r = s.run(&["create", text.to_str().unwrap(), "t"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert_eq!(
+        r.stdout.trim(),
+        "invalid image: the layer is not a tar archive (no tar header at its start)"
+    );
+    assert!(!r.stderr.contains("secret-line"), "{r:#?}");
+    let dir = s.dir.path().join("a-dir");
+    std::fs::create_dir(&dir).unwrap();
+    let r = s.run(&["create", dir.to_str().unwrap(), "d"]);
+    assert_eq!(
+        r.stdout.trim(),
+        "invalid base image: directory provided instead of a tar file"
+    );
+    let r = s.run(&["create", "/invalid/image", "m"]);
+    assert!(
+        r.stdout
+            .contains("stat /invalid/image: no such file or directory"),
+        "{r:#?}"
+    );
+    assert_eq!(r.code, 1);
+    for id in ["t", "d", "m"] {
+        assert!(!s.root().join("images").join(id).exists());
+    }
+}

@@ -30,6 +30,8 @@ pub enum ImageError {
     Unreachable { name: String, reason: String },
     #[error("invalid image: {0}")]
     Invalid(String),
+    #[error("invalid base image: {0}")]
+    BaseImage(String),
     #[error("{what}: digest mismatch (got {got})")]
     DigestMismatch { what: String, got: String },
     #[error("{what}: size mismatch (manifest says {want} bytes, got {got})")]
@@ -44,6 +46,16 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An OS error as Go prints it ("no such file or directory"), as GrootFS's messages have it.
+pub fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or_default();
+    let mut c = text.chars();
+    c.next()
+        .map(|f| f.to_lowercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// Credentials and registry settings from `create`'s flags and the config file.

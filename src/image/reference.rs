@@ -60,13 +60,20 @@ pub fn parse(s: &str) -> Result<Source, ImageError> {
         ));
     }
     let path = PathBuf::from(s);
-    if s.is_empty() || !path.is_file() {
-        return Err(bad(
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Err(ImageError::BaseImage(
+            "directory provided instead of a tar file".into(),
+        )),
+        Ok(_) => Ok(Source::Tarball(path)),
+        // GrootFS's words (Go's), then what nestfs tried.
+        Err(e) => Err(bad(
             s,
-            "not a docker:// or oci:// reference, and no such tarball",
-        ));
+            &format!(
+                "stat {s}: {} (not a docker:// or oci:// reference, nor a tarball)",
+                crate::image::os_error_text(&e)
+            ),
+        )),
     }
-    Ok(Source::Tarball(path))
 }
 
 fn parse_docker(s: &str, rest: &str) -> Result<Source, ImageError> {
