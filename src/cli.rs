@@ -165,12 +165,13 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    let log_file = cli.log_file.clone().or(config.log_file.clone());
+    // As GrootFS: fatal errors only (that is, nothing) unless asked; a log file alone means info.
     let level = cli
         .log_level
         .clone()
         .or(config.log_level.clone())
-        .unwrap_or_else(|| "fatal".into());
-    let log_file = cli.log_file.clone().or(config.log_file.clone());
+        .unwrap_or_else(|| if log_file.is_some() { "info" } else { "fatal" }.into());
     // Like GrootFS: a person at a terminal who asked for no logs sees pull progress instead.
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && cli.log_level.is_none()
@@ -207,7 +208,7 @@ pub fn main() -> i32 {
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            log.fatal("failed", json!({ "error": msg }));
+            log.error("failed", json!({ "error": msg }));
             println!("{msg}");
             1
         }
@@ -265,9 +266,7 @@ fn run(
             let meta = StoreMeta {
                 uid_mappings,
                 gid_mappings,
-                store_size_bytes: store_size_bytes
-                    .or(config.init.store_size_bytes)
-                    .unwrap_or(0),
+                store_size_bytes: store_size_bytes.or(config.store_size()).unwrap_or(0),
                 rootless,
             };
             store.init(&meta)?;
@@ -308,11 +307,9 @@ fn run(
                 image,
                 id,
                 opts,
-                disk_limit: disk_limit_size_bytes
-                    .or(config.create.disk_limit_size_bytes)
-                    .unwrap_or(0),
+                disk_limit: disk_limit_size_bytes.or(config.disk_limit()).unwrap_or(0),
                 exclude: exclude_image_from_quota || config.create.exclude_image_from_quota,
-                clean: clean.then(|| threshold_bytes.or(config.clean.threshold_bytes)),
+                clean: clean.then(|| threshold_bytes.or(config.clean_threshold())),
                 ignore: config.clean.ignore_images.clone(),
                 progress: show_progress,
             };
@@ -346,10 +343,8 @@ fn run(
             ignore_images.extend(config.clean.ignore_images.iter().cloned());
             let _g = store.lock(true)?;
             store.sweep();
-            let removed = store.clean(
-                threshold_bytes.or(config.clean.threshold_bytes),
-                &ignore_images,
-            )?;
+            let removed =
+                store.clean(threshold_bytes.or(config.clean_threshold()), &ignore_images)?;
             log.info("cleaned", json!({ "volumes": removed }));
             Ok(None)
         }
@@ -411,11 +406,13 @@ fn run(
             Ok((!served.is_empty()).then(|| served.join("\n")))
         }
         Cmd::Capacity => {
-            let meta = store.meta()?;
-            let cap = if meta.store_size_bytes > 0 {
-                meta.store_size_bytes
-            } else {
-                fs_size(store.root())?
+            // GrootFS answers from its config alone; without one, the store says.
+            let cap = match config.store_size() {
+                Some(n) => n,
+                None => match store.meta()?.store_size_bytes {
+                    0 => fs_size(store.root())?,
+                    n => n,
+                },
             };
             Ok(Some(json!({ "capacity": cap }).to_string()))
         }

@@ -1,10 +1,10 @@
-//! Logs as lager JSON lines, the format Garden re-logs: every line has a `data` object (a line
-//! without one crashes gdn) and nothing else goes to the log stream.
+//! Logs as lager JSON lines in the form GrootFS writes them (RFC 3339 timestamp, the level as a
+//! word, source, message, data), which Garden re-logs write by write: every line leaves in one
+//! write(2), and has a `data` object (a line without one crashes gdn).
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
@@ -15,6 +15,17 @@ pub enum Level {
     Info = 1,
     Error = 2,
     Fatal = 3,
+}
+
+impl Level {
+    fn word(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Error => "error",
+            Level::Fatal => "fatal",
+        }
+    }
 }
 
 impl std::str::FromStr for Level {
@@ -76,23 +87,23 @@ impl Logger {
         if level < self.sink.min {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         let data = if data.is_object() {
             data
         } else {
             json!({ "value": data })
         };
         let line = json!({
-            "timestamp": format!("{}.{:09}", now.as_secs(), now.subsec_nanos()),
+            "timestamp": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string(),
+            "level": level.word(),
             "source": "nestfs",
             "message": format!("{}.{msg}", self.session),
-            "log_level": level as u8,
             "data": data,
         });
+        // One buffer, one write: Garden takes each write for a line.
+        let mut buf = serde_json::to_vec(&line).unwrap_or_default();
+        buf.push(b'\n');
         let mut out = self.sink.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "{line}");
+        let _ = out.write_all(&buf);
     }
 
     pub fn debug(&self, msg: &str, data: Value) {
@@ -105,9 +116,5 @@ impl Logger {
 
     pub fn error(&self, msg: &str, data: Value) {
         self.log(Level::Error, msg, data);
-    }
-
-    pub fn fatal(&self, msg: &str, data: Value) {
-        self.log(Level::Fatal, msg, data);
     }
 }

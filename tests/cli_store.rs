@@ -41,13 +41,10 @@ fn commands_on_an_uninitialised_store_say_so_on_stdout() {
         let r = s.run(args);
         assert_eq!(r.code, 1, "{args:?}: {r:#?}");
         assert!(r.stdout.contains("not initialised"), "{args:?}: {r:#?}");
-        for line in r.stderr.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).expect("lager JSON");
-            assert_eq!(
-                v["log_level"], 3,
-                "the default level logs fatal errors only: {r:#?}"
-            );
-        }
+        assert_eq!(
+            r.stderr, "",
+            "{args:?}: the default level writes nothing to stderr, as GrootFS's"
+        );
     }
 }
 
@@ -118,12 +115,95 @@ fn lager_logs_every_line_with_data() {
             v["message"].as_str().unwrap().starts_with("nestfs.delete."),
             "{line}"
         );
-        assert!(v["log_level"].as_u64().unwrap() <= 3);
-        assert!(v["timestamp"].as_str().unwrap().contains('.'));
+        assert!(
+            ["debug", "info", "error", "fatal"].contains(&v["level"].as_str().unwrap()),
+            "{line}"
+        );
+        assert_rfc3339(v["timestamp"].as_str().unwrap());
     }
     let r = s.run(&["--log-level", "loud", "list"]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("invalid log level"), "{r:#?}");
+}
+
+/// lager's timestamp as GrootFS writes it: `2026-12-06T05:01:34.123456789Z`.
+fn assert_rfc3339(t: &str) {
+    let shape: String = t
+        .chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect();
+    assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dddddddddZ", "{t}");
+}
+
+/// Garden re-logs the plugin's stderr write by write: each write(2) must be one whole line.
+/// A datagram socket as stderr keeps the writes apart.
+#[test]
+fn every_log_line_leaves_in_one_write() {
+    use std::os::fd::OwnedFd;
+    let s = TestStore::new();
+    let (theirs, ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let child = s
+        .cmd()
+        .args(["--log-level", "debug", "create", "/no/such/rootfs.tar", "x"])
+        .stdout(std::process::Stdio::null())
+        .stderr(OwnedFd::from(theirs))
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    ours.set_nonblocking(true).unwrap();
+    let mut writes = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = ours.recv(&mut buf) {
+        writes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(writes.len() >= 2, "debug logs expected: {writes:?}");
+    for w in &writes {
+        assert!(
+            w.ends_with('\n') && w.matches('\n').count() == 1,
+            "a write that is not one line: {w:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(w).unwrap_or_else(|e| panic!("{e}: {w}"));
+        assert!(v["data"].is_object(), "{w}");
+    }
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.contains("no such file or directory")),
+        "the failure is logged: {writes:?}"
+    );
+}
+
+/// `--log-file` without a level logs at info (GrootFS's rule); a config that only sets the
+/// store size answers `capacity` without a store, as GrootFS's does.
+#[test]
+fn a_log_file_alone_logs_at_info_and_capacity_reads_the_config() {
+    let s = TestStore::uninitialised();
+    let log = s.dir.path().join("log.json");
+    let r = s.run(&[
+        "--log-file",
+        log.to_str().unwrap(),
+        "create",
+        "/no/such.tar",
+        "x",
+    ]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr, "");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(r#""level":"error""#), "{text}");
+    assert!(!text.contains(r#""level":"debug""#), "{text}");
+    let cfg = s.dir.path().join("config.yml");
+    std::fs::write(&cfg, "store: \"\"\nlog_level: \"\"\nlog_file: \"\"\nmetron_endpoint: \"\"\ninit:\n  store_size_bytes: 190092\n").unwrap();
+    let r = s.run(&["--config", cfg.to_str().unwrap(), "capacity"]).ok();
+    assert_eq!(r.json(), serde_json::json!({ "capacity": 190092 }));
+    assert_eq!(r.stderr, "", "empty log_level and log_file mean unset");
+    std::fs::write(&cfg, "create:\n  disk_limit_size_bytes: -1\n").unwrap();
+    let r = s.run(&["--config", cfg.to_str().unwrap(), "capacity"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stdout.trim(),
+        "invalid argument: disk limit cannot be negative"
+    );
 }
 
 #[test]
