@@ -496,8 +496,8 @@ fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<Str
     log.info("created", json!({ "id": req.id, "rootfs": rootfs }));
     Ok(json!({
         "root": { "path": rootfs },
+        // No `mounts` key: Go callers test `Mounts != nil`, and a FUSE rootfs has none.
         "process": { "env": resolved.env },
-        "mounts": [],
     })
     .to_string())
 }

@@ -269,7 +269,7 @@ fn without_mount_still_returns_a_mounted_rootfs_and_no_mounts() {
         .run(&["create", "--without-mount", &oci("busybox"), "wm"])
         .ok();
     let spec = r.json();
-    assert_eq!(spec["mounts"], serde_json::json!([]));
+    assert!(spec.get("mounts").is_none(), "{spec}");
     let rootfs = Path::new(spec["root"]["path"].as_str().unwrap());
     assert!(rootfs.join("bin/busybox").exists());
     s.run(&["delete", "wm"]).ok();

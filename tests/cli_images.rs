@@ -20,7 +20,10 @@ fn create_serves_the_image_and_delete_removes_it() {
     let spec = r.json();
     let rootfs = Path::new(spec["root"]["path"].as_str().unwrap()).to_path_buf();
     assert_eq!(rootfs, s.root().join("images/c1/rootfs"));
-    assert_eq!(spec["mounts"], serde_json::json!([]));
+    assert!(
+        spec.get("mounts").is_none(),
+        "no mounts key, as GrootFS prints it: {spec}"
+    );
     let env = spec["process"]["env"].as_array().unwrap();
     assert_eq!(env.len(), 2, "garden-rootfs has two Env vars: {spec}");
     assert!(

@@ -26,6 +26,12 @@ fn stats(s: &TestStore, id: &str) -> (u64, u64, u64) {
     )
 }
 
+fn committed(s: &TestStore, id: &str) -> u64 {
+    s.run(&["stats", id]).ok().json()["disk_usage"]["committed_space_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
 fn upper(s: &TestStore, id: &str) -> PathBuf {
     s.root().join("images").join(id).join("upper")
 }
@@ -81,9 +87,11 @@ fn inclusive_limit_counts_the_layers_and_stops_writes_with_edquot() {
     let image = image.to_str().unwrap();
     // The layers' size, from an image without a limit.
     create(&s, image, "probe", &[]);
-    let (excl, total, _) = stats(&s, "probe");
+    let (excl, total, quota) = stats(&s, "probe");
     let layers = total - excl;
     assert!(layers >= MIB, "{layers}");
+    assert_eq!(quota, 0, "no limit, no quota");
+    assert_eq!(committed(&s, "probe"), layers, "committed: the image alone");
     let limit = layers + 4 * MIB;
     let rootfs = create(
         &s,
@@ -92,7 +100,12 @@ fn inclusive_limit_counts_the_layers_and_stops_writes_with_edquot() {
         &["--disk-limit-size-bytes", &limit.to_string()],
     );
     let (used0, _, quota) = stats(&s, "lim");
-    assert_eq!(quota, limit, "the limit reads back");
+    assert_eq!(
+        quota,
+        4 * MIB,
+        "the quota is the limit less the image, as GrootFS reports it"
+    );
+    assert_eq!(committed(&s, "lim"), limit, "committed: image plus quota");
     let (written, e) = fill(&rootfs.join("fill"), MIB as usize);
     assert_edquot(&e);
     let room = 4 * MIB - used0;
@@ -133,7 +146,9 @@ fn exclusive_limit_counts_only_the_container_writes() {
     let image = tarball(s.dir.path(), &[("three-mib", 3 * MIB as usize)]);
     // Smaller than the image: fine when the image is excluded.
     let rootfs = create_excl(&s, &image, "ex", 2 * MIB);
-    let used0 = stats(&s, "ex").0;
+    let (used0, total, quota) = stats(&s, "ex");
+    assert_eq!(quota, 2 * MIB, "an exclusive limit is the quota itself");
+    assert_eq!(committed(&s, "ex"), total - used0 + 2 * MIB);
     let (written, e) = fill(&rootfs.join("fill"), 300_000);
     assert_edquot(&e);
     assert!(

@@ -148,16 +148,19 @@ impl Store {
                 })?
             }
         };
-        let total = exclusive + self.layers_bytes(&meta);
+        let image = self.layers_bytes(&meta);
+        // As GrootFS: the quota is what the container may write (an inclusive limit less the
+        // image), and the committed space the image plus that.
+        let quota = match (meta.disk_limit, meta.exclude_image_from_quota) {
+            (0, _) => 0,
+            (limit, true) => limit,
+            (limit, false) => limit.saturating_sub(image),
+        };
         Ok(DiskUsage {
-            total_bytes_used: total,
+            total_bytes_used: image + exclusive,
             exclusive_bytes_used: exclusive,
-            quota_size_bytes: meta.disk_limit,
-            committed_space_bytes: if meta.disk_limit > 0 {
-                meta.disk_limit
-            } else {
-                total
-            },
+            quota_size_bytes: quota,
+            committed_space_bytes: image + quota,
         })
     }
 
