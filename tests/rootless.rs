@@ -521,3 +521,42 @@ fn fixture_images_look_the_same_rootless_as_with_root() {
     }
     assert!(daemons_for(&s.dir).is_empty());
 }
+
+/// Stores are 0700 as GrootFS makes them: another host user cannot look into a root store's
+/// images, a mapped store belongs to the container's root, a rootless store to its user.
+#[test]
+fn other_users_cannot_read_a_store() {
+    let (uid, gid) = require_user!();
+    let s = Scratch::new((uid, gid));
+    let root_setup = format!(
+        r#"
+        $NESTFS --store $DIR/plain init-store
+        $NESTFS --store $DIR/plain create {image} c > /dev/null
+        echo secret > $DIR/plain/images/c/rootfs/secret
+        $NESTFS --store $DIR/mapped init-store --uid-mapping 0:100000:65536 --gid-mapping 0:100001:65536
+        "#,
+        image = oci("busybox"),
+    );
+    let user_script = r#"
+        stat -c 'plain %a %u:%g' $DIR/plain
+        stat -c 'mapped %a %u:%g' $DIR/mapped
+        ls $DIR/plain/images 2>/dev/null && echo listed-images || echo no-listing
+        cat $DIR/plain/images/c/upper/secret 2>/dev/null || echo no-secret
+        $NESTFS --store $DIR/mine init-store
+        stat -c 'mine %a %u' $DIR/mine
+    "#;
+    let r = s.run(&root_setup, user_script, true);
+    assert_eq!(r.code, 0, "{r:#?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "plain 700 0:0",
+            "mapped 700 100000:100001",
+            "no-listing",
+            "no-secret",
+            &format!("mine 700 {uid}"),
+        ],
+        "{r:#?}"
+    );
+}

@@ -247,6 +247,7 @@ impl Store {
                 format!("create {}", d.display())
             })?;
         }
+        self.protect_root(meta)?;
         let _g = self.lock(true)?;
         if self.meta_path().exists() {
             let old: StoreMeta = read_json(&self.meta_path())?;
@@ -256,6 +257,26 @@ impl Store {
             return Ok(());
         }
         write_json(&self.meta_path(), meta)
+    }
+
+    /// As GrootFS sets it: the store root is 0700, owned by the container's root when the
+    /// store maps ids (so only it and the host's root see rootfs and upper dirs); a rootless
+    /// store stays its user's.
+    fn protect_root(&self, meta: &StoreMeta) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let what = || format!("protect {}", self.root.display());
+        io_ctx(
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)),
+            what,
+        )?;
+        let host_root = |m: &[IdMapping]| m.iter().find(|m| m.container == 0).map(|m| m.host);
+        if !meta.rootless
+            && let Some(uid) = host_root(&meta.uid_mappings)
+        {
+            let gid = host_root(&meta.gid_mappings);
+            io_ctx(std::os::unix::fs::chown(&self.root, Some(uid), gid), what)?;
+        }
+        Ok(())
     }
 
     /// The store's settings; fails if `init-store` never ran.
