@@ -284,6 +284,7 @@ fn unpack_with(
     archive.set_preserve_ownerships(opts.privileged);
     archive.set_overwrite(true);
     let (mut entries, mut bytes) = (0u64, 0u64);
+    let mut dir_times = Vec::new();
     for entry in archive.entries().map_err(|e| invalid("read layer", e))? {
         let mut entry = entry.map_err(|e| bad_entry(entries, e))?;
         entries += 1;
@@ -311,6 +312,12 @@ fn unpack_with(
             None => unpack_in(dest, &mut entry, &name, device)?,
         };
         let Some(at) = at else { continue };
+        if kind.is_dir()
+            && let (Ok(path), Ok(mtime)) = (entry.path(), entry.header().mtime())
+            && let Some(rel) = placed(&path)
+        {
+            dir_times.push((rel, mtime));
+        }
         let plain = kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous;
         if !opts.privileged && (plain || device) {
             record_meta(&at, &entry, &name)?;
@@ -318,8 +325,35 @@ fn unpack_with(
             make_device(&at, &entry, &name)?;
         }
     }
+    if let Some(b) = &beneath {
+        restore_dir_times(b, &dir_times).map_err(|e| invalid("restore directory times", e))?;
+    }
     let bytes = nestfs_fuse::allocated_bytes(dest).map_err(|e| invalid("measure layer", e))?;
     Ok(UnpackStats { bytes, entries })
+}
+
+/// Gives directories the mtime their headers say, as Docker and GrootFS keep them: entries
+/// unpacked into a directory after its header changed it. (Without openat2 the times stay:
+/// setting them by path could follow a layer's symlinks out of it.)
+fn restore_dir_times(b: &Beneath, dirs: &[(PathBuf, u64)]) -> std::io::Result<()> {
+    for (rel, mtime) in dirs {
+        let fd = open_beneath(&b.root, rel)?;
+        let t = rustix::fs::Timespec {
+            tv_sec: *mtime as i64,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            fd_path(fd.as_raw_fd()),
+            &times,
+            AtFlags::empty(),
+        )?;
+    }
+    Ok(())
 }
 
 /// Creates `entry` beneath the layer's root; returns where (None: skipped, as tar skips names

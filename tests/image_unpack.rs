@@ -271,3 +271,35 @@ fn a_file_that_replaces_a_symlinked_directory_is_not_walked_through() {
         "now a file"
     );
 }
+
+/// Directories keep the mtime their headers give, also those whose entries were unpacked after
+/// them (as Docker and GrootFS keep them), and those that end up empty.
+#[test]
+fn directories_keep_their_layer_mtimes() {
+    use std::os::unix::fs::MetadataExt;
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mtime: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_mtime(mtime);
+        h.set_size(0);
+        b.append_data(&mut h, name, std::io::empty()).unwrap();
+    };
+    dir(&mut b, "full/", 1_000_000_000);
+    dir(&mut b, "full/sub/", 1_100_000_000);
+    dir(&mut b, "empty/", 1_200_000_000);
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_mtime(1_300_000_000);
+    h.set_size(2);
+    b.append_data(&mut h, "full/sub/file", &b"hi"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let c = case();
+    unpack(&tar[..], &c.dest, &opts()).unwrap();
+    let mtime = |p: &str| std::fs::metadata(c.dest.join(p)).unwrap().mtime();
+    assert_eq!(mtime("full"), 1_000_000_000);
+    assert_eq!(mtime("full/sub"), 1_100_000_000);
+    assert_eq!(mtime("empty"), 1_200_000_000);
+    assert_eq!(mtime("full/sub/file"), 1_300_000_000);
+}
