@@ -110,7 +110,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let c: Config = serde_yaml::from_str(&text)
+        let c: Config = yaml_serde::from_str(&text)
             .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
         bytes(c.create.disk_limit_size_bytes, "disk limit")?;
         bytes(c.clean.threshold_bytes, "clean threshold")?;
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn reads_grootfs_keys_and_ignores_others() {
-        let c: Config = serde_yaml::from_str(
+        let c: Config = yaml_serde::from_str(
             "store: /s\nlog_level: debug\ntardis_bin: /x\nunknown: 1\nclean:\n  threshold_bytes: 10\n  ignore_images: [docker:///a]\ncreate:\n  with_clean: true\n  insecure_registries: [r:5000]\n  disk_limit_size_bytes: 99\n",
         )
         .unwrap();
@@ -154,7 +154,7 @@ mod tests {
     /// What Go's yaml.v2 writes for GrootFS's zero Config: every key, empty values unset.
     #[test]
     fn a_marshalled_grootfs_config_with_empty_values_means_unset() {
-        let c: Config = serde_yaml::from_str(
+        let c: Config = yaml_serde::from_str(
             r#"store: ""
 tardis_bin: ""
 newuidmap_bin: ""
@@ -190,7 +190,7 @@ init:
         assert_eq!(c.clean.threshold_bytes, None);
         assert_eq!(c.init.store_size_bytes, Some(190092));
         let nulls: Config =
-            serde_yaml::from_str("log_file:\ncreate:\n  insecure_registries:\n").unwrap();
+            yaml_serde::from_str("log_file:\ncreate:\n  insecure_registries:\n").unwrap();
         assert_eq!(nulls.log_file, None);
         assert!(nulls.create.insecure_registries.is_empty());
     }
