@@ -419,7 +419,7 @@ fn split_sections(out: &str) -> BTreeMap<String, String> {
 /// Why these tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
-        return Some("not root: podman's stores here are root's or the test user's".into());
+        return Some("not root: the tests run podman as root and create the rootless user".into());
     }
     if !Path::new("/dev/fuse").exists() {
         return Some("/dev/fuse is missing".into());
