@@ -245,7 +245,9 @@ fn run(
             store_size_bytes,
             ..
         } => {
-            let rootless = unsafe { libc::geteuid() } != 0;
+            // Without root, or as root in a user namespace that cannot map an image's owners
+            // (`unshare -Ur`), layers record owners in xattrs instead of chown.
+            let rootless = unsafe { libc::geteuid() } != 0 || !crate::host::maps_image_ids();
             // Run as yourself, the container's root is you unless mappings say otherwise.
             let me = |id: u32| {
                 vec![IdMapping {
@@ -448,6 +450,13 @@ fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<Str
     store.check_new_id(&req.id)?;
     // Say what is missing before pulling anything.
     daemon::preflight()?;
+    crate::host::check_mountable(&store.tmp_path("mount-probe")).map_err(anyhow::Error::msg)?;
+    if !store.meta()?.rootless && !crate::host::maps_image_ids() {
+        anyhow::bail!(
+            "the image's owners cannot be set: {}",
+            crate::host::narrow_namespace_advice()
+        );
+    }
     if let Some(threshold) = req.clean {
         let _g = store.lock(true)?;
         store.sweep();

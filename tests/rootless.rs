@@ -436,6 +436,16 @@ fn missing_pieces_are_named() {
         true,
     );
     assert!(r.stdout.contains("fusermount3 is not installed"), "{r:#?}");
+    // no_new_privs (docker's no-new-privileges): the setuid fusermount3 cannot help.
+    let r = s.run(
+        "",
+        "S=$DIR/store3; $NESTFS --store $S init-store; setpriv --no-new-privs $NESTFS --store $S create /nonexistent.tar x || true",
+        true,
+    );
+    assert!(
+        r.stdout.contains("no_new_privs") && r.stdout.contains("no-new-privileges"),
+        "{r:#?}"
+    );
 }
 
 #[test]
