@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod host;
 pub mod image;
 pub mod logging;
+pub mod metrics;
 pub mod store;
 pub mod unpack;
 pub mod usage;
