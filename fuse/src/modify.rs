@@ -650,8 +650,7 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, ino: u64, key: &CStr) -> io::Result<Vec<u8>> {
-        let real = whiteout::real_xattr(key.to_bytes()).ok_or_else(|| sys::err(libc::ENODATA))?;
-        let real = CString::new(real).expect("from a CStr");
+        let real = CString::new(whiteout::real_xattr(key.to_bytes())).expect("from a CStr");
         sys::lgetxattr(&self.target(ino)?.xattr_path(), &real)
     }
 
@@ -668,8 +667,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: u64, key: &CStr, value: Option<(&[u8], i32)>) -> io::Result<()> {
-        let real = whiteout::real_xattr(key.to_bytes()).ok_or_else(|| sys::err(libc::EPERM))?;
-        let key = CString::new(real).expect("from a CStr");
+        let key = CString::new(whiteout::real_xattr(key.to_bytes())).expect("from a CStr");
         {
             let _g = self.lock_changes();
             self.writable()?;

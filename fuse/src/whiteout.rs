@@ -11,30 +11,33 @@ pub const OCI_PREFIX: &[u8] = b".wh.";
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
 const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
 
-const OVERLAY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
-const OWN_XATTRS: [&[u8]; 2] = [b"trusted.nestfs.", b"user.nestfs."];
+/// Xattr namespaces the overlay keeps for itself (overlayfs's markers, then nestfs's origins
+/// and recorded owners), each with the tag a user's name of that form is escaped with.
+const PRIVATE_XATTRS: [(&[u8], &[u8]); 4] = [
+    (b"trusted.overlay.", b"overlay."),
+    (b"user.overlay.", b"overlay."),
+    (b"trusted.nestfs.", b"nestfs."),
+    (b"user.nestfs.", b"nestfs."),
+];
 
 /// Whether a real xattr belongs to the overlay itself (opaque markers, origins); users never
-/// see those. Users' own `*.overlay.*` xattrs are stored escaped as `*.overlay.overlay.*`,
-/// as overlayfs does, and are not private.
+/// see those. Users' own names of those forms (an overlay's or a nestfs's markers, when the
+/// upper dir of another one lives on this mount) are stored escaped, `*.overlay.overlay.*` and
+/// `*.nestfs.nestfs.*`, as overlayfs does, so any number of levels stack.
 pub fn is_private_xattr(real: &[u8]) -> bool {
-    OWN_XATTRS.iter().any(|p| real.starts_with(p))
-        || OVERLAY_XATTRS
-            .iter()
-            .any(|p| real.starts_with(p) && !real[p.len()..].starts_with(b"overlay."))
+    PRIVATE_XATTRS
+        .iter()
+        .any(|(p, tag)| real.starts_with(p) && !real[p.len()..].starts_with(tag))
 }
 
-/// The real name a user's xattr is stored under; `None` for names the overlay reserves.
-pub fn real_xattr(user: &[u8]) -> Option<Vec<u8>> {
-    if OWN_XATTRS.iter().any(|p| user.starts_with(p)) {
-        return None;
-    }
-    for p in OVERLAY_XATTRS {
+/// The real name a user's xattr is stored under.
+pub fn real_xattr(user: &[u8]) -> Vec<u8> {
+    for (p, tag) in PRIVATE_XATTRS {
         if let Some(rest) = user.strip_prefix(p) {
-            return Some([p, b"overlay.", rest].concat());
+            return [p, tag, rest].concat();
         }
     }
-    Some(user.to_vec())
+    user.to_vec()
 }
 
 /// The name a user sees for a real xattr, or `None` if it is private.
@@ -42,9 +45,9 @@ pub fn user_xattr(real: &[u8]) -> Option<Vec<u8>> {
     if is_private_xattr(real) {
         return None;
     }
-    for p in OVERLAY_XATTRS {
+    for (p, tag) in PRIVATE_XATTRS {
         if let Some(rest) = real.strip_prefix(p) {
-            return Some([p, &rest[b"overlay.".len()..]].concat());
+            return Some([p, &rest[tag.len()..]].concat());
         }
     }
     Some(real.to_vec())
@@ -168,17 +171,39 @@ mod tests {
     #[test]
     fn users_overlay_xattrs_are_escaped() {
         assert_eq!(
-            real_xattr(b"trusted.overlay.x").unwrap(),
+            real_xattr(b"trusted.overlay.x"),
             b"trusted.overlay.overlay.x"
         );
-        assert_eq!(real_xattr(b"user.foo").unwrap(), b"user.foo");
-        assert_eq!(real_xattr(b"trusted.nestfs.origin"), None);
+        assert_eq!(real_xattr(b"user.foo"), b"user.foo");
         assert_eq!(
             user_xattr(b"trusted.overlay.overlay.x").unwrap(),
             b"trusted.overlay.x"
         );
         assert_eq!(user_xattr(b"trusted.overlay.opaque"), None);
         assert_eq!(user_xattr(b"user.foo").unwrap(), b"user.foo");
+    }
+
+    /// The origins and recorded owners of a nestfs whose upper dir is on this mount are the
+    /// user's: stored one level deeper, read back and listed as they were written.
+    #[test]
+    fn nested_nestfs_xattrs_are_escaped_at_every_level() {
+        for inner in [&b"trusted.nestfs.origin"[..], b"user.nestfs.stat"] {
+            let once = real_xattr(inner);
+            let twice = real_xattr(&once);
+            assert!(!is_private_xattr(&once) && !is_private_xattr(&twice));
+            assert_eq!(user_xattr(&twice).unwrap(), once);
+            assert_eq!(user_xattr(&once).unwrap(), inner);
+            assert!(is_private_xattr(inner), "the outer's own name stays hidden");
+        }
+        assert_eq!(
+            real_xattr(b"user.nestfs.origin"),
+            b"user.nestfs.nestfs.origin"
+        );
+        assert_eq!(
+            user_xattr(b"trusted.nestfs.nestfs.x").unwrap(),
+            b"trusted.nestfs.x"
+        );
+        assert_eq!(user_xattr(b"user.nestfs.stat"), None);
     }
 
     #[test]
