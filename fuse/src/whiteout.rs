@@ -10,6 +10,7 @@ use crate::sys::{self, Stat};
 pub const OCI_PREFIX: &[u8] = b".wh.";
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
 const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
+const ORIGIN_XATTRS: [&CStr; 2] = [c"trusted.nestfs.origin", c"user.nestfs.origin"];
 
 /// Xattr namespaces the overlay keeps for itself (overlayfs's markers, then nestfs's origins
 /// and recorded owners), each with the tag a user's name of that form is escaped with.
@@ -85,27 +86,27 @@ pub fn is_opaque(dir: RawFd, oci: bool) -> bool {
         .any(|k| sys::lgetxattr(&path, k).is_ok_and(|v| v == b"y"))
 }
 
-/// How whiteouts and opaque markers are written into the upper dir: devices and trusted
-/// xattrs need root; the OCI files work for anyone. Both are read back on remount.
+/// How whiteouts and opaque markers are written into the upper dir. Both forms are read back
+/// on remount; which one is written depends on what the upper dir's filesystem takes (see
+/// [`probe_upper`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
-    Overlay,
+    /// 0/0 character devices and the `opaque` xattr on opaque directories; renames leave their
+    /// whiteout themselves where the filesystem takes RENAME_WHITEOUT from this daemon (it
+    /// needs CAP_MKNOD in the initial user namespace).
+    Overlay {
+        opaque: &'static CStr,
+        rename_whiteout: bool,
+    },
+    /// `.wh.NAME` files and `.wh..wh..opq` markers: any filesystem and any user can make them.
     Oci,
 }
 
 impl Style {
-    pub fn for_current_user() -> Style {
-        if sys::is_root() {
-            Style::Overlay
-        } else {
-            Style::Oci
-        }
-    }
-
     /// The entry that stands for a whiteout of `name`.
     pub fn entry(self, name: &CStr) -> std::borrow::Cow<'_, CStr> {
         match self {
-            Style::Overlay => name.into(),
+            Style::Overlay { .. } => name.into(),
             Style::Oci => oci_name(name).into(),
         }
     }
@@ -113,16 +114,16 @@ impl Style {
     /// Makes a whiteout object at exactly `entry` (see [`Self::entry`]).
     pub fn make(self, dir: RawFd, entry: &CStr) -> io::Result<()> {
         match self {
-            Style::Overlay => sys::mknod_at(dir, entry, libc::S_IFCHR, 0),
+            Style::Overlay { .. } => sys::mknod_at(dir, entry, libc::S_IFCHR, 0),
             Style::Oci => sys::open_at(dir, entry, libc::O_CREAT | libc::O_WRONLY, 0o600).map(drop),
         }
     }
 
     pub fn mark_opaque(self, dir: RawFd, name: &CStr) -> io::Result<()> {
         match self {
-            Style::Overlay => {
+            Style::Overlay { opaque, .. } => {
                 let path = sys::xattr_path(dir, Some(name));
-                sys::lsetxattr(&path, OPAQUE_XATTRS[0], b"y", 0)
+                sys::lsetxattr(&path, opaque, b"y", 0)
             }
             Style::Oci => {
                 let d = sys::open_dir_path(dir, name)?;
@@ -130,6 +131,67 @@ impl Style {
             }
         }
     }
+}
+
+/// What the upper dir's filesystem takes, as [`probe_upper`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upper {
+    pub style: Style,
+    /// Where a copied-up file records the inode number it had below.
+    pub origin_key: &'static CStr,
+}
+
+/// For a mount without an upper dir, which writes neither whiteouts nor origins.
+pub const NO_UPPER: Upper = Upper {
+    style: Style::Oci,
+    origin_key: ORIGIN_XATTRS[1],
+};
+
+/// The work dir's scratch directory for [`probe_upper`] (cleaned at mount, like all `#nestfs-`
+/// names, should a daemon die while probing).
+const PROBE_DIR: &CStr = c"#nestfs-probe";
+
+/// Finds out, by trying in the work dir, which whiteouts and xattrs the upper dir's filesystem
+/// takes from this daemon. `trusted.*` needs CAP_SYS_ADMIN in the initial user namespace
+/// (`admin`); `devices` is false where the overlayfs form is not wanted at all. A filesystem
+/// may refuse the overlayfs form even from root: kernel overlayfs refuses 0/0 devices and
+/// RENAME_WHITEOUT, and a nestfs mount 0/0 devices.
+pub fn probe_upper(work: RawFd, admin: bool, devices: bool) -> io::Result<Upper> {
+    sys::mkdir_at(work, PROBE_DIR, 0o700)?;
+    let found =
+        sys::open_dir_path(work, PROBE_DIR).and_then(|d| probe_in(d_raw(&d), admin, devices));
+    crate::overlay::remove_tree(work, PROBE_DIR)?;
+    found
+}
+
+fn probe_in(dir: RawFd, admin: bool, devices: bool) -> io::Result<Upper> {
+    // Trusted names first where they can work: kernel overlayfs reads only those.
+    let usable = |keys: [&'static CStr; 2], path: &sys::XPath| {
+        keys.into_iter()
+            .skip(usize::from(!admin))
+            .find(|k| sys::lsetxattr(path, k, b"y", 0).is_ok())
+    };
+    sys::open_at(dir, c"f", libc::O_CREAT | libc::O_WRONLY, 0o600)?;
+    let origin_key =
+        usable(ORIGIN_XATTRS, &sys::xattr_path(dir, Some(c"f"))).unwrap_or(ORIGIN_XATTRS[1]);
+    let whiteout_at = |name: &CStr| sys::stat_at(dir, name).is_ok_and(|st| is_device_whiteout(&st));
+    let style = match usable(OPAQUE_XATTRS, &sys::xattr_path(dir, None)) {
+        Some(opaque)
+            if devices
+                && sys::mknod_at(dir, c"wh", libc::S_IFCHR, 0).is_ok()
+                && whiteout_at(c"wh") =>
+        {
+            let rename_whiteout = sys::rename_at(dir, c"f", dir, c"g", libc::RENAME_WHITEOUT)
+                .is_ok()
+                && whiteout_at(c"f");
+            Style::Overlay {
+                opaque,
+                rename_whiteout,
+            }
+        }
+        _ => Style::Oci,
+    };
+    Ok(Upper { style, origin_key })
 }
 
 fn d_raw(fd: &std::os::fd::OwnedFd) -> RawFd {
