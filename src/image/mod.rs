@@ -8,6 +8,7 @@ mod layout;
 mod manifest;
 mod reference;
 mod registry;
+mod transport;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +25,19 @@ pub enum ImageError {
     BadReference { reference: String, reason: String },
     #[error("{0}")]
     NotFound(String),
-    #[error("unauthorized: the registry refused the credentials for {0}")]
+    #[error(
+        "unauthorized: invalid username/password: the registry refused the credentials for {0}"
+    )]
     Unauthorized(String),
+    /// An anonymous pull refused: GrootFS's words, as a registry hides what is private.
+    #[error("{0} does not exist or you do not have permissions to see it.")]
+    Denied(String),
+    /// An untrusted certificate from a registry not listed as insecure: GrootFS's words, then
+    /// where else the registry can be listed, then the cause.
+    #[error(
+        "This registry is insecure. To pull images from this registry, please use the --insecure-registry option (or create.insecure_registries in the config file). {registry}: {reason}"
+    )]
+    InsecureRegistry { registry: String, reason: String },
     #[error("registry unreachable for {name}: {reason}")]
     Unreachable { name: String, reason: String },
     #[error("invalid image: {0}")]
@@ -63,7 +75,8 @@ pub fn os_error_text(e: &std::io::Error) -> String {
 pub struct PullOptions {
     pub username: Option<String>,
     pub password: Option<String>,
-    /// `host[:port]` registries to reach over plain http.
+    /// `host[:port]` registries whose certificates are not verified, or reached over plain
+    /// HTTP when they do not speak HTTPS.
     pub insecure_registries: Vec<String>,
     /// Do not verify layer digests / diff_ids (GrootFS's `--skip-layer-validation`).
     pub skip_layer_validation: bool,
