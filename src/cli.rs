@@ -294,6 +294,7 @@ fn run(
                 password,
                 insecure_registries,
                 skip_layer_validation: skip_layer_validation || config.create.skip_layer_validation,
+                remote_layer_certs: config.create.remote_layer_client_certificates_path.clone(),
             };
             if without_mount || config.create.without_mount {
                 // A FUSE rootfs cannot be handed to the caller to mount: always serve it.

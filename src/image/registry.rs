@@ -26,7 +26,7 @@ pub struct Registry {
     ctx: Ctx,
 }
 
-fn timeouts() -> (Duration, Duration, Duration) {
+pub(super) fn timeouts() -> (Duration, Duration, Duration) {
     // Tests shorten these to prove a stalling registry fails in bounded time.
     let env = |k: &str, d: Duration| {
         std::env::var(k)
@@ -252,6 +252,7 @@ pub async fn resolve(
             size: u64::try_from(l.size).ok(),
             annotations: Default::default(),
             platform: None,
+            urls: l.urls.clone().unwrap_or_default(),
         })
         .collect();
     let layers = super::layers(&descs, &config.rootfs.diff_ids)?;

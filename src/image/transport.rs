@@ -49,6 +49,15 @@ fn chain<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static
     out
 }
 
+/// Every error of the chain, outermost first, as one line.
+pub fn chain_text(e: &(dyn StdError + 'static)) -> String {
+    chain(e)
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 fn tls_cause(e: &rustls::Error) -> Cause {
     match e {
         rustls::Error::InvalidCertificate(c) => Cause::UntrustedCertificate(certificate_problem(c)),
