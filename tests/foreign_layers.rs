@@ -1,9 +1,13 @@
 //! OCI foreign layers: a layout whose layer is not in `blobs/` but at a URL, served over HTTPS
 //! by `openssl s_server` requiring a client certificate, with the TLS material read from
-//! `create.remote_layer_client_certificates_path` as GrootFS reads it.
+//! `create.remote_layer_client_certificates_path` as GrootFS reads it; the same image pushed to
+//! a registry, which holds all but that layer.
 
 #[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
+#[path = "support/registry.rs"]
+mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::TestStore;
 use nestfs_testimages::{Compression, Image, Layer, write_layout};
+use registry::Registry;
 use sha2::{Digest, Sha256};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -177,40 +182,70 @@ fn nothing_cached(s: &TestStore) {
     }
 }
 
+/// A foreign-layer image in an OCI layout, its blob served over HTTPS to holders of a client
+/// certificate, and certificate directories: CA only, and CA plus client pair (GrootFS's
+/// layout: CA certificates *.crt, client pairs NAME.cert/NAME.key).
+struct Fixture {
+    tmp: tempfile::TempDir,
+    served: PathBuf,
+    url: String,
+    blob: Vec<u8>,
+    _server: Server,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pki, served) = (tmp.path().join("pki"), tmp.path().join("www"));
+        for d in [&pki, &served] {
+            std::fs::create_dir(d).unwrap();
+        }
+        make_pki(&pki);
+        let server = Server::start(&pki, &served);
+        let url = format!("https://127.0.0.1:{}/layer", server.port);
+        let blob = foreign_layout(&tmp.path().join("layout"), &served, &url);
+        for d in ["trust", "full"] {
+            let d = tmp.path().join(d);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::copy(pki.join("ca.pem"), d.join("ca.crt")).unwrap();
+        }
+        let full = tmp.path().join("full");
+        std::fs::copy(pki.join("client.pem"), full.join("client.cert")).unwrap();
+        std::fs::copy(pki.join("client.key"), full.join("client.key")).unwrap();
+        Fixture {
+            tmp,
+            served,
+            url,
+            blob,
+            _server: server,
+        }
+    }
+
+    fn layout(&self) -> PathBuf {
+        self.tmp.path().join("layout")
+    }
+
+    fn certs(&self, which: &str) -> PathBuf {
+        self.tmp.path().join(which)
+    }
+
+    fn serve(&self, blob: &[u8]) {
+        std::fs::write(self.served.join("layer"), blob).unwrap();
+    }
+}
+
 #[test]
 fn foreign_layer_needs_the_client_certificate_and_its_digest() {
     require_root_fuse!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, served, layout) = (
-        tmp.path().join("pki"),
-        tmp.path().join("www"),
-        tmp.path().join("layout"),
-    );
-    for d in [&pki, &served] {
-        std::fs::create_dir(d).unwrap();
-    }
-    make_pki(&pki);
-    let server = Server::start(&pki, &served);
-    let url = format!("https://127.0.0.1:{}/layer", server.port);
-    let blob = foreign_layout(&layout, &served, &url);
-    let image = format!("oci://{}", layout.display());
-
-    // As GrootFS reads the directory: CA certificates *.crt, client pairs NAME.cert/NAME.key.
-    let (trust_only, full) = (tmp.path().join("trust"), tmp.path().join("full"));
-    for d in [&trust_only, &full] {
-        std::fs::create_dir(d).unwrap();
-        std::fs::copy(pki.join("ca.pem"), d.join("ca.crt")).unwrap();
-    }
-    std::fs::copy(pki.join("client.pem"), full.join("client.cert")).unwrap();
-    std::fs::copy(pki.join("client.key"), full.join("client.key")).unwrap();
-
+    let f = Fixture::new();
+    let image = format!("oci://{}", f.layout().display());
     let s = TestStore::new();
     let untrusted = s.run(&["create", &image, "a"]);
     assert_eq!(untrusted.code, 1, "{untrusted:#?}");
-    for words in ["foreign layer", "untrusted TLS certificate", &url] {
+    for words in ["foreign layer", "untrusted TLS certificate", &f.url] {
         assert!(untrusted.stdout.contains(words), "{words}: {untrusted:#?}");
     }
-    let cfg = config(&s, "trust.yml", &trust_only);
+    let cfg = config(&s, "trust.yml", &f.certs("trust"));
     let no_cert = s.run(&["--config", cfg.to_str().unwrap(), "create", &image, "b"]);
     assert_eq!(no_cert.code, 1, "{no_cert:#?}");
     for words in [
@@ -222,19 +257,35 @@ fn foreign_layer_needs_the_client_certificate_and_its_digest() {
     assert_eq!(no_cert.stdout.trim().lines().count(), 1, "{no_cert:#?}");
     nothing_cached(&s);
 
-    let cfg = config(&s, "full.yml", &full);
+    let cfg = config(&s, "full.yml", &f.certs("full"));
     let cfg = cfg.to_str().unwrap();
     // Another OS byte in the gzip header: the same size, still a valid layer, another digest.
-    let mut forged = blob.clone();
+    let mut forged = f.blob.clone();
     forged[9] ^= 0x01;
-    std::fs::write(served.join("layer"), &forged).unwrap();
+    f.serve(&forged);
     let r = s.run(&["--config", cfg, "create", &image, "c"]);
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stdout.contains("digest mismatch"), "{r:#?}");
     nothing_cached(&s);
 
-    std::fs::write(served.join("layer"), &blob).unwrap();
+    f.serve(&f.blob);
     s.run(&["--config", cfg, "create", &image, "d"]).ok();
     let file = s.root().join("images/d/rootfs/etc/foreign");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "from afar\n");
+}
+
+#[test]
+fn registry_image_with_a_foreign_layer() {
+    require_root_fuse!();
+    let f = Fixture::new();
+    let reg = Registry::start(false);
+    let image = reg.push(&f.layout(), "foreign", "1");
+    let s = TestStore::new();
+    let cfg = config(&s, "full.yml", &f.certs("full"));
+    let create = ["--config", cfg.to_str().unwrap(), "create"];
+    let insecure = ["--insecure-registry", reg.addr.as_str()];
+    s.run(&[&create[..], &insecure, &[&image, "r"]].concat())
+        .ok();
+    let file = s.root().join("images/r/rootfs/etc/foreign");
     assert_eq!(std::fs::read_to_string(file).unwrap(), "from afar\n");
 }

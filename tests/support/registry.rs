@@ -1,7 +1,8 @@
 //! A real registry for tests: Debian's `docker-registry` on a free loopback port with a temp
 //! storage dir (optionally behind htpasswd basic auth, or serving HTTPS with a self-signed
 //! certificate made for it), killed and removed on drop. Fixture OCI layouts are pushed to it
-//! with oci-client, alone or as entries of a multi-platform index.
+//! with oci-client, alone or as entries of a multi-platform index; foreign layers (with urls)
+//! are left at their URLs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +92,8 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        // Manifests may name foreign layers, whose blobs the registry does not hold.
+        config.push_str("validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n");
         if auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", USER, PASSWORD])
@@ -242,11 +245,9 @@ impl Registry {
             .unwrap()
             .to_string();
         let mut manifest: OciImageManifest = serde_json::from_slice(&blob(&digest)).unwrap();
-        for d in manifest
-            .layers
-            .iter()
-            .chain(std::iter::once(&manifest.config))
-        {
+        // Foreign layers stay at their URLs.
+        let local = manifest.layers.iter().filter(|l| l.urls.is_none());
+        for d in local.chain(std::iter::once(&manifest.config)) {
             client
                 .push_blob(&reference, blob(&d.digest), &d.digest)
                 .await
