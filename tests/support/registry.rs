@@ -92,8 +92,15 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
-        // Manifests may name foreign layers, whose blobs the registry does not hold.
-        config.push_str("validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n");
+        // Part of the http section, so right after its addr.
+        if tls {
+            let (cert, key) = self_signed(dir.path());
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", USER, PASSWORD])
@@ -106,14 +113,8 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             ));
         }
-        if tls {
-            let (cert, key) = self_signed(dir.path());
-            config.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            ));
-        }
+        // Manifests may name foreign layers, whose blobs the registry does not hold.
+        config.push_str("validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n");
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();
         // One start at a time in this process, so two registries never race for one port.
