@@ -289,3 +289,39 @@ fn registry_image_with_a_foreign_layer() {
     let file = s.root().join("images/r/rootfs/etc/foreign");
     assert_eq!(std::fs::read_to_string(file).unwrap(), "from afar\n");
 }
+
+#[test]
+fn foreign_layer_stalling_mid_body_fails_in_bounded_time() {
+    require_root_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (served, layout) = (tmp.path().join("www"), tmp.path().join("layout"));
+    std::fs::create_dir(&served).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/layer", listener.local_addr().unwrap());
+    let blob = foreign_layout(&layout, &served, &url);
+    // Answers with half the blob, then holds the connection open without a word more.
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut held = Vec::new();
+        for mut c in listener.incoming().flatten() {
+            let _ = c.read(&mut [0; 4096]);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", blob.len());
+            let _ = c.write_all(head.as_bytes());
+            let _ = c.write_all(&blob[..blob.len() / 2]);
+            held.push(c);
+        }
+    });
+    let s = TestStore::new();
+    let start = Instant::now();
+    let r: common::Run = s
+        .cmd()
+        .env("NESTFS_READ_TIMEOUT_MS", "500")
+        .args(["create", &format!("oci://{}", layout.display()), "stall"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stdout.contains("timed out"), "{r:#?}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+    nothing_cached(&s);
+}

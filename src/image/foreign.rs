@@ -136,7 +136,9 @@ pub async fn fetch(
     for url in &layer.urls {
         match get(&client, url).await {
             Ok(r) => {
-                let body = r.bytes_stream().map_err(std::io::Error::other);
+                let body = r
+                    .bytes_stream()
+                    .map_err(|e| transport::stream_error(std::io::Error::other(e)));
                 return Ok(tokio_util::io::StreamReader::new(body));
             }
             Err(why) => failed.push(format!("{url}: {why}")),

@@ -280,7 +280,7 @@ impl Registry {
             .await
             .map_err(|e| classify(&self.ctx, e))?;
         Ok(tokio_util::io::StreamReader::new(
-            s.stream.map_err(std::io::Error::other),
+            s.stream.map_err(transport::stream_error),
         ))
     }
 }

@@ -96,3 +96,17 @@ pub fn cause(e: &reqwest::Error) -> Cause {
     let last = chain.last().map(|e| e.to_string()).unwrap_or_default();
     Cause::Other(super::os_error_text(&std::io::Error::other(last)))
 }
+
+/// An error met while streaming a body, retold so that its text names the cause ("timed
+/// out", not reqwest's "error decoding response body"); other io errors pass unchanged.
+pub fn stream_error(e: std::io::Error) -> std::io::Error {
+    let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>()) else {
+        return e;
+    };
+    let c = cause(r);
+    let kind = match c {
+        Cause::TimedOut => std::io::ErrorKind::TimedOut,
+        _ => e.kind(),
+    };
+    std::io::Error::new(kind, c.to_string())
+}
