@@ -71,6 +71,8 @@ fn tls_cause(e: &rustls::Error) -> Cause {
 fn certificate_problem(c: &rustls::CertificateError) -> String {
     match c {
         rustls::CertificateError::UnknownIssuer => "signed by an unknown authority".into(),
+        // webpki's reason, e.g. CaUsedAsEndEntity for openssl's default self-signed certificate.
+        rustls::CertificateError::Other(o) => o.to_string(),
         other => other.to_string(),
     }
 }
@@ -109,4 +111,26 @@ pub fn stream_error(e: std::io::Error) -> std::io::Error {
         _ => e.kind(),
     };
     std::io::Error::new(kind, c.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_problems_read_as_words() {
+        let other = rustls::OtherError(std::sync::Arc::new(std::io::Error::other(
+            "CaUsedAsEndEntity",
+        )));
+        for (e, want) in [
+            (
+                rustls::CertificateError::UnknownIssuer,
+                "signed by an unknown authority",
+            ),
+            (rustls::CertificateError::Other(other), "CaUsedAsEndEntity"),
+            (rustls::CertificateError::Expired, "Expired"),
+        ] {
+            assert_eq!(certificate_problem(&e), want);
+        }
+    }
 }
