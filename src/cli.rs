@@ -83,7 +83,7 @@ enum Cmd {
         /// Password for the registry (with --username)
         #[arg(long)]
         password: Option<String>,
-        /// A registry (HOST[:PORT]) reached over plain http (repeatable)
+        /// A registry (HOST[:PORT]) whose TLS certificate is not verified, or else reached over plain HTTP (repeatable)
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
         /// Remove unused layer volumes before creating (see `clean`)
