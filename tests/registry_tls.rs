@@ -92,7 +92,11 @@ fn index_entry_for_linux_amd64_is_picked() {
             (&amd64, "linux", "amd64"),
         ],
     );
+    let elsewhere = reg.push_index("multi", "arm", &[(&arm64, "linux", "arm64")]);
     let s = TestStore::new();
+    let r = s.run(&["create", "--insecure-registry", &reg.addr, &elsewhere, "a"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stdout.contains("platform"), "{r:#?}");
     let broken = format!("docker://{}/multi:bogus", reg.addr);
     let r = s.run(&["create", "--insecure-registry", &reg.addr, &broken, "b"]);
     assert_eq!(r.code, 1, "the bogus entry must not be pullable: {r:#?}");

@@ -88,7 +88,10 @@ fn classify(ctx: &Ctx, e: OciDistributionError) -> ImageError {
     let name = ctx.name.clone();
     match e {
         E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => refused(ctx, true),
-        E::ImageManifestNotFoundError(_) => not_found(&name),
+        // Only said of indexes: no entry for this platform, or an index inside one.
+        E::ImageManifestNotFoundError(why) => {
+            ImageError::NotFound(format!("image {name} not found in the registry: {why}"))
+        }
         E::RegistryError { envelope, .. } => {
             let codes: Vec<_> = envelope.errors.iter().map(|e| &e.code).collect();
             if codes.contains(&&OciErrorCode::Unauthorized) {
