@@ -83,7 +83,7 @@ enum Cmd {
         /// Password for the registry (with --username)
         #[arg(long)]
         password: Option<String>,
-        /// A registry (HOST[:PORT]) reached over plain http (repeatable)
+        /// A registry (HOST[:PORT]) whose TLS certificate is not verified, or else reached over plain HTTP (repeatable)
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
         /// Remove unused layer volumes before creating (see `clean`)
@@ -296,6 +296,7 @@ fn run(
                 password,
                 insecure_registries,
                 skip_layer_validation: skip_layer_validation || config.create.skip_layer_validation,
+                remote_layer_certs: config.create.remote_layer_client_certificates_path.clone(),
             };
             if without_mount || config.create.without_mount {
                 // A FUSE rootfs cannot be handed to the caller to mount: always serve it.

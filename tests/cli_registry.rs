@@ -3,6 +3,7 @@
 
 #[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
 #[path = "support/registry.rs"]
 mod registry;
 
@@ -132,6 +133,7 @@ fn unreachable_registry_fails_with_a_clear_line() {
     ]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("unreachable"), "{r:#?}");
+    assert!(r.stdout.contains("connection refused"), "{r:#?}");
     assert_eq!(r.stdout.trim().lines().count(), 1);
 }
 
@@ -163,6 +165,7 @@ fn stalling_registry_fails_in_bounded_time() {
         .into();
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stdout.contains("unreachable"), "{r:#?}");
+    assert!(r.stdout.contains("timed out"), "{r:#?}");
 }
 
 /// The digest of the biggest blob of a layout: its (only) layer for single-layer fixtures.

@@ -15,6 +15,9 @@ pub struct Descriptor {
     #[serde(default)]
     pub annotations: HashMap<String, String>,
     pub platform: Option<Platform>,
+    /// Where a foreign layer's blob lives (OCI `urls`).
+    #[serde(default)]
+    pub urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

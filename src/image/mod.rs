@@ -2,12 +2,15 @@
 //! tarballs. The store calls [`ImageRef::parse`], then [`resolve`], then
 //! [`ResolvedImage::unpack_layer`] for every layer it does not have yet, each into an empty
 //! directory of its own tmp area. A layer is streamed once through digest check, decompression,
-//! diff_id check and unpacking.
+//! diff_id check and unpacking. A foreign layer (one with `urls`) missing from its layout or
+//! registry is fetched from its URLs and checked the same way.
 
+mod foreign;
 mod layout;
 mod manifest;
 mod reference;
 mod registry;
+mod transport;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -24,12 +27,27 @@ pub enum ImageError {
     BadReference { reference: String, reason: String },
     #[error("{0}")]
     NotFound(String),
-    #[error("unauthorized: the registry refused the credentials for {0}")]
+    #[error(
+        "unauthorized: invalid username/password: the registry refused the credentials for {0}"
+    )]
     Unauthorized(String),
+    /// An anonymous pull refused: GrootFS's words, as a registry hides what is private.
+    #[error("{0} does not exist or you do not have permissions to see it.")]
+    Denied(String),
+    /// An untrusted certificate from a registry not listed as insecure: GrootFS's words, then
+    /// where else the registry can be listed, then the cause.
+    #[error(
+        "This registry is insecure. To pull images from this registry, please use the --insecure-registry option (or create.insecure_registries in the config file). {registry}: {reason}"
+    )]
+    InsecureRegistry { registry: String, reason: String },
     #[error("registry unreachable for {name}: {reason}")]
     Unreachable { name: String, reason: String },
     #[error("invalid image: {0}")]
     Invalid(String),
+    #[error("foreign layer {digest} could not be fetched: {reason}")]
+    Foreign { digest: String, reason: String },
+    #[error("remote layer client certificates in {}: {reason}", path.display())]
+    Certificates { path: PathBuf, reason: String },
     #[error("invalid base image: {0}")]
     BaseImage(String),
     #[error("{what}: digest mismatch (got {got})")]
@@ -63,10 +81,13 @@ pub fn os_error_text(e: &std::io::Error) -> String {
 pub struct PullOptions {
     pub username: Option<String>,
     pub password: Option<String>,
-    /// `host[:port]` registries to reach over plain http.
+    /// `host[:port]` registries whose certificates are not verified, or reached over plain
+    /// HTTP when they do not speak HTTPS.
     pub insecure_registries: Vec<String>,
     /// Do not verify layer digests / diff_ids (GrootFS's `--skip-layer-validation`).
     pub skip_layer_validation: bool,
+    /// TLS material for fetching foreign layers (`create.remote_layer_client_certificates_path`).
+    pub remote_layer_certs: Option<PathBuf>,
 }
 
 /// A parsed IMAGE argument: `docker://...`, `oci:///...` or a rootfs tarball path.
@@ -98,6 +119,8 @@ pub struct LayerInfo {
     /// Blob size from the manifest, if known.
     pub size: Option<u64>,
     pub media_type: String,
+    /// Where a foreign layer's blob may be fetched when its source lacks it.
+    pub urls: Vec<String>,
 }
 
 enum Origin {
@@ -114,6 +137,7 @@ pub struct ResolvedImage {
     pub layers: Vec<LayerInfo>,
     origin: Origin,
     verify: bool,
+    remote_layer_certs: Option<PathBuf>,
 }
 
 /// Pairs manifest layers with the config's diff_ids and computes chain ids.
@@ -139,6 +163,7 @@ fn layers(
             digest: d.digest.clone(),
             size: d.size,
             media_type: d.media_type.clone(),
+            urls: d.urls.clone(),
         })
         .collect())
 }
@@ -158,6 +183,7 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
                 layers,
                 origin: Origin::Layout(path),
                 verify,
+                remote_layer_certs: opts.remote_layer_certs.clone(),
             })
         }
         Source::Tarball(path) => {
@@ -184,12 +210,14 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
                 digest,
                 size: None,
                 media_type: "application/x-tar".into(),
+                urls: Vec::new(),
             };
             Ok(ResolvedImage {
                 env: Vec::new(),
                 layers: vec![layer],
                 origin: Origin::Tarball(path.clone()),
                 verify,
+                remote_layer_certs: opts.remote_layer_certs.clone(),
             })
         }
         Source::Registry {
@@ -203,6 +231,7 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
                 layers,
                 origin: Origin::Registry(r),
                 verify,
+                remote_layer_certs: opts.remote_layer_certs.clone(),
             })
         }
     }
@@ -223,6 +252,9 @@ impl ResolvedImage {
         match &self.origin {
             Origin::Layout(dir) => {
                 let blob = layout::blob_path(dir, &layer.digest)?;
+                if !layer.urls.is_empty() && !blob.exists() {
+                    return self.unpack_foreign(layer, &dest, &opts).await;
+                }
                 tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
                         what: format!("open {}", blob.display()),
@@ -246,16 +278,40 @@ impl ResolvedImage {
                 .await
                 .expect("unpack task")
             }
-            Origin::Registry(r) => {
-                let stream = r.blob(&layer).await?;
-                let bridge = tokio_util::io::SyncIoBridge::new(stream);
-                tokio::task::spawn_blocking(move || {
-                    // Digests are always checked for what crosses the network.
-                    verify::unpack_layer(bridge, &layer, &dest, &opts, true, verify)
-                })
-                .await
-                .expect("unpack task")
-            }
+            Origin::Registry(r) => match r.blob(&layer).await {
+                Err(ImageError::NotFound(_)) if !layer.urls.is_empty() => {
+                    self.unpack_foreign(layer, &dest, &opts).await
+                }
+                stream => unpack_download(stream?, layer, dest, opts, verify).await,
+            },
         }
     }
+
+    /// A foreign layer from its URLs.
+    async fn unpack_foreign(
+        &self,
+        layer: LayerInfo,
+        dest: &Path,
+        opts: &UnpackOptions,
+    ) -> Result<UnpackStats, ImageError> {
+        let stream = foreign::fetch(&layer, self.remote_layer_certs.as_deref()).await?;
+        unpack_download(stream, layer, dest.to_path_buf(), opts.clone(), self.verify).await
+    }
+}
+
+/// Unpacks a blob coming off the network. Its digest and size are always checked, whatever
+/// `--skip-layer-validation` says: only the diff_id check (`verify_tar`) may be skipped.
+async fn unpack_download(
+    stream: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    layer: LayerInfo,
+    dest: PathBuf,
+    opts: UnpackOptions,
+    verify_tar: bool,
+) -> Result<UnpackStats, ImageError> {
+    let bridge = tokio_util::io::SyncIoBridge::new(stream);
+    tokio::task::spawn_blocking(move || {
+        verify::unpack_layer(bridge, &layer, &dest, &opts, true, verify_tar)
+    })
+    .await
+    .expect("unpack task")
 }

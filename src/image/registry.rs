@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use super::manifest::{self, Descriptor, ImageConfig};
+use super::transport::{self, Cause};
 use super::{ImageError, LayerInfo, PullOptions};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,10 +23,10 @@ const RESOLVE_DEADLINE: Duration = Duration::from_secs(120);
 pub struct Registry {
     client: Client,
     reference: Reference,
-    pub name: String,
+    ctx: Ctx,
 }
 
-fn timeouts() -> (Duration, Duration, Duration) {
+pub(super) fn timeouts() -> (Duration, Duration, Duration) {
     // Tests shorten these to prove a stalling registry fails in bounded time.
     let env = |k: &str, d: Duration| {
         std::env::var(k)
@@ -40,32 +42,170 @@ fn timeouts() -> (Duration, Duration, Duration) {
     )
 }
 
-/// Sorts an oci-client failure into the message a user can act on.
-fn classify(name: &str, e: impl std::fmt::Display) -> ImageError {
-    let msg = e.to_string();
-    let lower = msg.to_ascii_lowercase();
-    if lower.contains("401")
-        || lower.contains("not authorized")
-        || lower.contains("unauthorized")
-        || lower.contains("authentication")
-        || lower.contains("denied")
-    {
-        ImageError::Unauthorized(name.to_string())
-    } else if lower.contains("404") || lower.contains("not found") || lower.contains("unknown") {
-        ImageError::NotFound(format!("image {name} not found in the registry"))
-    } else if lower.contains("connect")
-        || lower.contains("dns")
-        || lower.contains("timed out")
-        || lower.contains("timeout")
-        || lower.contains("error sending request")
-    {
-        ImageError::Unreachable {
-            name: name.to_string(),
-            reason: msg,
-        }
+/// How a registry is spoken to. GrootFS tries a registry listed as insecure over HTTPS
+/// without verifying its certificate first, then over plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Https,
+    HttpsUnverified,
+    Http,
+}
+
+fn transports(insecure: bool) -> &'static [Transport] {
+    if insecure {
+        &[Transport::HttpsUnverified, Transport::Http]
     } else {
-        ImageError::Invalid(format!("{name}: {msg}"))
+        &[Transport::Https]
     }
+}
+
+fn client(t: Transport) -> Client {
+    let (connect, read, _) = timeouts();
+    Client::new(ClientConfig {
+        protocol: match t {
+            Transport::Http => ClientProtocol::Http,
+            _ => ClientProtocol::Https,
+        },
+        accept_invalid_certificates: t == Transport::HttpsUnverified,
+        connect_timeout: Some(connect),
+        read_timeout: Some(read),
+        ..ClientConfig::default()
+    })
+}
+
+/// Who is asking, for the messages: the image and the registry host.
+struct Ctx {
+    name: String,
+    registry: String,
+    /// Listed by `--insecure-registry` or `create.insecure_registries`.
+    insecure: bool,
+    with_credentials: bool,
+}
+
+/// Sorts an oci-client failure by its variant into the message a user can act on.
+fn classify(ctx: &Ctx, e: OciDistributionError) -> ImageError {
+    use OciDistributionError as E;
+    let name = ctx.name.clone();
+    match e {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => refused(ctx, true),
+        // Only said of indexes: no entry for this platform, or an index inside one.
+        E::ImageManifestNotFoundError(why) => {
+            ImageError::NotFound(format!("image {name} not found in the registry: {why}"))
+        }
+        E::RegistryError { envelope, .. } => {
+            let codes: Vec<_> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.contains(&&OciErrorCode::Unauthorized) {
+                refused(ctx, true)
+            } else if codes.contains(&&OciErrorCode::Denied) {
+                refused(ctx, false)
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                not_found(&name)
+            } else {
+                ImageError::Invalid(format!("{name}: {envelope}"))
+            }
+        }
+        E::ServerError { code, message, .. } => match code {
+            401 => refused(ctx, true),
+            403 => refused(ctx, false),
+            404 => not_found(&name),
+            _ => ImageError::Unreachable {
+                name,
+                reason: format!("HTTP {code}: {}", message.trim()),
+            },
+        },
+        E::RequestError(e) => unreachable(ctx, transport::cause(&e)),
+        other => ImageError::Invalid(format!("{name}: {other}")),
+    }
+}
+
+fn not_found(name: &str) -> ImageError {
+    ImageError::NotFound(format!("image {name} not found in the registry"))
+}
+
+/// A registry's no: to the credentials given (`unauthenticated`), or to anyone asking
+/// without any or with ones that lack the rights.
+fn refused(ctx: &Ctx, unauthenticated: bool) -> ImageError {
+    if unauthenticated && ctx.with_credentials {
+        ImageError::Unauthorized(ctx.name.clone())
+    } else {
+        ImageError::Denied(ctx.name.clone())
+    }
+}
+
+fn unreachable(ctx: &Ctx, cause: Cause) -> ImageError {
+    match cause {
+        Cause::UntrustedCertificate(_) => ImageError::InsecureRegistry {
+            registry: ctx.registry.clone(),
+            reason: cause.to_string(),
+        },
+        Cause::PlainHttpServer if !ctx.insecure => ImageError::Unreachable {
+            name: ctx.name.clone(),
+            reason: format!(
+                "{cause} (list it with --insecure-registry or create.insecure_registries to use HTTP)"
+            ),
+        },
+        _ => ImageError::Unreachable {
+            name: ctx.name.clone(),
+            reason: cause.to_string(),
+        },
+    }
+}
+
+/// Whether the next transport may do better: only when this one could not talk to the
+/// registry at all (an answer such as "unauthorized" or "not found" is final).
+fn try_next(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(_) => true,
+        // A TLS registry answering a plain HTTP request says so with a 400.
+        OciDistributionError::ServerError { code: 400, .. } => true,
+        _ => false,
+    }
+}
+
+/// The first transport's failure says why, unless it only found out the registry speaks
+/// plain HTTP: then the next one's does.
+fn telling(
+    first: OciDistributionError,
+    later: Option<OciDistributionError>,
+) -> OciDistributionError {
+    match (&first, later) {
+        (OciDistributionError::RequestError(r), Some(later))
+            if transport::cause(r) == Cause::PlainHttpServer =>
+        {
+            later
+        }
+        _ => first,
+    }
+}
+
+type Fetched = (oci_client::manifest::OciImageManifest, String, String);
+
+/// Manifest and config over the first transport that reaches the registry, and its client.
+async fn fetch(
+    r: &Reference,
+    auth: &RegistryAuth,
+    ctx: &Ctx,
+) -> Result<(Client, Fetched), ImageError> {
+    let mut failed = Vec::new();
+    for &t in transports(ctx.insecure) {
+        let client = client(t);
+        match client.pull_manifest_and_config(r, auth).await {
+            Ok(f) => return Ok((client, f)),
+            Err(e) if try_next(&e) => failed.push(e),
+            Err(e) => return Err(classify(ctx, e)),
+        }
+    }
+    let mut failed = failed.into_iter();
+    let first = failed.next().expect("at least one transport");
+    Err(classify(ctx, telling(first, failed.last())))
 }
 
 pub async fn resolve(
@@ -74,14 +214,7 @@ pub async fn resolve(
     reference: &str,
     opts: &PullOptions,
 ) -> Result<(Registry, Vec<String>, Vec<LayerInfo>), ImageError> {
-    let (connect, read, deadline) = timeouts();
-    let config = ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(opts.insecure_registries.clone()),
-        connect_timeout: Some(connect),
-        read_timeout: Some(read),
-        ..ClientConfig::default()
-    };
-    let client = Client::new(config);
+    let (_, _, deadline) = timeouts();
     let r = if reference.starts_with("sha256:") {
         Reference::with_digest(registry.into(), repository.into(), reference.into())
     } else {
@@ -99,13 +232,18 @@ pub async fn resolve(
         (Some(u), p) => RegistryAuth::Basic(u.clone(), p.clone().unwrap_or_default()),
         _ => RegistryAuth::Anonymous,
     };
-    let fetched = tokio::time::timeout(deadline, client.pull_manifest_and_config(&r, &auth))
+    let ctx = Ctx {
+        name: name.clone(),
+        registry: registry.to_string(),
+        insecure: opts.insecure_registries.iter().any(|r| r == registry),
+        with_credentials: opts.username.is_some(),
+    };
+    let (client, fetched) = tokio::time::timeout(deadline, fetch(&r, &auth, &ctx))
         .await
         .map_err(|_| ImageError::Unreachable {
-            name: name.clone(),
-            reason: format!("no answer within {deadline:?}"),
-        })?
-        .map_err(|e| classify(&name, e))?;
+            name,
+            reason: format!("timed out: no answer within {deadline:?}"),
+        })??;
     let (m, _digest, config) = fetched;
     let config: ImageConfig = manifest::parse("image config", config.as_bytes())?;
     let descs: Vec<Descriptor> = m
@@ -117,6 +255,7 @@ pub async fn resolve(
             size: u64::try_from(l.size).ok(),
             annotations: Default::default(),
             platform: None,
+            urls: l.urls.clone().unwrap_or_default(),
         })
         .collect();
     let layers = super::layers(&descs, &config.rootfs.diff_ids)?;
@@ -125,7 +264,7 @@ pub async fn resolve(
         Registry {
             client,
             reference: r,
-            name,
+            ctx,
         },
         env,
         layers,
@@ -142,9 +281,76 @@ impl Registry {
             .client
             .pull_blob_stream(&self.reference, layer.digest.as_str())
             .await
-            .map_err(|e| classify(&self.name, e))?;
+            .map_err(|e| classify(&self.ctx, e))?;
         Ok(tokio_util::io::StreamReader::new(
-            s.stream.map_err(std::io::Error::other),
+            s.stream.map_err(transport::stream_error),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_client::errors::{OciEnvelope, OciError};
+
+    fn ctx(with_credentials: bool) -> Ctx {
+        Ctx {
+            name: "r:5000/a:1".into(),
+            registry: "r:5000".into(),
+            insecure: false,
+            with_credentials,
+        }
+    }
+
+    fn envelope(code: OciErrorCode) -> OciDistributionError {
+        OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code,
+                    message: String::new(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "https://r:5000/v2/a/manifests/1".into(),
+        }
+    }
+
+    #[test]
+    fn registry_answers_are_sorted_by_code_not_text() {
+        let c = ctx(false);
+        for code in [OciErrorCode::ManifestUnknown, OciErrorCode::NameUnknown] {
+            assert!(matches!(
+                classify(&c, envelope(code)),
+                ImageError::NotFound(_)
+            ));
+        }
+        let e = classify(&c, envelope(OciErrorCode::Denied)).to_string();
+        assert_eq!(
+            e,
+            "r:5000/a:1 does not exist or you do not have permissions to see it."
+        );
+        assert!(matches!(
+            classify(&ctx(true), envelope(OciErrorCode::Unauthorized)),
+            ImageError::Unauthorized(_)
+        ));
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: String::new(),
+            message: "teapot\n".into(),
+        };
+        assert!(matches!(classify(&c, server(404)), ImageError::NotFound(_)));
+        assert_eq!(
+            classify(&c, server(503)).to_string(),
+            "registry unreachable for r:5000/a:1: HTTP 503: teapot"
+        );
+    }
+
+    #[test]
+    fn a_listed_registry_is_tried_over_https_first() {
+        assert_eq!(
+            transports(true),
+            [Transport::HttpsUnverified, Transport::Http]
+        );
+        assert_eq!(transports(false), [Transport::Https]);
     }
 }

@@ -1,24 +1,36 @@
 //! A real registry for tests: Debian's `docker-registry` on a free loopback port with a temp
-//! storage dir (optionally behind htpasswd basic auth), killed and removed on drop. Fixture OCI
-//! layouts are pushed to it with oci-client.
+//! storage dir (optionally behind htpasswd basic auth, or serving HTTPS with a self-signed
+//! certificate made for it), killed and removed on drop. Fixture OCI layouts are pushed to it
+//! with oci-client, alone or as entries of a multi-platform index; foreign layers (with urls)
+//! are left at their URLs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{OciImageManifest, OciManifest};
+use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use reqwest::header::HeaderValue;
+use sha2::{Digest, Sha256};
 
 pub const USER: &str = "nestfs";
 pub const PASSWORD: &str = "s3cret";
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 pub struct Registry {
     child: Child,
     pub addr: String,
     dir: tempfile::TempDir,
     auth: bool,
+    tls: bool,
+}
+
+/// An image manifest in the registry, for an index to list.
+pub struct Pushed {
+    digest: String,
+    size: usize,
 }
 
 fn free_port() -> u16 {
@@ -29,9 +41,48 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made in `dir` with the openssl CLI.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl req: {out:?}");
+    (cert, key)
+}
+
 impl Registry {
-    /// Starts a registry; with `auth`, it requires USER/PASSWORD.
+    /// Starts a plain HTTP registry; with `auth`, it requires USER/PASSWORD.
     pub fn start(auth: bool) -> Registry {
+        Registry::start_with(auth, false)
+    }
+
+    /// Starts a registry serving HTTPS with a self-signed certificate nobody trusts.
+    pub fn start_tls() -> Registry {
+        Registry::start_with(false, true)
+    }
+
+    fn start_with(auth: bool, tls: bool) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("nestfs-registry-")
             .tempdir()
@@ -41,6 +92,15 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        // Part of the http section, so right after its addr.
+        if tls {
+            let (cert, key) = self_signed(dir.path());
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", USER, PASSWORD])
@@ -53,6 +113,8 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             ));
         }
+        // Manifests may name foreign layers, whose blobs the registry does not hold.
+        config.push_str("validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n");
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();
         // One start at a time in this process, so two registries never race for one port.
@@ -70,6 +132,7 @@ impl Registry {
             addr,
             dir,
             auth,
+            tls,
         };
         let start = Instant::now();
         while std::net::TcpStream::connect(&r.addr).is_err() {
@@ -100,17 +163,57 @@ impl Registry {
     /// Pushes the OCI layout at `layout` (its first manifest) as `name:tag`; returns the
     /// `docker://` reference.
     pub fn push(&self, layout: &Path, name: &str, tag: &str) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(self.push_async(layout, name, tag));
+        block_on(self.push_async(layout, name, tag));
         format!("docker://{}/{name}:{tag}", self.addr)
     }
 
-    async fn push_async(&self, layout: &Path, name: &str, tag: &str) {
+    /// Pushes the layout's image as `name:tag`, for an index to list.
+    pub fn push_entry(&self, layout: &Path, name: &str, tag: &str) -> Pushed {
+        block_on(self.push_async(layout, name, tag))
+    }
+
+    /// Pushes an OCI index of `(image, os, architecture)` entries, in that order, as
+    /// `name:tag`; returns the `docker://` reference.
+    pub fn push_index(&self, name: &str, tag: &str, entries: &[(&Pushed, &str, &str)]) -> String {
+        let manifests: Vec<_> = entries
+            .iter()
+            .map(|(p, os, arch)| {
+                serde_json::json!({
+                    "mediaType": MANIFEST,
+                    "digest": p.digest,
+                    "size": p.size,
+                    "platform": {"os": os, "architecture": arch},
+                })
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        block_on(async {
+            let (client, reference) = self.client(name, tag).await;
+            client
+                .push_manifest_raw(
+                    &reference,
+                    serde_json::to_vec(&index).unwrap(),
+                    HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+                )
+                .await
+                .expect("push index");
+        });
+        format!("docker://{}/{name}:{tag}", self.addr)
+    }
+
+    /// A client logged in for pushing to `name:tag`.
+    async fn client(&self, name: &str, tag: &str) -> (Client, Reference) {
         let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
+            protocol: if self.tls {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::Http
+            },
+            accept_invalid_certificates: self.tls,
             ..ClientConfig::default()
         });
         let reference = Reference::with_tag(self.addr.clone(), name.into(), tag.into());
@@ -123,6 +226,11 @@ impl Registry {
             .auth(&reference, &auth, oci_client::RegistryOperation::Push)
             .await
             .expect("registry auth");
+        (client, reference)
+    }
+
+    async fn push_async(&self, layout: &Path, name: &str, tag: &str) -> Pushed {
+        let (client, reference) = self.client(name, tag).await;
         let blob = |d: &str| {
             std::fs::read(
                 layout
@@ -138,11 +246,9 @@ impl Registry {
             .unwrap()
             .to_string();
         let mut manifest: OciImageManifest = serde_json::from_slice(&blob(&digest)).unwrap();
-        for d in manifest
-            .layers
-            .iter()
-            .chain(std::iter::once(&manifest.config))
-        {
+        // Foreign layers stay at their URLs.
+        let local = manifest.layers.iter().filter(|l| l.urls.is_none());
+        for d in local.chain(std::iter::once(&manifest.config)) {
             client
                 .push_blob(&reference, blob(&d.digest), &d.digest)
                 .await
@@ -150,10 +256,15 @@ impl Registry {
         }
         // Layouts may declare a config size a few bytes off; a registry insists on the truth.
         manifest.config.size = blob(&manifest.config.digest).len() as i64;
+        let body = serde_json::to_vec(&manifest).unwrap();
         client
-            .push_manifest(&reference, &OciManifest::Image(manifest))
+            .push_manifest_raw(&reference, body.clone(), HeaderValue::from_static(MANIFEST))
             .await
             .expect("push manifest");
+        Pushed {
+            digest: format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+            size: body.len(),
+        }
     }
 }
 

@@ -1,0 +1,169 @@
+//! OCI foreign layers: a layer descriptor's `urls`, fetched when neither the layout nor the
+//! registry has the blob. As GrootFS does, the TLS material comes from the directory named by
+//! `create.remote_layer_client_certificates_path`: `*.crt` CA certificates trusted besides the
+//! system's, and `NAME.cert` + `NAME.key` client certificate pairs. What is fetched is checked
+//! against the descriptor's digest and size by the caller, like any blob off the network.
+
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use reqwest::{Certificate, Client, Identity, Response, Url};
+
+use super::transport::{self, Cause};
+use super::{ImageError, LayerInfo};
+
+/// The trust and identity read from a certificates directory.
+#[derive(Default)]
+struct TlsMaterial {
+    roots: Vec<Certificate>,
+    /// Client certificate pairs by file name; the first is presented (reqwest takes one).
+    identities: Vec<Identity>,
+}
+
+fn certs_error(dir: &Path, reason: impl std::fmt::Display) -> ImageError {
+    ImageError::Certificates {
+        path: dir.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, ImageError> {
+    std::fs::read(dir.join(name)).map_err(|e| certs_error(dir, format!("read {name}: {e}")))
+}
+
+/// Reads `dir` as GrootFS does: a missing directory holds nothing; a `.cert` without its
+/// `.key` (or the reverse) is an error rather than a certificate silently not presented.
+fn tls_material(dir: &Path) -> Result<TlsMaterial, ImageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TlsMaterial::default()),
+        Err(e) => return Err(certs_error(dir, e)),
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| certs_error(dir, e))?;
+    names.sort();
+    let has = |n: &str| names.iter().any(|m| m == n);
+    let mut m = TlsMaterial::default();
+    for name in &names {
+        if name.ends_with(".crt") {
+            let pem = read(dir, name)?;
+            let certs = Certificate::from_pem_bundle(&pem)
+                .map_err(|e| certs_error(dir, format!("{name}: {e}")))?;
+            m.roots.extend(certs);
+        } else if let Some(base) = name.strip_suffix(".cert") {
+            let key = format!("{base}.key");
+            if !has(&key) {
+                return Err(certs_error(
+                    dir,
+                    format!(
+                        "missing key {key} for client certificate {name} (CA certificates end in .crt)"
+                    ),
+                ));
+            }
+            let mut pem = read(dir, name)?;
+            pem.extend(read(dir, &key)?);
+            let id = Identity::from_pem(&pem)
+                .map_err(|e| certs_error(dir, format!("{name} and {key}: {e}")))?;
+            m.identities.push(id);
+        } else if let Some(base) = name.strip_suffix(".key")
+            && !has(&format!("{base}.cert"))
+        {
+            return Err(certs_error(
+                dir,
+                format!("missing client certificate {base}.cert for key {name}"),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+fn client(certs: Option<&Path>) -> Result<Client, ImageError> {
+    let (connect, read, _) = super::registry::timeouts();
+    let mut b = Client::builder()
+        .connect_timeout(connect)
+        .read_timeout(read);
+    if let Some(dir) = certs {
+        let m = tls_material(dir)?;
+        for root in m.roots {
+            b = b.add_root_certificate(root);
+        }
+        if let Some(id) = m.identities.into_iter().next() {
+            b = b.identity(id);
+        }
+    }
+    // Only TLS material makes building fail; reqwest's own text is just "builder error".
+    b.build().map_err(|e| {
+        let why = transport::chain_text(&e);
+        match certs {
+            Some(dir) => certs_error(dir, why),
+            None => ImageError::Invalid(format!("HTTP client for foreign layers: {why}")),
+        }
+    })
+}
+
+/// Why a request failed, pointing at the certificates directory when TLS is the cause.
+fn explain(e: &reqwest::Error) -> String {
+    match transport::cause(e) {
+        c @ (Cause::Tls(_) | Cause::UntrustedCertificate(_)) => format!(
+            "{c} (CA and client certificates are read from create.remote_layer_client_certificates_path)"
+        ),
+        c => c.to_string(),
+    }
+}
+
+/// One URL: only http(s), whatever else a descriptor says (no `file://` reads).
+async fn get(client: &Client, url: &str) -> Result<Response, String> {
+    let url = Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("only http and https URLs are fetched".into());
+    }
+    let r = client.get(url).send().await.map_err(|e| explain(&e))?;
+    if !r.status().is_success() {
+        return Err(format!("HTTP {}", r.status()));
+    }
+    Ok(r)
+}
+
+/// The blob from the first of the layer's URLs that serves it, as a byte stream.
+pub async fn fetch(
+    layer: &LayerInfo,
+    certs: Option<&Path>,
+) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static, ImageError> {
+    let client = client(certs)?;
+    let mut failed = Vec::new();
+    for url in &layer.urls {
+        match get(&client, url).await {
+            Ok(r) => {
+                let body = r
+                    .bytes_stream()
+                    .map_err(|e| transport::stream_error(std::io::Error::other(e)));
+                return Ok(tokio_util::io::StreamReader::new(body));
+            }
+            Err(why) => failed.push(format!("{url}: {why}")),
+        }
+    }
+    Err(ImageError::Foreign {
+        digest: layer.digest.clone(),
+        reason: failed.join("; "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpaired_certificates_and_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(tls_material(&dir.path().join("missing")).is_ok());
+        std::fs::write(dir.path().join("client.cert"), "x").unwrap();
+        let e = tls_material(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("missing key client.key"), "{e}");
+        std::fs::remove_file(dir.path().join("client.cert")).unwrap();
+        std::fs::write(dir.path().join("client.key"), "x").unwrap();
+        let e = tls_material(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("missing client certificate client.cert"), "{e}");
+    }
+}
