@@ -156,6 +156,7 @@ impl Overlay {
         copy_xattrs(
             &sys::xattr_path(src_dir, Some(name)),
             &sys::xattr_path(work, Some(tmp)),
+            self.admin,
         )?;
         let (uid, gid) = self
             .ids
@@ -201,8 +202,9 @@ pub fn times_of(st: &Stat) -> [libc::timespec; 2] {
     ]
 }
 
-/// Copies user-visible xattrs; overlay-private ones stay behind.
-fn copy_xattrs(src: &sys::XPath, dst: &sys::XPath) -> io::Result<()> {
+/// Copies user-visible xattrs; overlay-private ones stay behind, and so do those a daemon
+/// without CAP_SYS_ADMIN in the initial namespace (`admin`) may not write.
+fn copy_xattrs(src: &sys::XPath, dst: &sys::XPath, admin: bool) -> io::Result<()> {
     let list = match sys::llistxattr(src) {
         Ok(l) => l,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
@@ -220,8 +222,7 @@ fn copy_xattrs(src: &sys::XPath, dst: &sys::XPath) -> io::Result<()> {
         };
         match sys::lsetxattr(dst, &k, &v, 0) {
             Ok(()) => {}
-            // An unprivileged daemon cannot write trusted.*/security.*; those stay behind.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && !sys::is_root() => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && !admin => {}
             Err(e) => return Err(e),
         }
     }

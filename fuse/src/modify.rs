@@ -501,21 +501,26 @@ impl Overlay {
         if dst.is_none() {
             whiteout::remove_whiteout(dupper.as_raw_fd(), newname, self.oci_markers(UPPER))?;
         }
-        let src_in_lower = dir::in_lower(sdirs, Some(UPPER), name);
-        let rflags = if src_in_lower && self.style == Style::Overlay {
-            libc::RENAME_WHITEOUT
-        } else {
-            0
-        };
-        sys::rename_at(
-            supper.as_raw_fd(),
-            name,
-            dupper.as_raw_fd(),
-            newname,
-            rflags,
-        )?;
-        if src_in_lower && self.style == Style::Oci {
-            self.write_whiteout(supper.as_raw_fd(), name)?;
+        let (sfd, dfd) = (supper.as_raw_fd(), dupper.as_raw_fd());
+        match self.style {
+            _ if !dir::in_lower(sdirs, Some(UPPER), name) => {
+                sys::rename_at(sfd, name, dfd, newname, 0)?
+            }
+            // The rename leaves the whiteout itself: the lower copy never shows.
+            Style::Overlay {
+                rename_whiteout: true,
+                ..
+            } => sys::rename_at(sfd, name, dfd, newname, libc::RENAME_WHITEOUT)?,
+            Style::Overlay { .. } => self.rename_via_work(sfd, name, dfd, newname)?,
+            // An OCI whiteout has a name of its own and hides only the layers below, so it
+            // goes first, for the same effect; a failed rename takes it back.
+            Style::Oci => {
+                self.write_whiteout(sfd, name)?;
+                if let Err(e) = sys::rename_at(sfd, name, dfd, newname, 0) {
+                    let _ = sys::unlink_at(sfd, &whiteout::oci_name(name), false);
+                    return Err(e);
+                }
+            }
         }
         // A directory moved into a merged parent is made opaque (as overlayfs does), so no
         // lower directory of the same name can ever show through it.
@@ -523,6 +528,31 @@ impl Overlay {
             self.style.mark_opaque(dupper.as_raw_fd(), newname)?;
         }
         Ok(())
+    }
+
+    /// A rename that leaves a whiteout device where the filesystem does not make it itself
+    /// (no RENAME_WHITEOUT): a whiteout made in the work dir is swapped in for the source,
+    /// which then moves on from there. The lower copy never shows, and a failed move swaps the
+    /// source back.
+    fn rename_via_work(
+        &self,
+        sfd: RawFd,
+        name: &CStr,
+        dfd: RawFd,
+        newname: &CStr,
+    ) -> io::Result<()> {
+        let work = self.work_fd()?;
+        let tmp = self.tmp_name();
+        self.write_whiteout(work, &tmp)?;
+        if let Err(e) = sys::rename_at(work, &tmp, sfd, name, libc::RENAME_EXCHANGE) {
+            let _ = sys::unlink_at(work, &tmp, false);
+            return Err(e);
+        }
+        let moved = sys::rename_at(work, &tmp, dfd, newname, 0);
+        if moved.is_err() && sys::rename_at(work, &tmp, sfd, name, libc::RENAME_EXCHANGE).is_ok() {
+            let _ = sys::unlink_at(work, &tmp, false);
+        }
+        moved
     }
 
     /// RENAME_EXCHANGE of two entries that have no lower directories.
@@ -650,8 +680,7 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, ino: u64, key: &CStr) -> io::Result<Vec<u8>> {
-        let real = whiteout::real_xattr(key.to_bytes()).ok_or_else(|| sys::err(libc::ENODATA))?;
-        let real = CString::new(real).expect("from a CStr");
+        let real = CString::new(whiteout::real_xattr(key.to_bytes())).expect("from a CStr");
         sys::lgetxattr(&self.target(ino)?.xattr_path(), &real)
     }
 
@@ -668,8 +697,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: u64, key: &CStr, value: Option<(&[u8], i32)>) -> io::Result<()> {
-        let real = whiteout::real_xattr(key.to_bytes()).ok_or_else(|| sys::err(libc::EPERM))?;
-        let key = CString::new(real).expect("from a CStr");
+        let key = CString::new(whiteout::real_xattr(key.to_bytes())).expect("from a CStr");
         {
             let _g = self.lock_changes();
             self.writable()?;

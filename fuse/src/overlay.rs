@@ -33,8 +33,10 @@ pub struct Overlay {
     pub has_upper: bool,
     pub work: Option<OwnedFd>,
     pub style: Style,
-    /// Whether the daemon may chown, mknod devices and write trusted xattrs.
+    /// Whether the daemon may chown and mknod devices (root in its user namespace).
     pub privileged: bool,
+    /// Whether the daemon may write `trusted.*` xattrs (see [`sys::admin_in_initial_ns`]).
+    pub admin: bool,
     pub nodes: Table,
     /// Serialises changes to the namespace (and copy-ups), so no two of them interleave.
     mutate: Mutex<()>,
@@ -165,19 +167,25 @@ impl Overlay {
             })
             .collect();
         let privileged = sys::is_root();
+        let admin = sys::admin_in_initial_ns();
+        // A daemon that is not root writes OCI whiteouts, as it always has: kernels before 5.8
+        // refuse it 0/0 devices.
+        let upper = match &work {
+            Some(w) => whiteout::probe_upper(w.as_raw_fd(), admin, privileged)
+                .context("probe what the upper dir's filesystem takes")?,
+            None => whiteout::NO_UPPER,
+        };
+        tracing::debug!(?upper, admin, privileged, "upper dir");
         let ov = Overlay {
             has_upper,
             work,
-            style: Style::for_current_user(),
+            style: upper.style,
             privileged,
+            admin,
             nodes: Table::default(),
             mutate: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
-            origin_key: if privileged {
-                c"trusted.nestfs.origin"
-            } else {
-                c"user.nestfs.origin"
-            },
+            origin_key: upper.origin_key,
             ttl: Duration::from_secs(86400),
             notifier,
             open_fds: Mutex::default(),
@@ -186,7 +194,8 @@ impl Overlay {
             ids: cfg.ids.clone(),
             meta_xattrs: cfg.meta_xattrs,
             io: Default::default(),
-            want_passthrough: !cfg.no_passthrough && privileged,
+            // Registering a backing file takes CAP_SYS_ADMIN in the initial namespace.
+            want_passthrough: !cfg.no_passthrough && admin,
             split_inos: Mutex::default(),
             block: layers
                 .first()

@@ -10,31 +10,35 @@ use crate::sys::{self, Stat};
 pub const OCI_PREFIX: &[u8] = b".wh.";
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
 const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
+const ORIGIN_XATTRS: [&CStr; 2] = [c"trusted.nestfs.origin", c"user.nestfs.origin"];
 
-const OVERLAY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
-const OWN_XATTRS: [&[u8]; 2] = [b"trusted.nestfs.", b"user.nestfs."];
+/// Xattr namespaces the overlay keeps for itself (overlayfs's markers, then nestfs's origins
+/// and recorded owners), each with the tag a user's name of that form is escaped with.
+const PRIVATE_XATTRS: [(&[u8], &[u8]); 4] = [
+    (b"trusted.overlay.", b"overlay."),
+    (b"user.overlay.", b"overlay."),
+    (b"trusted.nestfs.", b"nestfs."),
+    (b"user.nestfs.", b"nestfs."),
+];
 
 /// Whether a real xattr belongs to the overlay itself (opaque markers, origins); users never
-/// see those. Users' own `*.overlay.*` xattrs are stored escaped as `*.overlay.overlay.*`,
-/// as overlayfs does, and are not private.
+/// see those. Users' own names of those forms (an overlay's or a nestfs's markers, when the
+/// upper dir of another one lives on this mount) are stored escaped, `*.overlay.overlay.*` and
+/// `*.nestfs.nestfs.*`, as overlayfs does, so any number of levels stack.
 pub fn is_private_xattr(real: &[u8]) -> bool {
-    OWN_XATTRS.iter().any(|p| real.starts_with(p))
-        || OVERLAY_XATTRS
-            .iter()
-            .any(|p| real.starts_with(p) && !real[p.len()..].starts_with(b"overlay."))
+    PRIVATE_XATTRS
+        .iter()
+        .any(|(p, tag)| real.starts_with(p) && !real[p.len()..].starts_with(tag))
 }
 
-/// The real name a user's xattr is stored under; `None` for names the overlay reserves.
-pub fn real_xattr(user: &[u8]) -> Option<Vec<u8>> {
-    if OWN_XATTRS.iter().any(|p| user.starts_with(p)) {
-        return None;
-    }
-    for p in OVERLAY_XATTRS {
+/// The real name a user's xattr is stored under.
+pub fn real_xattr(user: &[u8]) -> Vec<u8> {
+    for (p, tag) in PRIVATE_XATTRS {
         if let Some(rest) = user.strip_prefix(p) {
-            return Some([p, b"overlay.", rest].concat());
+            return [p, tag, rest].concat();
         }
     }
-    Some(user.to_vec())
+    user.to_vec()
 }
 
 /// The name a user sees for a real xattr, or `None` if it is private.
@@ -42,9 +46,9 @@ pub fn user_xattr(real: &[u8]) -> Option<Vec<u8>> {
     if is_private_xattr(real) {
         return None;
     }
-    for p in OVERLAY_XATTRS {
+    for (p, tag) in PRIVATE_XATTRS {
         if let Some(rest) = real.strip_prefix(p) {
-            return Some([p, &rest[b"overlay.".len()..]].concat());
+            return Some([p, &rest[tag.len()..]].concat());
         }
     }
     Some(real.to_vec())
@@ -82,27 +86,27 @@ pub fn is_opaque(dir: RawFd, oci: bool) -> bool {
         .any(|k| sys::lgetxattr(&path, k).is_ok_and(|v| v == b"y"))
 }
 
-/// How whiteouts and opaque markers are written into the upper dir: devices and trusted
-/// xattrs need root; the OCI files work for anyone. Both are read back on remount.
+/// How whiteouts and opaque markers are written into the upper dir. Both forms are read back
+/// on remount; which one is written depends on what the upper dir's filesystem takes (see
+/// [`probe_upper`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
-    Overlay,
+    /// 0/0 character devices and the `opaque` xattr on opaque directories; renames leave their
+    /// whiteout themselves where the filesystem takes RENAME_WHITEOUT from this daemon (it
+    /// needs CAP_MKNOD in the initial user namespace).
+    Overlay {
+        opaque: &'static CStr,
+        rename_whiteout: bool,
+    },
+    /// `.wh.NAME` files and `.wh..wh..opq` markers: any filesystem and any user can make them.
     Oci,
 }
 
 impl Style {
-    pub fn for_current_user() -> Style {
-        if sys::is_root() {
-            Style::Overlay
-        } else {
-            Style::Oci
-        }
-    }
-
     /// The entry that stands for a whiteout of `name`.
     pub fn entry(self, name: &CStr) -> std::borrow::Cow<'_, CStr> {
         match self {
-            Style::Overlay => name.into(),
+            Style::Overlay { .. } => name.into(),
             Style::Oci => oci_name(name).into(),
         }
     }
@@ -110,16 +114,16 @@ impl Style {
     /// Makes a whiteout object at exactly `entry` (see [`Self::entry`]).
     pub fn make(self, dir: RawFd, entry: &CStr) -> io::Result<()> {
         match self {
-            Style::Overlay => sys::mknod_at(dir, entry, libc::S_IFCHR, 0),
+            Style::Overlay { .. } => sys::mknod_at(dir, entry, libc::S_IFCHR, 0),
             Style::Oci => sys::open_at(dir, entry, libc::O_CREAT | libc::O_WRONLY, 0o600).map(drop),
         }
     }
 
     pub fn mark_opaque(self, dir: RawFd, name: &CStr) -> io::Result<()> {
         match self {
-            Style::Overlay => {
+            Style::Overlay { opaque, .. } => {
                 let path = sys::xattr_path(dir, Some(name));
-                sys::lsetxattr(&path, OPAQUE_XATTRS[0], b"y", 0)
+                sys::lsetxattr(&path, opaque, b"y", 0)
             }
             Style::Oci => {
                 let d = sys::open_dir_path(dir, name)?;
@@ -127,6 +131,67 @@ impl Style {
             }
         }
     }
+}
+
+/// What the upper dir's filesystem takes, as [`probe_upper`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upper {
+    pub style: Style,
+    /// Where a copied-up file records the inode number it had below.
+    pub origin_key: &'static CStr,
+}
+
+/// For a mount without an upper dir, which writes neither whiteouts nor origins.
+pub const NO_UPPER: Upper = Upper {
+    style: Style::Oci,
+    origin_key: ORIGIN_XATTRS[1],
+};
+
+/// The work dir's scratch directory for [`probe_upper`] (cleaned at mount, like all `#nestfs-`
+/// names, should a daemon die while probing).
+const PROBE_DIR: &CStr = c"#nestfs-probe";
+
+/// Finds out, by trying in the work dir, which whiteouts and xattrs the upper dir's filesystem
+/// takes from this daemon. `trusted.*` needs CAP_SYS_ADMIN in the initial user namespace
+/// (`admin`); `devices` is false where the overlayfs form is not wanted at all. A filesystem
+/// may refuse the overlayfs form even from root: kernel overlayfs refuses 0/0 devices and
+/// RENAME_WHITEOUT, and a nestfs mount 0/0 devices.
+pub fn probe_upper(work: RawFd, admin: bool, devices: bool) -> io::Result<Upper> {
+    sys::mkdir_at(work, PROBE_DIR, 0o700)?;
+    let found =
+        sys::open_dir_path(work, PROBE_DIR).and_then(|d| probe_in(d_raw(&d), admin, devices));
+    crate::overlay::remove_tree(work, PROBE_DIR)?;
+    found
+}
+
+fn probe_in(dir: RawFd, admin: bool, devices: bool) -> io::Result<Upper> {
+    // Trusted names first where they can work: kernel overlayfs reads only those.
+    let usable = |keys: [&'static CStr; 2], path: &sys::XPath| {
+        keys.into_iter()
+            .skip(usize::from(!admin))
+            .find(|k| sys::lsetxattr(path, k, b"y", 0).is_ok())
+    };
+    sys::open_at(dir, c"f", libc::O_CREAT | libc::O_WRONLY, 0o600)?;
+    let origin_key =
+        usable(ORIGIN_XATTRS, &sys::xattr_path(dir, Some(c"f"))).unwrap_or(ORIGIN_XATTRS[1]);
+    let whiteout_at = |name: &CStr| sys::stat_at(dir, name).is_ok_and(|st| is_device_whiteout(&st));
+    let style = match usable(OPAQUE_XATTRS, &sys::xattr_path(dir, None)) {
+        Some(opaque)
+            if devices
+                && sys::mknod_at(dir, c"wh", libc::S_IFCHR, 0).is_ok()
+                && whiteout_at(c"wh") =>
+        {
+            let rename_whiteout = sys::rename_at(dir, c"f", dir, c"g", libc::RENAME_WHITEOUT)
+                .is_ok()
+                && whiteout_at(c"f");
+            Style::Overlay {
+                opaque,
+                rename_whiteout,
+            }
+        }
+        _ => Style::Oci,
+    };
+    Ok(Upper { style, origin_key })
 }
 
 fn d_raw(fd: &std::os::fd::OwnedFd) -> RawFd {
@@ -168,17 +233,39 @@ mod tests {
     #[test]
     fn users_overlay_xattrs_are_escaped() {
         assert_eq!(
-            real_xattr(b"trusted.overlay.x").unwrap(),
+            real_xattr(b"trusted.overlay.x"),
             b"trusted.overlay.overlay.x"
         );
-        assert_eq!(real_xattr(b"user.foo").unwrap(), b"user.foo");
-        assert_eq!(real_xattr(b"trusted.nestfs.origin"), None);
+        assert_eq!(real_xattr(b"user.foo"), b"user.foo");
         assert_eq!(
             user_xattr(b"trusted.overlay.overlay.x").unwrap(),
             b"trusted.overlay.x"
         );
         assert_eq!(user_xattr(b"trusted.overlay.opaque"), None);
         assert_eq!(user_xattr(b"user.foo").unwrap(), b"user.foo");
+    }
+
+    /// The origins and recorded owners of a nestfs whose upper dir is on this mount are the
+    /// user's: stored one level deeper, read back and listed as they were written.
+    #[test]
+    fn nested_nestfs_xattrs_are_escaped_at_every_level() {
+        for inner in [&b"trusted.nestfs.origin"[..], b"user.nestfs.stat"] {
+            let once = real_xattr(inner);
+            let twice = real_xattr(&once);
+            assert!(!is_private_xattr(&once) && !is_private_xattr(&twice));
+            assert_eq!(user_xattr(&twice).unwrap(), once);
+            assert_eq!(user_xattr(&once).unwrap(), inner);
+            assert!(is_private_xattr(inner), "the outer's own name stays hidden");
+        }
+        assert_eq!(
+            real_xattr(b"user.nestfs.origin"),
+            b"user.nestfs.nestfs.origin"
+        );
+        assert_eq!(
+            user_xattr(b"trusted.nestfs.nestfs.x").unwrap(),
+            b"trusted.nestfs.x"
+        );
+        assert_eq!(user_xattr(b"user.nestfs.stat"), None);
     }
 
     #[test]
