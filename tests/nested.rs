@@ -21,9 +21,16 @@ use common::{Run, TestStore};
 use podman::{Podman, test_user};
 
 /// What every podman setup here needs, and all it needs: the device, and CAP_SYS_ADMIN for
-/// mount(2). Podman's default seccomp profile allows mount with that capability; where
-/// AppArmor confines containers (not on this machine) `--security-opt apparmor=unconfined` too.
-const PODMAN_FLAGS: &str = "--device /dev/fuse --cap-add SYS_ADMIN";
+/// mount(2), which podman's default seccomp profile then allows. Where AppArmor is enabled (not
+/// on the machine these tests were written on) podman's default profile denies mount.
+fn podman_flags() -> String {
+    let mut flags = String::from("--device /dev/fuse --cap-add SYS_ADMIN");
+    let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled");
+    if apparmor.is_ok_and(|a| a.trim() == "Y") {
+        flags.push_str(" --security-opt apparmor=unconfined");
+    }
+    flags
+}
 
 const IMAGE: &str = "localhost/nestfs-nested";
 
@@ -149,13 +156,14 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs the scenario in a container of `podman` with `PODMAN_FLAGS` and `extra` flags, the
+/// Runs the scenario in a container of `podman` with `podman_flags()` and `extra` flags, the
 /// store at /store/nestfs.
 fn in_container(podman: &Podman, extra: &str) -> Run {
     podman.import(container_image(), IMAGE);
     let script = format!(
-        "podman run --rm --pull=never {PODMAN_FLAGS} {extra} -e NESTFS=/usr/local/bin/nestfs \
-         -e LIMIT={LIMIT} {IMAGE} sh -c \"$SCENARIO\" sh /store/nestfs oci:///images/busybox"
+        "podman run --rm --pull=never {flags} {extra} -e NESTFS=/usr/local/bin/nestfs \
+         -e LIMIT={LIMIT} {IMAGE} sh -c \"$SCENARIO\" sh /store/nestfs oci:///images/busybox",
+        flags = podman_flags(),
     );
     podman.sh(&script, &[("SCENARIO", SCENARIO)]).into()
 }
