@@ -3,7 +3,7 @@
 //! tmpfs, inside rootless podman (nestfs is root only in a user namespace), and inside another
 //! nestfs image's rootfs (its upper dirs on a nestfs mount). Each runs one scenario: init-store,
 //! create with a disk limit, a new file, a copy-up, an rm, an mv, an rm -r and a mkdir of the
-//! same name, a write past the limit, stats, delete; and must print exactly what a host prints.
+//! same name, a write past the limit, stats, delete; its output must be exactly `expected`.
 //!
 //! The container image is made here from local files: busybox, the nestfs binary and its shared
 //! libraries, the busybox fixture's OCI layout as the image the inner nestfs creates.
