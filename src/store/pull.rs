@@ -1,14 +1,18 @@
 //! Bringing an image's layers into the store as volumes: each missing layer is unpacked once
 //! (concurrent pulls of the same layer wait on its lock), into tmp/, synced, then renamed.
+//!
+//! No deadlock between runs: each layer's future holds at most one volume lock and waits for
+//! it holding none, and every wait runs on the blocking pool, so a future holding a lock is
+//! always polled on to its release.
 
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::{Result, Store, StoreError, VolumeMeta, io_ctx, write_json};
+use super::{Lock, Result, Store, StoreError, VolumeMeta, io_ctx, write_json};
 use crate::image::{ImageError, ResolvedImage};
-use crate::unpack::UnpackOptions;
+use crate::unpack::{UnpackOptions, UnpackStats};
 
 /// Layers unpacked at once.
 const PARALLEL: usize = 4;
@@ -61,35 +65,65 @@ impl Store {
         source: &str,
         opts: &UnpackOptions,
     ) -> Result<()> {
-        let dest = self.volume_dir(key);
-        if dest.exists() {
-            return self.note_user(key, source);
-        }
-        let lock = {
-            let (root, key) = (self.root().to_path_buf(), key.to_string());
-            tokio::task::spawn_blocking(move || Store::new(root).volume_lock(&key))
-                .await
-                .expect("lock task")?
+        let (k, src) = (key.to_string(), source.to_string());
+        let Some((lock, tmp)) = self.off_executor(move |s| s.claim_volume(&k, &src)).await? else {
+            return Ok(());
         };
-        if dest.exists() {
-            // Another run unpacked it while we waited.
-            drop(lock);
-            return self.note_user(key, source);
+        let unpacked = image.unpack_layer(index, &tmp, opts).await;
+        let (k, src) = (key.to_string(), source.to_string());
+        self.off_executor(move |s| s.place_volume(&k, &src, &tmp, unpacked, lock))
+            .await
+    }
+
+    /// Runs `f` on the blocking pool. Lock waits and disk flushes must never stall the
+    /// executor: its other futures hold volume locks that other runs wait for, and a blocked
+    /// executor never polls them to release them (two creates then wait for each other).
+    async fn off_executor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = Store::new(self.root().to_path_buf());
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .expect("store task does not panic")
+    }
+
+    /// Takes volume `key`'s lock. If the volume exists (maybe unpacked by another run while we
+    /// waited), records `source` as its user and returns `None`; otherwise returns the lock
+    /// and an empty directory to unpack into.
+    fn claim_volume(&self, key: &str, source: &str) -> Result<Option<(Lock, PathBuf)>> {
+        let lock = self.volume_lock(key)?;
+        if self.volume_dir(key).exists() {
+            self.note_user(key, source, &lock)?;
+            return Ok(None);
         }
         let tmp = self.tmp_path(key);
         io_ctx(std::fs::create_dir_all(&tmp), || {
             format!("create {}", tmp.display())
         })?;
-        let stats = match image.unpack_layer(index, &tmp, opts).await {
+        Ok(Some((lock, tmp)))
+    }
+
+    /// Moves an unpacked layer from `tmp` into place as volume `key` (synced first, so a
+    /// crash never leaves half a volume), or removes `tmp` if the unpack failed.
+    fn place_volume(
+        &self,
+        key: &str,
+        source: &str,
+        tmp: &Path,
+        unpacked: std::result::Result<UnpackStats, ImageError>,
+        _lock: Lock,
+    ) -> Result<()> {
+        let stats = match unpacked {
             Ok(s) => s,
             Err(e) => {
-                let _ = super::remove_tree(&tmp);
+                let _ = super::remove_tree(tmp);
                 return Err(e.into());
             }
         };
-        let placed = syncfs(&tmp).and_then(|()| std::fs::rename(&tmp, &dest));
+        let placed = syncfs(tmp).and_then(|()| std::fs::rename(tmp, self.volume_dir(key)));
         if let Err(e) = placed {
-            let _ = super::remove_tree(&tmp);
+            let _ = super::remove_tree(tmp);
             return Err(StoreError::Io {
                 what: format!("store layer {key}"),
                 source: e,
@@ -100,14 +134,12 @@ impl Store {
             entries: stats.entries,
             images: vec![source.to_string()],
         };
-        write_json(&self.volumes().join(format!("{key}.json")), &meta)?;
-        drop(lock);
-        Ok(())
+        write_json(&self.volumes().join(format!("{key}.json")), &meta)
     }
 
-    /// Records that `source` uses volume `key` (for `clean --ignore-image`).
-    fn note_user(&self, key: &str, source: &str) -> Result<()> {
-        let _lock = self.volume_lock(key)?;
+    /// Records that `source` uses volume `key` (for `clean --ignore-image`); the caller holds
+    /// the volume's lock.
+    fn note_user(&self, key: &str, source: &str, _lock: &Lock) -> Result<()> {
         let mut meta = self.volume_meta(key);
         if !meta.images.iter().any(|s| s == source) {
             meta.images.push(source.to_string());
