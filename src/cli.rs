@@ -358,8 +358,15 @@ fn run(
             }
             let mut rows = Vec::new();
             for id in ids {
+                // An image deleted while we list (before or while we ask its daemon) is not
+                // listed.
+                let Some(meta) = store.image_meta_if_present(&id)? else {
+                    continue;
+                };
                 let (state, status) = daemon::state(store, &id);
-                let meta = store.image_meta(&id)?;
+                if store.find_image(&id).is_none() {
+                    continue;
+                }
                 rows.push(json!({
                     "id": id,
                     "path": store.image_dir(&id),

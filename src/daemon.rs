@@ -291,11 +291,18 @@ pub fn state(store: &Store, id: &str) -> (State, Option<Status>) {
 }
 
 /// Serves an existing image again after its daemon died or the host rebooted, keeping its
-/// upper dir. Returns false if it was already served.
+/// upper dir. Returns false if it was already served, or deleted meanwhile.
 pub fn remount(store: &Store, id: &str) -> Result<bool> {
-    let _g = io_ctx(Lock::dir(&store.image_dir(id)), || {
-        format!("lock image {id}")
-    })?;
+    let _g = match Lock::dir(&store.image_dir(id)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(StoreError::Io {
+                what: format!("lock image {id}"),
+                source,
+            });
+        }
+    };
     match state(store, id).0 {
         State::Mounted => return Ok(false),
         State::DaemonDead => stop(store, id)?,

@@ -105,6 +105,7 @@ impl Store {
         let dir = self.image_dir(id);
         let _g = match Lock::dir(&dir) {
             Ok(l) => l,
+            // Deleted by a concurrent delete, maybe while we waited.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(source) => {
                 return Err(StoreError::Io {
@@ -113,9 +114,6 @@ impl Store {
                 });
             }
         };
-        if !dir.exists() {
-            return Ok(false); // deleted by a concurrent delete while we waited
-        }
         daemon::stop(self, id)?;
         // Rename first: a delete killed halfway leaves debris `sweep` removes, not half an image.
         let trash = self

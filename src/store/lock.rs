@@ -3,11 +3,12 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Held until dropped.
 pub struct Lock {
-    _file: File,
+    file: File,
 }
 
 impl Lock {
@@ -21,9 +22,17 @@ impl Lock {
         Lock::on(file, exclusive)
     }
 
-    /// Waits for an exclusive lock on a directory; the lock follows it across renames.
+    /// Waits for an exclusive lock on a directory; the lock follows it across renames. Fails
+    /// with `NotFound` if, by the time the lock is ours, `path` no longer names the directory
+    /// we waited on (a delete that held it renamed it away).
     pub fn dir(path: &Path) -> io::Result<Lock> {
-        Lock::on(File::open(path)?, true)
+        let lock = Lock::on(File::open(path)?, true)?;
+        let held = lock.file.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => Ok(lock),
+            Ok(_) => Err(io::ErrorKind::NotFound.into()),
+            Err(e) => Err(e),
+        }
     }
 
     fn on(file: File, exclusive: bool) -> io::Result<Lock> {
@@ -34,7 +43,7 @@ impl Lock {
         };
         loop {
             if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-                return Ok(Lock { _file: file });
+                return Ok(Lock { file });
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {

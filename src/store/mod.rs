@@ -290,6 +290,16 @@ impl Store {
         read_json(&self.image_dir(id).join("image.json"))
     }
 
+    /// The image's metadata, or `None` if it is gone (deleted, maybe while we looked).
+    pub fn image_meta_if_present(&self, id: &str) -> Result<Option<ImageMeta>> {
+        match self.image_meta(id) {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            r => r.map(Some),
+        }
+    }
+
     pub fn volume_meta(&self, key: &str) -> VolumeMeta {
         read_json(&self.volumes().join(format!("{key}.json"))).unwrap_or_default()
     }
