@@ -217,3 +217,50 @@ fn lists_and_remounts_beside_deletes_never_fail() {
     let kept: Vec<String> = prefixes.iter().map(|p| format!("{p}-kept")).collect();
     assert_consistent_after(s, failures, &kept);
 }
+
+/// Issue 17, third bug: `delete` of an image whose daemon died waited 10 s and then killed
+/// whatever process its stale pid file named, even another image's daemon (pid reuse).
+#[test]
+fn a_stale_pid_file_never_stops_another_images_daemon() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = oci("busybox-1.25");
+    let b_rootfs = s.create(&image, "b");
+    let pid_file = |id: &str| s.root().join("images").join(id).join("daemon.pid");
+    let b_record = std::fs::read_to_string(pid_file("b")).unwrap();
+    let b_pid: i32 = b_record.split_whitespace().next().unwrap().parse().unwrap();
+    // The pid alone, as an older nestfs wrote it, and B's whole record (pid and start time,
+    // so that only the image its daemon serves tells them apart).
+    for (id, stale) in [("a", format!("{b_pid}\n")), ("c", b_record.clone())] {
+        s.create(&image, id);
+        let own: i32 = std::fs::read_to_string(pid_file(id))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        unsafe { libc::kill(own, libc::SIGKILL) };
+        while Path::new(&format!("/proc/{own}")).exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::write(pid_file(id), stale).unwrap();
+        let start = Instant::now();
+        run_bounded(&s, &["delete", id]).unwrap().ok();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "delete {id} took {:?}",
+            start.elapsed()
+        );
+        assert!(
+            !s.root().join("images").join(id).exists(),
+            "{id} not deleted"
+        );
+        let bin = std::fs::read_dir(b_rootfs.join("bin")).map(|d| d.count());
+        assert!(
+            bin.is_ok_and(|n| n > 0),
+            "b stopped serving after delete {id}"
+        );
+    }
+    assert_served(&s, &["b".to_string()]);
+}
