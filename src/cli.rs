@@ -317,13 +317,18 @@ fn run(
         }
         Cmd::Delete { id } => {
             store.meta()?;
-            let Some(id) = store.find_image(&id) else {
+            // Not only complete images: also one a killed create left half-made, as Garden
+            // deletes what it failed to create.
+            let Some(id) = store.id_of(&id) else {
                 log.info("image-not-found", json!({ "id": id }));
                 return Ok(None);
             };
             let _g = store.lock(false)?;
-            store.delete_image(&id)?;
-            log.info("deleted", json!({ "id": id }));
+            if store.delete_image(&id)? {
+                log.info("deleted", json!({ "id": id }));
+            } else {
+                log.info("image-not-found", json!({ "id": id }));
+            }
             Ok(None)
         }
         Cmd::Stats { id } => {

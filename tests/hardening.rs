@@ -264,3 +264,76 @@ fn a_stale_pid_file_never_stops_another_images_daemon() {
     }
     assert_served(&s, &["b".to_string()]);
 }
+
+/// Starts `create IMAGE ID` and SIGKILLs it the moment images/ID appears, before its daemon
+/// serves. False if the create got to its end first.
+fn kill_create_midway(s: &TestStore, image: &str, id: &str) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = s
+        .cmd()
+        .args(["create", image, id])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run nestfs");
+    let dir = s.root().join("images").join(id);
+    while !dir.exists() {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+    }
+    let _ = child.kill();
+    child.wait().unwrap().signal() == Some(libc::SIGKILL)
+}
+
+/// What a create killed after placing images/ID but before its daemon served leaves, made by
+/// hand: the metadata of a real image and the `creating` mark, no daemon. (Without the mark
+/// it is an image after a reboot, which stays.)
+fn half_made(s: &TestStore, from: &str, id: &str) {
+    let images = s.root().join("images");
+    let dir = images.join(id);
+    for d in ["upper", "work", "rootfs"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let meta = std::fs::read_to_string(images.join(from).join("image.json")).unwrap();
+    std::fs::write(dir.join("image.json"), meta.replace(from, id)).unwrap();
+    std::fs::write(dir.join("creating"), "").unwrap();
+}
+
+fn listed(s: &TestStore) -> Vec<String> {
+    let list = s.run(&["list", "--json"]).ok().json();
+    let ids = list.as_array().unwrap().iter();
+    ids.map(|r| r["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Issue 17, fourth bug: a create killed after its image dir was in place but before its
+/// daemon served left an image listed as not-mounted that blocked its id for good.
+#[test]
+fn an_image_a_killed_create_left_is_swept_by_the_next_command() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = oci("busybox-1.25");
+    s.create(&image, "base");
+    let killed = (0..10)
+        .map(|n| format!("k{n}"))
+        .find(|id| kill_create_midway(&s, &image, id))
+        .expect("never caught a create between placing its image and serving it");
+    eprintln!("killed the create of {killed} midway");
+    half_made(&s, "base", "h");
+    assert_eq!(listed(&s), ["base"], "half-made images are listed");
+    for id in [killed.as_str(), "h"] {
+        s.create(&image, id);
+    }
+    let mut want = vec!["base".to_string(), "h".into(), killed.clone()];
+    want.sort();
+    assert_served(&s, &want);
+
+    // clean sweeps debris it meets; delete removes it when asked.
+    half_made(&s, "base", "c");
+    s.run(&["clean"]).ok();
+    assert!(!s.root().join("images/c").exists(), "clean left debris");
+    half_made(&s, "base", "d");
+    s.run(&["delete", "d"]).ok();
+    assert!(!s.root().join("images/d").exists(), "delete left debris");
+    assert_served(&s, &want);
+    assert_eq!(debris(&s), Vec::<String>::new(), "debris left");
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Held until dropped.
 pub struct Lock {
-    file: File,
+    _file: File,
 }
 
 impl Lock {
@@ -26,13 +26,30 @@ impl Lock {
     /// with `NotFound` if, by the time the lock is ours, `path` no longer names the directory
     /// we waited on (a delete that held it renamed it away).
     pub fn dir(path: &Path) -> io::Result<Lock> {
-        let lock = Lock::on(File::open(path)?, true)?;
-        let held = lock.file.metadata()?;
-        match std::fs::metadata(path) {
-            Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => Ok(lock),
-            Ok(_) => Err(io::ErrorKind::NotFound.into()),
-            Err(e) => Err(e),
+        Lock::lock_dir(path, true).map(|l| l.expect("a waiting lock is taken"))
+    }
+
+    /// [`Lock::dir`] without waiting: `None` if someone else holds it.
+    pub fn try_dir(path: &Path) -> io::Result<Option<Lock>> {
+        Lock::lock_dir(path, false)
+    }
+
+    fn lock_dir(path: &Path, wait: bool) -> io::Result<Option<Lock>> {
+        let file = File::open(path)?;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        if !flock(&file, op)? {
+            return Ok(None);
         }
+        let held = file.metadata()?;
+        let now = std::fs::metadata(path)?;
+        if (now.dev(), now.ino()) != (held.dev(), held.ino()) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok(Some(Lock { _file: file }))
     }
 
     fn on(file: File, exclusive: bool) -> io::Result<Lock> {
@@ -41,14 +58,22 @@ impl Lock {
         } else {
             libc::LOCK_SH
         };
-        loop {
-            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-                return Ok(Lock { file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        flock(&file, op)?;
+        Ok(Lock { _file: file })
+    }
+}
+
+/// flock(2), retried when interrupted; false if `LOCK_NB` was asked and someone holds it.
+fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
         }
     }
 }
