@@ -337,3 +337,80 @@ fn an_image_a_killed_create_left_is_swept_by_the_next_command() {
     assert_served(&s, &want);
     assert_eq!(debris(&s), Vec::<String>::new(), "debris left");
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// The number after `label` in `text`.
+fn number_after(text: &str, label: &str) -> u64 {
+    let rest = &text[text
+        .find(label)
+        .unwrap_or_else(|| panic!("{label:?} in {text:?}"))..];
+    let digits: String = rest[label.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("a number after {label:?} in {text:?}"))
+}
+
+/// Issue 17, fifth bug: `create` on a full store said "layer exceeds the allowed size of 0
+/// bytes"; it says the filesystem is full, with the bytes free and needed, and leaves nothing.
+#[test]
+fn create_on_a_full_store_says_its_filesystem_is_full() {
+    require_root_fuse!();
+    let s = TestStore::uninitialised();
+    let size = 4 << 20;
+    let _fs = Tmpfs::mount(&s.root(), size);
+    s.run(&["init-store"]).ok();
+    let big = common::tarball(s.dir.path(), &[("big", 6 << 20)]);
+    let big = big.to_str().unwrap();
+    let mut cases = vec![
+        ("garden-rootfs", oci("garden-rootfs")),
+        ("6 MiB tarball", big.into()),
+    ];
+    cases.push(("6 MiB tarball, store filled up", big.into()));
+    for (what, image) in cases {
+        if what.ends_with("filled up") {
+            // Fill what is left, as the issue's store was.
+            let _ = std::fs::write(s.root().join("filler"), vec![1u8; size as usize]);
+        }
+        let r = s.run(&["create", &image, "x"]);
+        assert_eq!(r.code, 1, "{what}: {r:#?}");
+        let msg = r.stdout.trim();
+        assert!(
+            msg.starts_with("the store's filesystem is full (ENOSPC)"),
+            "{what}: {msg}"
+        );
+        let (free, needed) = (
+            number_after(msg, "(ENOSPC): "),
+            number_after(msg, "at least "),
+        );
+        assert!(free <= size && needed > free, "{what}: {msg}");
+        eprintln!("{what}: {msg}");
+        assert!(!s.root().join("images/x").exists(), "{what}: image left");
+        assert_eq!(debris(&s), Vec::<String>::new(), "{what}: debris left");
+    }
+}

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 pub use images::DiskUsage;
 pub use lock::Lock;
-pub use pull::limit_error;
 
 use crate::image::ImageError;
 
@@ -44,6 +43,16 @@ pub enum StoreError {
     BadMapping(String),
     #[error("disk limit of {limit} bytes is smaller than the image")]
     LimitTooSmall { limit: u64 },
+    #[error(
+        "the store's filesystem is full (ENOSPC): {free} bytes were free in {}, the image needs \
+         at least {needed}",
+        path.display()
+    )]
+    StoreFull {
+        path: PathBuf,
+        free: u64,
+        needed: u64,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("{what}: {source}")]
@@ -184,6 +193,18 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     })
 }
 
+/// statvfs(2) of the filesystem holding `p`.
+pub fn statvfs(p: &Path) -> Result<libc::statvfs> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = c.and_then(|c| match unsafe { libc::statvfs(c.as_ptr(), &mut st) } {
+        0 => Ok(st),
+        _ => Err(io::Error::last_os_error()),
+    });
+    io_ctx(r, || format!("statfs {}", p.display()))
+}
+
 /// The default store: system-wide for root, per user otherwise.
 pub fn default_root() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
@@ -210,6 +231,12 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Bytes the store's filesystem has free for unprivileged use.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let st = statvfs(&self.root)?;
+        Ok(st.f_bavail * st.f_frsize)
     }
 
     fn meta_path(&self) -> PathBuf {

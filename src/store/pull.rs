@@ -7,8 +7,9 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 
 use super::{Lock, Result, Store, StoreError, VolumeMeta, io_ctx, write_json};
 use crate::image::{ImageError, ResolvedImage};
@@ -24,12 +25,13 @@ pub fn volume_key(chain_id: &str) -> String {
 
 impl Store {
     /// Makes sure every layer of `image` is a volume; returns the keys, bottom layer first.
-    /// `budget` bounds the bytes unpacked in total (the inclusive disk limit, or the bomb bound).
+    /// Each layer is bounded by `quota`, the disk limit the layers count against, or without
+    /// one by what the store's filesystem has free (which also bounds decompression bombs).
     pub async fn pull(
         &self,
         image: &ResolvedImage,
         source: &str,
-        budget: u64,
+        quota: Option<u64>,
         progress: Option<&indicatif::ProgressBar>,
     ) -> Result<Vec<String>> {
         let keys: Vec<String> = image
@@ -37,26 +39,62 @@ impl Store {
             .iter()
             .map(|l| volume_key(&l.chain_id))
             .collect();
+        let free = self.free_bytes()?;
         let opts = UnpackOptions {
-            max_bytes: budget,
+            max_bytes: quota.unwrap_or(free),
             max_entries: 10_000_000,
             privileged: unsafe { libc::geteuid() } == 0,
         };
-        let opts = &opts;
-        stream::iter(keys.iter().enumerate())
+        let (opts, placed, failed) = (&opts, &AtomicU64::new(0), &AtomicBool::new(false));
+        let done: Vec<Result<()>> = stream::iter(keys.iter().enumerate())
             .map(|(i, key)| async move {
-                self.pull_layer(image, i, key, source, opts).await?;
+                // After a failure, start no more layers: the pull fails anyway.
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let bytes = self
+                    .pull_layer(image, i, key, source, opts)
+                    .await
+                    .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+                placed.fetch_add(bytes, Ordering::Relaxed);
                 if let Some(p) = progress {
                     p.inc(1);
                 }
-                Ok::<(), StoreError>(())
+                Ok(())
             })
             .buffer_unordered(PARALLEL)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect()
+            .await;
+        // Layers that were started all finished, so none is left half-unpacked in tmp/.
+        done.into_iter()
+            .collect::<Result<Vec<()>>>()
+            .map_err(|e| self.space_error(e, quota, free, placed.load(Ordering::Relaxed)))?;
         Ok(keys)
     }
 
+    /// Says what an unpack that ran out of room ran into: the image's disk limit, or the
+    /// store's filesystem (`free` bytes when the pull began, of which `placed` went to layers
+    /// that made it).
+    fn space_error(&self, e: StoreError, quota: Option<u64>, free: u64, placed: u64) -> StoreError {
+        match (e, quota) {
+            (StoreError::Image(ImageError::TooLarge { .. }), Some(limit)) => {
+                StoreError::LimitTooSmall { limit }
+            }
+            (
+                StoreError::Image(
+                    ImageError::TooLarge { needed, .. } | ImageError::NoSpace { needed },
+                ),
+                _,
+            ) => StoreError::StoreFull {
+                path: self.root().to_path_buf(),
+                free,
+                needed: placed + needed,
+            },
+            (e, _) => e,
+        }
+    }
+
+    /// Makes layer `index` volume `key`; returns the bytes it unpacked (0 if it was there).
     async fn pull_layer(
         &self,
         image: &ResolvedImage,
@@ -64,10 +102,10 @@ impl Store {
         key: &str,
         source: &str,
         opts: &UnpackOptions,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let (k, src) = (key.to_string(), source.to_string());
         let Some((lock, tmp)) = self.off_executor(move |s| s.claim_volume(&k, &src)).await? else {
-            return Ok(());
+            return Ok(0);
         };
         let unpacked = image.unpack_layer(index, &tmp, opts).await;
         let (k, src) = (key.to_string(), source.to_string());
@@ -105,7 +143,8 @@ impl Store {
     }
 
     /// Moves an unpacked layer from `tmp` into place as volume `key` (synced first, so a
-    /// crash never leaves half a volume), or removes `tmp` if the unpack failed.
+    /// crash never leaves half a volume), or removes `tmp` if the unpack failed. Returns the
+    /// volume's bytes.
     fn place_volume(
         &self,
         key: &str,
@@ -113,7 +152,7 @@ impl Store {
         tmp: &Path,
         unpacked: std::result::Result<UnpackStats, ImageError>,
         _lock: Lock,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let stats = match unpacked {
             Ok(s) => s,
             Err(e) => {
@@ -134,7 +173,8 @@ impl Store {
             entries: stats.entries,
             images: vec![source.to_string()],
         };
-        write_json(&self.volumes().join(format!("{key}.json")), &meta)
+        write_json(&self.volumes().join(format!("{key}.json")), &meta)?;
+        Ok(stats.bytes)
     }
 
     /// Records that `source` uses volume `key` (for `clean --ignore-image`); the caller holds
@@ -156,14 +196,4 @@ fn syncfs(p: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// An unpack that ran out of budget under a disk limit means the limit is too small.
-pub fn limit_error(e: StoreError, limit: u64) -> StoreError {
-    match e {
-        StoreError::Image(ImageError::TooLarge { .. }) if limit > 0 => {
-            StoreError::LimitTooSmall { limit }
-        }
-        e => e,
-    }
 }
