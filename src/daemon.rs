@@ -198,6 +198,7 @@ fn last_line(p: &Path) -> String {
 /// The daemon itself: mounts the image's rootfs, counts its disk usage against its limit, answers
 /// its control socket and serves until the rootfs is unmounted.
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
+    shun_oom_killer()?;
     let mut cfg = overlay_config(store, id)?;
     if let Some(l) = cfg.lowerdirs.first()
         && cfg.lowerdirs.len() == 1
@@ -226,6 +227,21 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let served = prepared.serve();
     let _ = std::fs::remove_file(dir.join(control::SOCKET));
     served
+}
+
+/// How much the OOM killer should spare image daemons: a killed daemon leaves its container's
+/// rootfs answering ENOTCONN, so the kernel should pick almost anything else first.
+const OOM_SCORE_ADJ: i32 = -999;
+
+/// Makes the OOM killer prefer other processes to this daemon. Only root may lower the score:
+/// an unprivileged daemon keeps the one it inherited.
+fn shun_oom_killer() -> anyhow::Result<()> {
+    match std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ.to_string()) {
+        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
+            Err(e).context("lower /proc/self/oom_score_adj")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Unmounts `mnt`, lazily (detached now, gone once its last user lets go) or not (EBUSY while

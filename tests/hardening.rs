@@ -414,3 +414,40 @@ fn create_on_a_full_store_says_its_filesystem_is_full() {
         assert_eq!(debris(&s), Vec::<String>::new(), "{what}: debris left");
     }
 }
+
+/// Whether processes here may lower their `oom_score_adj` below 0 (root without
+/// CAP_SYS_RESOURCE, as in some containers, may not).
+fn may_shun_oom_killer() -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", "echo -1 > /proc/self/oom_score_adj"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Issue 17, sixth point: as root, image daemons ask the OOM killer to take other processes
+/// first (a killed daemon leaves its container's rootfs dead); where that is not allowed they
+/// serve with the score they inherited.
+#[test]
+fn image_daemons_are_the_oom_killers_last_choice() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox-1.25"), "o");
+    let pids = daemons_for(s.dir.path());
+    assert_eq!(pids.len(), 1);
+    let adj = |pid: &str| -> i32 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+        text.trim().parse().unwrap()
+    };
+    if may_shun_oom_killer() {
+        assert!(
+            adj(&pids[0].to_string()) < 0,
+            "daemon's oom_score_adj not lowered"
+        );
+    } else {
+        eprintln!("no CAP_SYS_RESOURCE here: checking only that the daemon serves regardless");
+        assert_eq!(adj(&pids[0].to_string()), adj("self"));
+        assert!(std::fs::read_dir(rootfs.join("bin")).unwrap().count() > 0);
+    }
+}
