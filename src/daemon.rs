@@ -363,9 +363,10 @@ pub fn stop(store: &Store, id: &str) -> Result<()> {
     }
     Ok(())
 }
+
 /// An image's daemon process. A pid alone may since belong to anything, even another
 /// image's daemon (pids are reused, e.g. after a reboot): the start time pins the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Proc {
     pid: i32,
     /// Clock ticks after boot (field 22 of /proc/PID/stat).
