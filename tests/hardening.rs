@@ -1,5 +1,6 @@
 //! The store under stress and after accidents, through the real binary (issue 17): concurrent
-//! creates, deletes, cleans and lists that must neither hang nor fail.
+//! creates, deletes, cleans, lists and remounts that must neither hang nor fail, a stale pid
+//! file, a create killed midway, a full store, and the OOM killer.
 
 #[allow(dead_code)]
 mod common;
@@ -15,8 +16,8 @@ use common::{Run, TestStore, daemons_for, mounts_under, oci};
 /// takes about a second alone, a few with everything else running beside it).
 const HANG: Duration = Duration::from_secs(30);
 
-/// Runs nestfs with `args`; a run still going after [`HANG`] is killed and reported, with the
-/// store's locks in /proc/locks and the kernel stack it was stuck in.
+/// Runs nestfs with `args`; a run still going after [`HANG`] is killed and reported, with
+/// /proc/locks and the kernel stack it was stuck in.
 fn run_bounded(s: &TestStore, args: &[&str]) -> Result<Run, String> {
     let mut child = s
         .cmd()
