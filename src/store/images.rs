@@ -231,9 +231,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut used = std::collections::HashSet::new();
-        // Half-made images too: `sweep` may have failed to remove one.
+        // Half-made images too: `sweep` may have failed to remove one, and a `create` of its
+        // id (which sweeps before taking the store lock) may be removing it now.
         for id in self.all_image_ids()? {
-            used.extend(self.image_meta(&id)?.layers);
+            if let Some(meta) = self.image_meta_if_present(&id)? {
+                used.extend(meta.layers);
+            }
         }
         let mut removed = Vec::new();
         for key in self.volume_keys() {
