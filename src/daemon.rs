@@ -364,6 +364,32 @@ pub fn stop(store: &Store, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Kills every process serving `id` of `store`, whatever its pid file says: the daemon of a
+/// `create` that was killed may not have written it yet. Only for a half-made image, which no
+/// container uses.
+pub fn kill_strays(store: &Store, id: &str) {
+    let strays: Vec<Proc> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            Some(Proc {
+                pid,
+                start: start_time(pid)?,
+            })
+        })
+        .filter(|p| p.serves(store, id))
+        .collect();
+    for p in &strays {
+        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+    }
+    let start = Instant::now();
+    while strays.iter().any(Proc::runs) && start.elapsed() < EXIT_WAIT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// An image's daemon process. A pid alone may since belong to anything, even another
 /// image's daemon (pids are reused, e.g. after a reboot): the start time pins the process.
 #[derive(Debug, Clone, Copy)]

@@ -452,3 +452,31 @@ fn image_daemons_are_the_oom_killers_last_choice() {
         assert!(std::fs::read_dir(rootfs.join("bin")).unwrap().count() > 0);
     }
 }
+
+/// The daemon of a killed create may run before its pid file names it. Made here from a served
+/// image: its daemon stopped (SIGSTOP: it answers nothing), its pid file gone and the image
+/// marked as being created. The next create of that id must end that daemon, not leave it
+/// beside the new one.
+#[test]
+fn a_half_made_images_daemon_goes_even_if_no_pid_file_names_it() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = oci("busybox-1.25");
+    s.create(&image, "s");
+    let dir = s.root().join("images/s");
+    let stray = daemons_for(s.dir.path())[0];
+    unsafe { libc::kill(stray, libc::SIGSTOP) };
+    std::fs::remove_file(dir.join("daemon.pid")).unwrap();
+    std::fs::write(dir.join("creating"), "").unwrap();
+    let start = Instant::now();
+    run_bounded(&s, &["create", &image, "s"]).unwrap().ok();
+    eprintln!("create over a stray daemon took {:?}", start.elapsed());
+    // Gone, or dead and waiting for whoever adopted it to reap it.
+    let stat = std::fs::read_to_string(format!("/proc/{stray}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+    assert!(
+        matches!(state, None | Some("Z")),
+        "the stray daemon {stray} still runs: {stat}"
+    );
+    assert_served(&s, &["s".to_string()]);
+}

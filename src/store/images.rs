@@ -54,6 +54,7 @@ impl Store {
         if !dir.join(CREATING).exists() {
             return Ok(false); // its create finished just before we looked
         }
+        daemon::kill_strays(self, id);
         self.remove_locked(id, lock)?;
         Ok(true)
     }
