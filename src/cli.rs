@@ -320,13 +320,18 @@ fn run(
         }
         Cmd::Delete { id } => {
             store.meta()?;
-            let Some(id) = store.find_image(&id) else {
+            // Not only complete images: also one a killed create left half-made, as Garden
+            // deletes what it failed to create.
+            let Some(id) = store.id_of(&id) else {
                 log.info("image-not-found", json!({ "id": id }));
                 return Ok(None);
             };
             let _g = store.lock(false)?;
-            store.delete_image(&id)?;
-            log.info("deleted", json!({ "id": id }));
+            if store.delete_image(&id)? {
+                log.info("deleted", json!({ "id": id }));
+            } else {
+                log.info("image-not-found", json!({ "id": id }));
+            }
             Ok(None)
         }
         Cmd::Stats { id } => {
@@ -359,8 +364,15 @@ fn run(
             }
             let mut rows = Vec::new();
             for id in ids {
+                // An image deleted while we list (before or while we ask its daemon) is not
+                // listed.
+                let Some(meta) = store.image_meta_if_present(&id)? else {
+                    continue;
+                };
                 let (state, status) = daemon::state(store, &id);
-                let meta = store.image_meta(&id)?;
+                if store.find_image(&id).is_none() {
+                    continue;
+                }
                 rows.push(json!({
                     "id": id,
                     "path": store.image_dir(&id),
@@ -473,11 +485,7 @@ fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<Str
         .context("start async runtime")?;
     log.info("resolving", json!({ "image": req.image }));
     let resolved = rt.block_on(image::resolve(&image_ref, &req.opts))?;
-    let budget = if req.disk_limit > 0 && !req.exclude {
-        req.disk_limit
-    } else {
-        fs_free(store.root())?
-    };
+    let quota = (req.disk_limit > 0 && !req.exclude).then_some(req.disk_limit);
     log.info("pulling", json!({ "layers": resolved.layers.len() }));
     let bar = req.progress.then(|| {
         let b = indicatif::ProgressBar::new(resolved.layers.len() as u64);
@@ -489,11 +497,11 @@ fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<Str
         b.set_message(format!("pulling {}", req.image));
         b
     });
-    let pulled = rt.block_on(store.pull(&resolved, &req.image, budget, bar.as_ref()));
+    let pulled = rt.block_on(store.pull(&resolved, &req.image, quota, bar.as_ref()));
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let layers = pulled.map_err(|e| store::limit_error(e, req.disk_limit))?;
+    let layers = pulled?;
     let spec = ImageMeta {
         id: req.id.clone(),
         image: req.image.clone(),
@@ -512,23 +520,7 @@ fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<Str
     .to_string())
 }
 
-fn statvfs(p: &std::path::Path) -> anyhow::Result<libc::statvfs> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statfs {}", p.display()));
-    }
-    Ok(st)
-}
-
 fn fs_size(p: &std::path::Path) -> anyhow::Result<u64> {
-    let st = statvfs(p)?;
+    let st = store::statvfs(p)?;
     Ok(st.f_blocks * st.f_frsize)
-}
-
-/// The most a pull may unpack when no disk limit applies: what the store's filesystem has free.
-fn fs_free(p: &std::path::Path) -> anyhow::Result<u64> {
-    let st = statvfs(p)?;
-    Ok(st.f_bavail * st.f_frsize)
 }

@@ -3,6 +3,7 @@
 //! through its control socket; `remount` serves an image again after its daemon died.
 
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -197,6 +198,7 @@ fn last_line(p: &Path) -> String {
 /// The daemon itself: mounts the image's rootfs, counts its disk usage against its limit, answers
 /// its control socket and serves until the rootfs is unmounted.
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
+    shun_oom_killer()?;
     let mut cfg = overlay_config(store, id)?;
     if let Some(l) = cfg.lowerdirs.first()
         && cfg.lowerdirs.len() == 1
@@ -214,7 +216,8 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let mnt = rootfs(store, id);
     // Pid file and control socket come before the mount: `start` returns as soon as the rootfs
     // is mounted, and from then on `list`, `stats` and `delete` must find the daemon answering.
-    std::fs::write(pid_file(store, id), std::process::id().to_string())?;
+    let me = Proc::current()?;
+    std::fs::write(pid_file(store, id), format!("{} {}\n", me.pid, me.start))?;
     let target = mnt.clone();
     control::listen(&dir, quota, move || unmount(&target, false))?;
     let prepared = nestfs_fuse::prepare(&cfg, &mnt).inspect_err(|_| {
@@ -224,6 +227,21 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let served = prepared.serve();
     let _ = std::fs::remove_file(dir.join(control::SOCKET));
     served
+}
+
+/// How much the OOM killer should spare image daemons: a killed daemon leaves its container's
+/// rootfs answering ENOTCONN, so the kernel should pick almost anything else first.
+const OOM_SCORE_ADJ: i32 = -999;
+
+/// Makes the OOM killer prefer other processes to this daemon. Only root may lower the score:
+/// an unprivileged daemon keeps the one it inherited.
+fn shun_oom_killer() -> anyhow::Result<()> {
+    match std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ.to_string()) {
+        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
+            Err(e).context("lower /proc/self/oom_score_adj")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Unmounts `mnt`, lazily (detached now, gone once its last user lets go) or not (EBUSY while
@@ -291,11 +309,18 @@ pub fn state(store: &Store, id: &str) -> (State, Option<Status>) {
 }
 
 /// Serves an existing image again after its daemon died or the host rebooted, keeping its
-/// upper dir. Returns false if it was already served.
+/// upper dir. Returns false if it was already served, or deleted meanwhile.
 pub fn remount(store: &Store, id: &str) -> Result<bool> {
-    let _g = io_ctx(Lock::dir(&store.image_dir(id)), || {
-        format!("lock image {id}")
-    })?;
+    let _g = match Lock::dir(&store.image_dir(id)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(StoreError::Io {
+                what: format!("lock image {id}"),
+                source,
+            });
+        }
+    };
     match state(store, id).0 {
         State::Mounted => return Ok(false),
         State::DaemonDead => stop(store, id)?,
@@ -310,10 +335,7 @@ pub fn remount(store: &Store, id: &str) -> Result<bool> {
 /// the daemon died (a dead FUSE mount) or hangs. Fine when nothing is mounted (a reboot).
 pub fn stop(store: &Store, id: &str) -> Result<()> {
     let mnt = rootfs(store, id);
-    let pid = std::fs::read_to_string(pid_file(store, id))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|p| alive(*p));
+    let daemon = Proc::recorded(store, id);
     let mut wait_for_exit = true;
     if is_mounted(&mnt) {
         let graceful = control::request::<Stopped>(&store.image_dir(id), "stop");
@@ -330,22 +352,111 @@ pub fn stop(store: &Store, id: &str) -> Result<()> {
             }
         }
     }
-    if let Some(pid) = pid.filter(|_| wait_for_exit) {
+    if let Some(daemon) = daemon.filter(|_| wait_for_exit) {
         let start = Instant::now();
-        while alive(pid) && start.elapsed() < EXIT_WAIT {
+        while daemon.runs() && start.elapsed() < EXIT_WAIT {
             std::thread::sleep(Duration::from_millis(2));
         }
-        if alive(pid) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        if daemon.runs() {
+            unsafe { libc::kill(daemon.pid, libc::SIGKILL) };
         }
     }
     Ok(())
 }
-/// Whether `pid` is a running nestfs daemon (not a recycled pid of something else).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-        c.contains("serve-image")
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-    })
+
+/// Kills every process serving `id` of `store`, whatever its pid file says: the daemon of a
+/// `create` that was killed may not have written it yet. Only for a half-made image, which no
+/// container uses.
+pub fn kill_strays(store: &Store, id: &str) {
+    let strays: Vec<Proc> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            Some(Proc {
+                pid,
+                start: start_time(pid)?,
+            })
+        })
+        .filter(|p| p.serves(store, id))
+        .collect();
+    for p in &strays {
+        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+    }
+    let start = Instant::now();
+    while strays.iter().any(Proc::runs) && start.elapsed() < EXIT_WAIT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// An image's daemon process. A pid alone may since belong to anything, even another
+/// image's daemon (pids are reused, e.g. after a reboot): the start time pins the process.
+#[derive(Debug, Clone, Copy)]
+struct Proc {
+    pid: i32,
+    /// Clock ticks after boot (field 22 of /proc/PID/stat).
+    start: u64,
+}
+
+impl Proc {
+    fn current() -> std::io::Result<Proc> {
+        let pid = std::process::id() as i32;
+        let start = start_time(pid).ok_or_else(|| std::io::Error::other("read /proc/self/stat"))?;
+        Ok(Proc { pid, start })
+    }
+
+    /// The daemon the image's pid file names, if that process still runs and serves this
+    /// image of this store.
+    fn recorded(store: &Store, id: &str) -> Option<Proc> {
+        let text = std::fs::read_to_string(pid_file(store, id)).ok()?;
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) else {
+            return None;
+        };
+        let p = Proc {
+            pid: i32::try_from(pid).ok()?,
+            start,
+        };
+        p.serves(store, id).then_some(p)
+    }
+
+    /// Whether this process still runs (and is not a zombie).
+    fn runs(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+
+    /// Whether this process runs and is the daemon of `id` in `store`.
+    fn serves(&self, store: &Store, id: &str) -> bool {
+        if !self.runs() {
+            return false;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", self.pid)) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let after = |flag: &[u8]| args.windows(2).find(|w| w[0] == flag).map(|w| w[1]);
+        // The same store, however either run spelled its path.
+        let same_store = after(b"--store").is_some_and(|root| {
+            let root = Path::new(std::ffi::OsStr::from_bytes(root));
+            let (theirs, ours) = (
+                std::fs::canonicalize(root),
+                std::fs::canonicalize(store.root()),
+            );
+            theirs.is_ok_and(|t| ours.is_ok_and(|o| t == o))
+        });
+        same_store && after(b"serve-image") == Some(id.as_bytes())
+    }
+}
+
+/// When process `pid` started, if it runs and is not a zombie.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields follow the command name, which may hold spaces and parentheses: state is field 3,
+    // the start time field 22.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
 }

@@ -56,8 +56,13 @@ pub fn decompressor<'a, R: Read + 'a>(reader: R) -> std::io::Result<Box<dyn Read
     })
 }
 
-/// The error with its causes: the tar crate says which entry failed, its source says why.
-fn invalid(what: &str, e: impl std::error::Error) -> ImageError {
+/// The error with its causes: the tar crate says which entry failed, its source says why. A
+/// full filesystem is no fault of the image: that is [`ImageError::NoSpace`] (its size is
+/// filled in by [`unpack_with`]).
+fn invalid(what: &str, e: impl std::error::Error + 'static) -> ImageError {
+    if no_space(&e) {
+        return ImageError::NoSpace { needed: 0 };
+    }
     let mut msg = format!("{what}: {e}");
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -79,6 +84,24 @@ fn bad_entry(read: u64, e: std::io::Error) -> ImageError {
     let gist = text.split(" when getting").next().unwrap_or_default();
     let gist: String = gist.chars().take(120).filter(|c| !c.is_control()).collect();
     ImageError::Invalid(format!("read layer entry {}: {gist}", read + 1))
+}
+
+/// Whether `e` or one of its causes is an io error saying the filesystem (or a quota) is full;
+/// the tar crate wraps them, keeping their kind.
+fn no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Replaces the stand-in file at `path` of a device entry by the device node (as root).
@@ -298,31 +321,18 @@ fn unpack_with(
         if bytes > opts.max_bytes {
             return Err(ImageError::TooLarge {
                 limit: opts.max_bytes,
+                needed: bytes,
             });
         }
-        let kind = entry.header().entry_type();
-        let name = entry
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let device = kind.is_character_special() || kind.is_block_special();
-        let fail = |e: std::io::Error| invalid(&format!("unpack {name:?}"), e);
-        let at = match beneath.as_mut() {
-            Some(b) => place(b, &mut entry, device).map_err(fail)?,
-            None => unpack_in(dest, &mut entry, &name, device)?,
-        };
-        let Some(at) = at else { continue };
-        if kind.is_dir()
+        unpack_entry(&mut entry, dest, opts, beneath.as_mut()).map_err(|e| match e {
+            ImageError::NoSpace { .. } => ImageError::NoSpace { needed: bytes },
+            e => e,
+        })?;
+        if entry.header().entry_type().is_dir()
             && let (Ok(path), Ok(mtime)) = (entry.path(), entry.header().mtime())
             && let Some(rel) = placed(&path)
         {
             dir_times.push((rel, mtime));
-        }
-        let plain = kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous;
-        if !opts.privileged && (plain || device) {
-            record_meta(&at, &entry, &name)?;
-        } else if device {
-            make_device(&at, &entry, &name)?;
         }
     }
     if let Some(b) = &beneath {
@@ -352,6 +362,35 @@ fn restore_dir_times(b: &Beneath, dirs: &[(PathBuf, u64)]) -> std::io::Result<()
             &times,
             AtFlags::empty(),
         )?;
+    }
+    Ok(())
+}
+
+/// Creates one entry beneath `dest` (through openat2 when `beneath` is given) with its owner,
+/// mode and device.
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<R>,
+    dest: &Path,
+    opts: &UnpackOptions,
+    beneath: Option<&mut Beneath>,
+) -> Result<(), ImageError> {
+    let kind = entry.header().entry_type();
+    let name = entry
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let device = kind.is_character_special() || kind.is_block_special();
+    let fail = |e: std::io::Error| invalid(&format!("unpack {name:?}"), e);
+    let at = match beneath {
+        Some(b) => place(b, entry, device).map_err(fail)?,
+        None => unpack_in(dest, entry, &name, device)?,
+    };
+    let Some(at) = at else { return Ok(()) };
+    let plain = kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous;
+    if !opts.privileged && (plain || device) {
+        record_meta(&at, entry, &name)?;
+    } else if device {
+        make_device(&at, entry, &name)?;
     }
     Ok(())
 }

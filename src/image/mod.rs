@@ -54,8 +54,13 @@ pub enum ImageError {
     DigestMismatch { what: String, got: String },
     #[error("{what}: size mismatch (manifest says {want} bytes, got {got})")]
     SizeMismatch { what: String, want: u64, got: u64 },
+    /// `needed`: what the layer had unpacked when it went over.
     #[error("layer exceeds the allowed size of {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge { limit: u64, needed: u64 },
+    /// The filesystem unpacked into is full (ENOSPC, or a quota); `needed`: what the layer had
+    /// unpacked when it ran out.
+    #[error("no space left on device unpacking a layer of at least {needed} bytes")]
+    NoSpace { needed: u64 },
     #[error("layer has more than {limit} entries")]
     TooManyEntries { limit: u64 },
     #[error("{what}: {source}")]

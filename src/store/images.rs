@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use serde::Serialize;
 
 use super::{
-    ImageMeta, Lock, Result, Store, StoreError, check_id, io_ctx, remove_tree, write_json,
+    CREATING, ImageMeta, Lock, Result, Store, StoreError, check_id, io_ctx, remove_tree, write_json,
 };
 use crate::daemon;
 
@@ -24,10 +24,39 @@ impl Store {
     /// Fails early (before any pull) if `id` is unusable or taken.
     pub fn check_new_id(&self, id: &str) -> Result<()> {
         check_id(id)?;
-        if self.image_dir(id).exists() {
+        if !self.id_free(id)? {
             return Err(StoreError::IdExists(id.to_string()));
         }
         Ok(())
+    }
+
+    /// Whether no image has this id, after removing one a killed `create` left half-made
+    /// (its daemon never served it, or the create died before it knew).
+    pub(super) fn id_free(&self, id: &str) -> Result<bool> {
+        let dir = self.image_dir(id);
+        if !dir.exists() {
+            return Ok(true);
+        }
+        if !dir.join(CREATING).exists() {
+            return Ok(false);
+        }
+        let lock = match Lock::try_dir(&dir) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(false), // its create is still running
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: format!("lock image {id}"),
+                    source,
+                });
+            }
+        };
+        if !dir.join(CREATING).exists() {
+            return Ok(false); // its create finished just before we looked
+        }
+        daemon::kill_strays(self, id);
+        self.remove_locked(id, lock)?;
+        Ok(true)
     }
 
     /// Makes images/ID (upper, work, rootfs, metadata) atomically, then starts its daemon.
@@ -47,8 +76,7 @@ impl Store {
         let building = self
             .images()
             .join(format!(".new-{}-{}", std::process::id(), spec.id));
-        let mut lock = None;
-        let made = (|| {
+        let made = (|| -> Result<Lock> {
             for d in ["upper", "work", "rootfs"] {
                 io_ctx(std::fs::create_dir_all(building.join(d)), || {
                     format!("create image dir {d}")
@@ -72,10 +100,12 @@ impl Store {
                 )?;
             }
             write_json(&building.join("image.json"), spec)?;
-            // Held across the rename: a delete or remount of this id waits for the daemon.
-            lock = Some(io_ctx(Lock::dir(&building), || {
-                "lock the new image".into()
-            })?);
+            io_ctx(std::fs::File::create(building.join(CREATING)), || {
+                "mark the image as being created".into()
+            })?;
+            // Held across the rename until the daemon served: a delete of this id waits for
+            // it, and nobody takes the image for debris of a killed create meanwhile.
+            let lock = io_ctx(Lock::dir(&building), || "lock the new image".into())?;
             // rename(2) refuses to replace a non-empty dir: two creates of one id cannot both win.
             std::fs::rename(&building, self.image_dir(&spec.id)).map_err(|e| {
                 match e.raw_os_error() {
@@ -85,26 +115,35 @@ impl Store {
                         source: e,
                     },
                 }
-            })
+            })?;
+            Ok(lock)
         })();
-        if let Err(e) = made {
+        let lock = made.inspect_err(|_| {
             let _ = remove_tree(&building);
-            return Err(e);
-        }
-        let started = daemon::start(self, &spec.id);
-        drop(lock);
-        if let Err(e) = started {
-            let _ = self.delete_image(&spec.id);
+        })?;
+        if let Err(e) = daemon::start(self, &spec.id).and_then(|()| self.mark_served(&spec.id)) {
+            let _ = self.remove_locked(&spec.id, lock);
             return Err(e);
         }
         Ok(self.image_dir(&spec.id).join("rootfs"))
     }
 
+    /// Makes a new image count as existing, durably: Garden goes on using it once `create`
+    /// returns.
+    fn mark_served(&self, id: &str) -> Result<()> {
+        let dir = self.image_dir(id);
+        io_ctx(
+            std::fs::remove_file(dir.join(CREATING))
+                .and_then(|()| std::fs::File::open(&dir)?.sync_all()),
+            || format!("mark image {id} as served"),
+        )
+    }
+
     /// Stops the image's daemon and removes the image. Unknown ids are not an error.
     pub fn delete_image(&self, id: &str) -> Result<bool> {
-        let dir = self.image_dir(id);
-        let _g = match Lock::dir(&dir) {
+        let lock = match Lock::dir(&self.image_dir(id)) {
             Ok(l) => l,
+            // Deleted by a concurrent delete, maybe while we waited.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(source) => {
                 return Err(StoreError::Io {
@@ -113,9 +152,12 @@ impl Store {
                 });
             }
         };
-        if !dir.exists() {
-            return Ok(false); // deleted by a concurrent delete while we waited
-        }
+        self.remove_locked(id, lock)
+    }
+
+    /// Stops the image's daemon and removes the image, whose lock `_lock` is.
+    fn remove_locked(&self, id: &str, _lock: Lock) -> Result<bool> {
+        let dir = self.image_dir(id);
         daemon::stop(self, id)?;
         // Rename first: a delete killed halfway leaves debris `sweep` removes, not half an image.
         let trash = self
@@ -193,8 +235,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut used = std::collections::HashSet::new();
-        for id in self.image_ids()? {
-            used.extend(self.image_meta(&id)?.layers);
+        // Half-made images too: `sweep` may have failed to remove one, and a `create` of its
+        // id (which sweeps before taking the store lock) may be removing it now.
+        for id in self.all_image_ids()? {
+            if let Some(meta) = self.image_meta_if_present(&id)? {
+                used.extend(meta.layers);
+            }
         }
         let mut removed = Vec::new();
         for key in self.volume_keys() {
@@ -223,7 +269,7 @@ impl Store {
         if !self.root().exists() {
             return Ok(());
         }
-        for id in self.image_ids()? {
+        for id in self.all_image_ids()? {
             self.delete_image(&id)?;
         }
         io_ctx(remove_tree(self.root()), || {

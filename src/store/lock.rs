@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Held until dropped.
@@ -21,9 +22,34 @@ impl Lock {
         Lock::on(file, exclusive)
     }
 
-    /// Waits for an exclusive lock on a directory; the lock follows it across renames.
+    /// Waits for an exclusive lock on a directory; the lock follows it across renames. Fails
+    /// with `NotFound` if, by the time the lock is ours, `path` no longer names the directory
+    /// we waited on (a delete that held it renamed it away).
     pub fn dir(path: &Path) -> io::Result<Lock> {
-        Lock::on(File::open(path)?, true)
+        Lock::lock_dir(path, true).map(|l| l.expect("a waiting lock is taken"))
+    }
+
+    /// [`Lock::dir`] without waiting: `None` if someone else holds it.
+    pub fn try_dir(path: &Path) -> io::Result<Option<Lock>> {
+        Lock::lock_dir(path, false)
+    }
+
+    fn lock_dir(path: &Path, wait: bool) -> io::Result<Option<Lock>> {
+        let file = File::open(path)?;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        if !flock(&file, op)? {
+            return Ok(None);
+        }
+        let held = file.metadata()?;
+        let now = std::fs::metadata(path)?;
+        if (now.dev(), now.ino()) != (held.dev(), held.ino()) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok(Some(Lock { _file: file }))
     }
 
     fn on(file: File, exclusive: bool) -> io::Result<Lock> {
@@ -32,14 +58,22 @@ impl Lock {
         } else {
             libc::LOCK_SH
         };
-        loop {
-            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        flock(&file, op)?;
+        Ok(Lock { _file: file })
+    }
+}
+
+/// flock(2), retried when interrupted; false if `LOCK_NB` was asked and someone holds it.
+fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
         }
     }
 }

@@ -7,11 +7,12 @@
 //! STORE/volumes/<chain>/      one unpacked layer, shared by every image that uses it
 //! STORE/volumes/<chain>.json  its size and the images that pulled it
 //! STORE/tmp/                  layers being unpacked; debris of killed runs is removed
-//! STORE/images/<id>/          image.json, upper/, work/, rootfs/ (the mount), daemon.log
+//! STORE/images/<id>/          image.json, upper/, work/, rootfs/ (the mount), daemon.log;
+//!                             `creating` until its daemon first served it
 //! ```
 //!
 //! A volume or an image becomes visible only once complete (built under tmp/ or a dot name,
-//! then renamed), so a crash at any point leaves a usable store.
+//! then renamed; an image also served once), so a crash at any point leaves a usable store.
 
 mod images;
 mod lock;
@@ -24,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 pub use images::DiskUsage;
 pub use lock::Lock;
-pub use pull::limit_error;
 
 use crate::image::ImageError;
 
@@ -43,6 +43,16 @@ pub enum StoreError {
     BadMapping(String),
     #[error("disk limit of {limit} bytes is smaller than the image")]
     LimitTooSmall { limit: u64 },
+    #[error(
+        "the store's filesystem is full (ENOSPC): {free} bytes were free in {}, the image needs \
+         at least {needed}",
+        path.display()
+    )]
+    StoreFull {
+        path: PathBuf,
+        free: u64,
+        needed: u64,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("{what}: {source}")]
@@ -154,6 +164,11 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// A file in images/ID from its build until its daemon first served it: while it is there
+/// the image does not count as existing, and once no `create` holds the image's lock it is
+/// debris of a killed one.
+const CREATING: &str = "creating";
+
 /// Writes `value` as JSON to `path` atomically (temp file, fsync, rename).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -176,6 +191,18 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         what: format!("parse {}", path.display()),
         source: io::Error::new(io::ErrorKind::InvalidData, e),
     })
+}
+
+/// statvfs(2) of the filesystem holding `p`.
+pub fn statvfs(p: &Path) -> Result<libc::statvfs> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = c.and_then(|c| match unsafe { libc::statvfs(c.as_ptr(), &mut st) } {
+        0 => Ok(st),
+        _ => Err(io::Error::last_os_error()),
+    });
+    io_ctx(r, || format!("statfs {}", p.display()))
 }
 
 /// The default store: system-wide for root, per user otherwise.
@@ -204,6 +231,12 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Bytes the store's filesystem has free for unprivileged use.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let st = statvfs(&self.root)?;
+        Ok(st.f_bavail * st.f_frsize)
     }
 
     fn meta_path(&self) -> PathBuf {
@@ -295,8 +328,8 @@ impl Store {
         })
     }
 
-    /// The image id an `ID` or a path (image dir or its rootfs) names, if it exists.
-    pub fn find_image(&self, id_or_path: &str) -> Option<String> {
+    /// The image id an `ID` or a path (image dir or its rootfs) names, whether or not it exists.
+    pub fn id_of(&self, id_or_path: &str) -> Option<String> {
         let p = Path::new(id_or_path);
         let id = if p.is_absolute() {
             let rel = p.strip_prefix(self.images()).ok()?;
@@ -304,19 +337,49 @@ impl Store {
         } else {
             id_or_path.to_string()
         };
-        (check_id(&id).is_ok() && self.image_dir(&id).join("image.json").exists()).then_some(id)
+        check_id(&id).is_ok().then_some(id)
+    }
+
+    /// The image id an `ID` or a path names, if that image exists and is complete.
+    pub fn find_image(&self, id_or_path: &str) -> Option<String> {
+        self.id_of(id_or_path).filter(|id| self.is_complete(id))
+    }
+
+    /// Whether images/ID is an image its daemon served at least once: one that `create`
+    /// finished, not one it is making or died making.
+    fn is_complete(&self, id: &str) -> bool {
+        let dir = self.image_dir(id);
+        dir.join("image.json").exists() && !dir.join(CREATING).exists()
     }
 
     pub fn image_meta(&self, id: &str) -> Result<ImageMeta> {
         read_json(&self.image_dir(id).join("image.json"))
     }
 
+    /// The image's metadata, or `None` if it is gone (deleted, maybe while we looked).
+    pub fn image_meta_if_present(&self, id: &str) -> Result<Option<ImageMeta>> {
+        match self.image_meta(id) {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            r => r.map(Some),
+        }
+    }
+
     pub fn volume_meta(&self, key: &str) -> VolumeMeta {
         read_json(&self.volumes().join(format!("{key}.json"))).unwrap_or_default()
     }
 
-    /// Ids of all images, sorted.
+    /// Ids of the complete images, sorted.
     pub fn image_ids(&self) -> Result<Vec<String>> {
+        let mut ids = self.all_image_ids()?;
+        ids.retain(|id| self.is_complete(id));
+        Ok(ids)
+    }
+
+    /// Ids of all images, sorted, including those being made or left half-made by a killed
+    /// `create`.
+    pub fn all_image_ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         let dir = self.images();
         let rd = match std::fs::read_dir(&dir) {
@@ -357,9 +420,13 @@ impl Store {
         meta.layers.iter().map(|k| self.volume_meta(k).bytes).sum()
     }
 
-    /// Removes debris of runs that were killed: tmp entries and half-made or half-deleted
-    /// images (dot names) whose owner process is gone.
+    /// Removes debris of runs that were killed: tmp entries, half-built or half-deleted
+    /// images (dot names) whose owner process is gone, and images a killed `create` left
+    /// unserved.
     pub fn sweep(&self) {
+        for id in self.all_image_ids().unwrap_or_default() {
+            let _ = self.id_free(&id);
+        }
         for dir in [self.tmp(), self.images()] {
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;

@@ -1,14 +1,19 @@
 //! Bringing an image's layers into the store as volumes: each missing layer is unpacked once
 //! (concurrent pulls of the same layer wait on its lock), into tmp/, synced, then renamed.
+//!
+//! No deadlock between runs: each layer's future holds at most one volume lock and waits for
+//! it holding none, and every wait runs on the blocking pool, so a future holding a lock is
+//! always polled on to its release.
 
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 
-use super::{Result, Store, StoreError, VolumeMeta, io_ctx, write_json};
+use super::{Lock, Result, Store, StoreError, VolumeMeta, io_ctx, write_json};
 use crate::image::{ImageError, ResolvedImage};
-use crate::unpack::UnpackOptions;
+use crate::unpack::{UnpackOptions, UnpackStats};
 
 /// Layers unpacked at once.
 const PARALLEL: usize = 4;
@@ -20,12 +25,13 @@ pub fn volume_key(chain_id: &str) -> String {
 
 impl Store {
     /// Makes sure every layer of `image` is a volume; returns the keys, bottom layer first.
-    /// `budget` bounds the bytes unpacked in total (the inclusive disk limit, or the bomb bound).
+    /// Each layer is bounded by `quota`, the disk limit the layers count against, or without
+    /// one by what the store's filesystem has free (which also bounds decompression bombs).
     pub async fn pull(
         &self,
         image: &ResolvedImage,
         source: &str,
-        budget: u64,
+        quota: Option<u64>,
         progress: Option<&indicatif::ProgressBar>,
     ) -> Result<Vec<String>> {
         let keys: Vec<String> = image
@@ -33,27 +39,63 @@ impl Store {
             .iter()
             .map(|l| volume_key(&l.chain_id))
             .collect();
+        let free = self.free_bytes()?;
         let opts = UnpackOptions {
-            max_bytes: budget,
+            max_bytes: quota.unwrap_or(free),
             max_entries: 10_000_000,
             // A rootless store records owners in xattrs (see init-store).
             privileged: !self.meta()?.rootless,
         };
-        let opts = &opts;
-        stream::iter(keys.iter().enumerate())
+        let (opts, placed, failed) = (&opts, &AtomicU64::new(0), &AtomicBool::new(false));
+        let done: Vec<Result<()>> = stream::iter(keys.iter().enumerate())
             .map(|(i, key)| async move {
-                self.pull_layer(image, i, key, source, opts).await?;
+                // After a failure, start no more layers: the pull fails anyway.
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let bytes = self
+                    .pull_layer(image, i, key, source, opts)
+                    .await
+                    .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+                placed.fetch_add(bytes, Ordering::Relaxed);
                 if let Some(p) = progress {
                     p.inc(1);
                 }
-                Ok::<(), StoreError>(())
+                Ok(())
             })
             .buffer_unordered(PARALLEL)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect()
+            .await;
+        // Layers that were started all finished, so none is left half-unpacked in tmp/.
+        done.into_iter()
+            .collect::<Result<Vec<()>>>()
+            .map_err(|e| self.space_error(e, quota, free, placed.load(Ordering::Relaxed)))?;
         Ok(keys)
     }
 
+    /// Says what an unpack that ran out of room ran into: the image's disk limit, or the
+    /// store's filesystem (`free` bytes when the pull began, of which `placed` went to layers
+    /// that made it).
+    fn space_error(&self, e: StoreError, quota: Option<u64>, free: u64, placed: u64) -> StoreError {
+        match (e, quota) {
+            (StoreError::Image(ImageError::TooLarge { .. }), Some(limit)) => {
+                StoreError::LimitTooSmall { limit }
+            }
+            (
+                StoreError::Image(
+                    ImageError::TooLarge { needed, .. } | ImageError::NoSpace { needed },
+                ),
+                _,
+            ) => StoreError::StoreFull {
+                path: self.root().to_path_buf(),
+                free,
+                needed: placed + needed,
+            },
+            (e, _) => e,
+        }
+    }
+
+    /// Makes layer `index` volume `key`; returns the bytes it unpacked (0 if it was there).
     async fn pull_layer(
         &self,
         image: &ResolvedImage,
@@ -61,36 +103,67 @@ impl Store {
         key: &str,
         source: &str,
         opts: &UnpackOptions,
-    ) -> Result<()> {
-        let dest = self.volume_dir(key);
-        if dest.exists() {
-            return self.note_user(key, source);
-        }
-        let lock = {
-            let (root, key) = (self.root().to_path_buf(), key.to_string());
-            tokio::task::spawn_blocking(move || Store::new(root).volume_lock(&key))
-                .await
-                .expect("lock task")?
+    ) -> Result<u64> {
+        let (k, src) = (key.to_string(), source.to_string());
+        let Some((lock, tmp)) = self.off_executor(move |s| s.claim_volume(&k, &src)).await? else {
+            return Ok(0);
         };
-        if dest.exists() {
-            // Another run unpacked it while we waited.
-            drop(lock);
-            return self.note_user(key, source);
+        let unpacked = image.unpack_layer(index, &tmp, opts).await;
+        let (k, src) = (key.to_string(), source.to_string());
+        self.off_executor(move |s| s.place_volume(&k, &src, &tmp, unpacked, lock))
+            .await
+    }
+
+    /// Runs `f` on the blocking pool. Lock waits and disk flushes must never stall the
+    /// executor: its other futures hold volume locks that other runs wait for, and a blocked
+    /// executor never polls them to release them (two creates then wait for each other).
+    async fn off_executor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = Store::new(self.root().to_path_buf());
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .expect("store task does not panic")
+    }
+
+    /// Takes volume `key`'s lock. If the volume exists (maybe unpacked by another run while we
+    /// waited), records `source` as its user and returns `None`; otherwise returns the lock
+    /// and an empty directory to unpack into.
+    fn claim_volume(&self, key: &str, source: &str) -> Result<Option<(Lock, PathBuf)>> {
+        let lock = self.volume_lock(key)?;
+        if self.volume_dir(key).exists() {
+            self.note_user(key, source, &lock)?;
+            return Ok(None);
         }
         let tmp = self.tmp_path(key);
         io_ctx(std::fs::create_dir_all(&tmp), || {
             format!("create {}", tmp.display())
         })?;
-        let stats = match image.unpack_layer(index, &tmp, opts).await {
+        Ok(Some((lock, tmp)))
+    }
+
+    /// Moves an unpacked layer from `tmp` into place as volume `key` (synced first, so a
+    /// crash never leaves half a volume), or removes `tmp` if the unpack failed. Returns the
+    /// volume's bytes.
+    fn place_volume(
+        &self,
+        key: &str,
+        source: &str,
+        tmp: &Path,
+        unpacked: std::result::Result<UnpackStats, ImageError>,
+        _lock: Lock,
+    ) -> Result<u64> {
+        let stats = match unpacked {
             Ok(s) => s,
             Err(e) => {
-                let _ = super::remove_tree(&tmp);
+                let _ = super::remove_tree(tmp);
                 return Err(e.into());
             }
         };
-        let placed = syncfs(&tmp).and_then(|()| std::fs::rename(&tmp, &dest));
+        let placed = syncfs(tmp).and_then(|()| std::fs::rename(tmp, self.volume_dir(key)));
         if let Err(e) = placed {
-            let _ = super::remove_tree(&tmp);
+            let _ = super::remove_tree(tmp);
             return Err(StoreError::Io {
                 what: format!("store layer {key}"),
                 source: e,
@@ -102,13 +175,12 @@ impl Store {
             images: vec![source.to_string()],
         };
         write_json(&self.volumes().join(format!("{key}.json")), &meta)?;
-        drop(lock);
-        Ok(())
+        Ok(stats.bytes)
     }
 
-    /// Records that `source` uses volume `key` (for `clean --ignore-image`).
-    fn note_user(&self, key: &str, source: &str) -> Result<()> {
-        let _lock = self.volume_lock(key)?;
+    /// Records that `source` uses volume `key` (for `clean --ignore-image`); the caller holds
+    /// the volume's lock.
+    fn note_user(&self, key: &str, source: &str, _lock: &Lock) -> Result<()> {
         let mut meta = self.volume_meta(key);
         if !meta.images.iter().any(|s| s == source) {
             meta.images.push(source.to_string());
@@ -125,14 +197,4 @@ fn syncfs(p: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// An unpack that ran out of budget under a disk limit means the limit is too small.
-pub fn limit_error(e: StoreError, limit: u64) -> StoreError {
-    match e {
-        StoreError::Image(ImageError::TooLarge { .. }) if limit > 0 => {
-            StoreError::LimitTooSmall { limit }
-        }
-        e => e,
-    }
 }
