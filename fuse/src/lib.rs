@@ -86,6 +86,10 @@ impl OverlayConfig {
         if privileged {
             // Root filesystems of containers hold device nodes and setuid binaries.
             opts.extend([MountOption::Dev, MountOption::Suid]);
+            // fuser's own mount(2) passes the subtype on only to fusermount3: say it to the
+            // kernel, so the mount is `fuse.nestfs-overlay` (as fuse-overlayfs's is
+            // `fuse.fuse-overlayfs`) and `findmnt -t` finds it.
+            opts.push(MountOption::CUSTOM("subtype=nestfs-overlay".into()));
         }
         let threads = if self.threads > 0 {
             self.threads

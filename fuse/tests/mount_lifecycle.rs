@@ -90,6 +90,11 @@ fn without_f_returns_once_the_mount_answers() {
         "parent returned before the mount existed"
     );
     assert_eq!(
+        fstype(&s.mnt),
+        "fuse.nestfs-overlay",
+        "findmnt -t finds it, as fuse.fuse-overlayfs"
+    );
+    assert_eq!(
         std::fs::read_to_string(s.mnt.join("hello")).unwrap(),
         "world"
     );
@@ -100,6 +105,18 @@ fn without_f_returns_once_the_mount_answers() {
         std::fs::read_to_string(s.upper.join("new")).unwrap(),
         "served by the detached daemon"
     );
+}
+
+/// The filesystem type /proc/self/mountinfo gives the mount at `mnt`.
+fn fstype(mnt: &Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_string_lossy();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some(&want))
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Starts `nestfs-overlay -f` on `s` and returns once its mount exists.
