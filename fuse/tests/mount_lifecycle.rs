@@ -321,6 +321,52 @@ fn foreground_daemon_exits_cleanly_after_unmount() {
     );
 }
 
+/// Without /dev/fuse (a container run without --device /dev/fuse) the error names the device
+/// and what to do, not the mountpoint.
+#[test]
+fn a_missing_dev_fuse_is_named() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let s = side(&scratch);
+    let _guard = Unmount(s.mnt.clone());
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} -f -o {} {}",
+        overlay_bin().display(),
+        opts(&s),
+        s.mnt.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot open /dev/fuse") && err.contains("--device /dev/fuse"),
+        "{err}"
+    );
+}
+
+/// `--help` describes every `-o` option nestfs-overlay acts on.
+#[test]
+fn help_describes_the_mount_options() {
+    let out = Command::new(overlay_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for o in [
+        "lowerdir=",
+        "upperdir=",
+        "workdir=",
+        "uidmapping=",
+        "gidmapping=",
+        "nopassthrough",
+        "max_threads=",
+        "fsname=",
+    ] {
+        assert!(help.contains(o), "--help lacks {o}:\n{help}");
+    }
+}
+
 #[test]
 fn bad_options_fail_without_mounting() {
     require_env!();

@@ -16,7 +16,8 @@ use nestfs_fuse::{OverlayConfig, options};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Overlay filesystem over FUSE (fuse-overlayfs compatible)"
+    about = "Overlay filesystem over FUSE (fuse-overlayfs compatible)",
+    after_help = MOUNT_OPTIONS
 )]
 struct Args {
     /// Stay in the foreground.
@@ -31,6 +32,47 @@ struct Args {
     /// [SOURCE] MOUNTPOINT (mount(8) passes a source first).
     #[arg(num_args = 1..=2, required = true)]
     paths: Vec<PathBuf>,
+}
+
+const MOUNT_OPTIONS: &str = "\
+Mount options (-o, comma-separated, as fuse-overlayfs takes them):
+  lowerdir=A:B:...     the read-only layers, top first (required); OCI (.wh.NAME) and overlayfs
+                       (0/0 device, *.overlay.opaque) whiteouts both work
+  upperdir=U           the writable layer (with workdir; without both the mount is read-only)
+  workdir=W            scratch dir for copy-up, on the same filesystem as upperdir
+  uidmapping=IN:OUT:LEN[:IN:OUT:LEN...]
+                       show layer uids IN.. as OUT.. (unmapped ones as 65534); ids written
+                       through the mount are stored back as IN ids
+  gidmapping=IN:OUT:LEN[:...]
+                       the same for gids
+  nopassthrough        serve file data from the daemon instead of FUSE passthrough
+  passthrough          let the kernel read layer files itself where it can (the default)
+  max_threads=N        worker threads (default: one per CPU, 2 to 8)
+  ro                   read-only, also with an upper dir
+  fsname=NAME          the source /proc/mounts shows
+  Other fuse-overlayfs and mount(8) options (noacl, squash_to_root, nodev, ...) are accepted
+  and ignored; unknown ones are named on stderr.
+
+Unmount with: fusermount3 -u MOUNTPOINT (or umount MOUNTPOINT as root).";
+
+/// Fails with what to do when /dev/fuse cannot be opened (the mount would only say ENOENT).
+fn check_dev_fuse() -> anyhow::Result<()> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "cannot open /dev/fuse: it does not exist. Load the fuse module (modprobe fuse), \
+             or in a container pass the device in (--device /dev/fuse)"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot open /dev/fuse: permission denied. Make it usable (chmod 0666 /dev/fuse, \
+             as Debian's udev rule does), or run as root"
+        ),
+        Err(e) => Err(e).context("cannot open /dev/fuse"),
+    }
 }
 
 fn config(args: &Args) -> anyhow::Result<(OverlayConfig, PathBuf)> {
@@ -56,6 +98,7 @@ fn config(args: &Args) -> anyhow::Result<(OverlayConfig, PathBuf)> {
         must_be_dir(w, "workdir")?;
     }
     must_be_dir(&mnt, "mountpoint")?;
+    check_dev_fuse()?;
     Ok((cfg, mnt))
 }
 
