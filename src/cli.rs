@@ -8,11 +8,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::commands::{self, Ctx, Output};
 use crate::config::Config;
 use crate::daemon;
-use crate::image::{self, ImageRef, PullOptions};
+use crate::image::PullOptions;
 use crate::logging::{Level, Logger};
-use crate::store::{self, IdMapping, ImageMeta, Store, StoreMeta};
+use crate::metrics::Metrics;
+use crate::store::{self, IdMapping, Store};
 use crate::usage;
 
 #[derive(Parser)]
@@ -92,6 +94,9 @@ enum Cmd {
         /// Do not clean before creating, whatever the config file says
         #[arg(long)]
         without_clean: bool,
+        /// Write the --with-clean cleaning's logs to FILE instead of the log stream
+        #[arg(long, value_name = "FILE")]
+        clean_log_file: Option<PathBuf>,
         /// With --with-clean: clean only when the store holds more than N bytes of layers
         #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = usage::byte_count("clean threshold"))]
         threshold_bytes: Option<u64>,
@@ -195,10 +200,20 @@ pub fn main() -> i32 {
         .or(config.store.clone())
         .unwrap_or_else(store::default_root);
     let store = Store::new(root);
-    let name = command_name(&cli.cmd);
-    let log = logger.session(name);
+    let log = logger.session(command_name(&cli.cmd));
+    let endpoint = cli
+        .metron_endpoint
+        .clone()
+        .or(config.metron_endpoint.clone());
+    let metrics = Metrics::new(endpoint.as_deref(), &log);
     log.debug("starting", json!({ "store": store.root() }));
-    match run(cli.cmd, &store, &config, &log, show_progress) {
+    let ctx = Ctx {
+        store: &store,
+        config: &config,
+        log: &log,
+        metrics: &metrics,
+    };
+    match dispatch(cli.cmd, &ctx, show_progress) {
         Ok(out) => {
             if let Some(out) = out {
                 println!("{out}");
@@ -230,51 +245,16 @@ fn command_name(cmd: &Cmd) -> &'static str {
     }
 }
 
-/// Runs one command; `Some(text)` goes to stdout.
-fn run(
-    cmd: Cmd,
-    store: &Store,
-    config: &Config,
-    log: &Logger,
-    show_progress: bool,
-) -> anyhow::Result<Option<String>> {
+/// Hands the parsed command to its module, with flags merged over the config file.
+fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
+    let config = ctx.config;
     match cmd {
         Cmd::InitStore {
             uid_mappings,
             gid_mappings,
             store_size_bytes,
             ..
-        } => {
-            // Without root, or as root in a user namespace that cannot map an image's owners
-            // (`unshare -Ur`), layers record owners in xattrs instead of chown.
-            let rootless = unsafe { libc::geteuid() } != 0 || !crate::host::maps_image_ids();
-            // Run as yourself, the container's root is you unless mappings say otherwise.
-            let me = |id: u32| {
-                vec![IdMapping {
-                    container: 0,
-                    host: id,
-                    size: 1,
-                }]
-            };
-            let (uid_mappings, gid_mappings) =
-                if rootless && uid_mappings.is_empty() && gid_mappings.is_empty() {
-                    (
-                        me(unsafe { libc::geteuid() }),
-                        me(unsafe { libc::getegid() }),
-                    )
-                } else {
-                    (uid_mappings, gid_mappings)
-                };
-            let meta = StoreMeta {
-                uid_mappings,
-                gid_mappings,
-                store_size_bytes: store_size_bytes.or(config.store_size()).unwrap_or(0),
-                rootless,
-            };
-            store.init(&meta)?;
-            log.info("initialised", json!({ "store": store.root() }));
-            Ok(None)
-        }
+        } => commands::init_store::run(ctx, uid_mappings, gid_mappings, store_size_bytes),
         Cmd::Create {
             disk_limit_size_bytes,
             exclude_image_from_quota,
@@ -283,6 +263,7 @@ fn run(
             mut insecure_registries,
             with_clean,
             without_clean,
+            clean_log_file,
             threshold_bytes,
             skip_layer_validation,
             with_mount: _,
@@ -300,227 +281,37 @@ fn run(
             };
             if without_mount || config.create.without_mount {
                 // A FUSE rootfs cannot be handed to the caller to mount: always serve it.
-                log.info(
+                ctx.log.info(
                     "without-mount-ignored",
                     json!({ "reason": "a FUSE rootfs is mounted by its daemon" }),
                 );
             }
             let clean = (with_clean || config.create.with_clean) && !without_clean;
-            let req = CreateRequest {
+            let req = commands::create::Request {
                 image,
                 id,
                 opts,
                 disk_limit: disk_limit_size_bytes.or(config.disk_limit()).unwrap_or(0),
                 exclude: exclude_image_from_quota || config.create.exclude_image_from_quota,
                 clean: clean.then(|| threshold_bytes.or(config.clean_threshold())),
-                ignore: config.clean.ignore_images.clone(),
-                progress: show_progress,
+                clean_log: clean_log_file.or(config.create.clean_log_file.clone()),
+                progress,
             };
-            create(store, req, log).map(Some)
+            commands::create::run(ctx, req)
         }
-        Cmd::Delete { id } => {
-            store.meta()?;
-            // Not only complete images: also one a killed create left half-made, as Garden
-            // deletes what it failed to create.
-            let Some(id) = store.id_of(&id) else {
-                log.info("image-not-found", json!({ "id": id }));
-                return Ok(None);
-            };
-            let _g = store.lock(false)?;
-            if store.delete_image(&id)? {
-                log.info("deleted", json!({ "id": id }));
-            } else {
-                log.info("image-not-found", json!({ "id": id }));
-            }
-            Ok(None)
-        }
-        Cmd::Stats { id } => {
-            store.meta()?;
-            let found = store
-                .find_image(&id)
-                .with_context(|| format!("image not found: {id}"))?;
-            Ok(Some(
-                json!({ "disk_usage": store.stats(&found)? }).to_string(),
-            ))
-        }
+        Cmd::Delete { id } => commands::delete::run(ctx, &id),
+        Cmd::Stats { id } => commands::stats::run(ctx, &id),
         Cmd::Clean {
             threshold_bytes,
-            mut ignore_images,
-        } => {
-            store.meta()?;
-            ignore_images.extend(config.clean.ignore_images.iter().cloned());
-            let _g = store.lock(true)?;
-            store.sweep();
-            let removed =
-                store.clean(threshold_bytes.or(config.clean_threshold()), &ignore_images)?;
-            log.info("cleaned", json!({ "volumes": removed }));
-            Ok(None)
-        }
-        Cmd::List { json } => {
-            store.meta()?;
-            let ids = store.image_ids()?;
-            if ids.is_empty() && !json {
-                return Ok(Some("Store empty".into()));
-            }
-            let mut rows = Vec::new();
-            for id in ids {
-                // An image deleted while we list (before or while we ask its daemon) is not
-                // listed.
-                let Some(meta) = store.image_meta_if_present(&id)? else {
-                    continue;
-                };
-                let (state, status) = daemon::state(store, &id);
-                if store.find_image(&id).is_none() {
-                    continue;
-                }
-                rows.push(json!({
-                    "id": id,
-                    "path": store.image_dir(&id),
-                    "state": state.to_string(),
-                    "exclusive_bytes_used": status.map(|s| s.used),
-                    "quota_size_bytes": meta.disk_limit,
-                    "exclude_image_from_quota": meta.exclude_image_from_quota,
-                }));
-            }
-            if json {
-                return Ok(Some(serde_json::Value::Array(rows).to_string()));
-            }
-            let lines: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}\t{}",
-                        r["path"].as_str().unwrap_or(""),
-                        r["state"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            Ok(Some(lines.join("\n")))
-        }
-        Cmd::Remount { ids } => {
-            store.meta()?;
-            let _g = store.lock(false)?;
-            let ids = if ids.is_empty() {
-                store.image_ids()?
-            } else {
-                ids.iter()
-                    .map(|i| {
-                        store
-                            .find_image(i)
-                            .with_context(|| format!("image not found: {i}"))
-                    })
-                    .collect::<anyhow::Result<_>>()?
-            };
-            let mut served = Vec::new();
-            for id in ids {
-                if daemon::remount(store, &id)? {
-                    log.info("remounted", json!({ "id": id }));
-                    served.push(store.image_dir(&id).join("rootfs").display().to_string());
-                }
-            }
-            Ok((!served.is_empty()).then(|| served.join("\n")))
-        }
-        Cmd::Capacity => {
-            // GrootFS answers from its config alone; without one, the store says.
-            let cap = match config.store_size() {
-                Some(n) => n,
-                None => match store.meta()?.store_size_bytes {
-                    0 => fs_size(store.root())?,
-                    n => n,
-                },
-            };
-            Ok(Some(json!({ "capacity": cap }).to_string()))
-        }
-        Cmd::DeleteStore => {
-            if store.root().join("store.json").exists() {
-                let _g = store.lock(true)?;
-                store.delete_store()?;
-            }
-            Ok(None)
-        }
+            ignore_images,
+        } => commands::clean::run(ctx, threshold_bytes, ignore_images, progress),
+        Cmd::List { json } => commands::list::run(ctx, json),
+        Cmd::Remount { ids } => commands::remount::run(ctx, &ids),
+        Cmd::Capacity => commands::capacity::run(ctx),
+        Cmd::DeleteStore => commands::delete_store::run(ctx),
         Cmd::ServeImage { id } => {
-            crate::daemon::serve(store, &id)?;
+            daemon::serve(ctx.store, &id)?;
             Ok(None)
         }
     }
-}
-
-struct CreateRequest {
-    image: String,
-    id: String,
-    opts: PullOptions,
-    disk_limit: u64,
-    exclude: bool,
-    /// Show a progress bar on stderr (a terminal, and no log level asked for).
-    progress: bool,
-    /// `Some(threshold)` to clean before creating.
-    clean: Option<Option<u64>>,
-    ignore: Vec<String>,
-}
-
-fn create(store: &Store, req: CreateRequest, log: &Logger) -> anyhow::Result<String> {
-    store.meta()?;
-    store.check_new_id(&req.id)?;
-    // Say what is missing before pulling anything.
-    daemon::preflight()?;
-    crate::host::check_mountable(&store.tmp_path("mount-probe")).map_err(anyhow::Error::msg)?;
-    if !store.meta()?.rootless && !crate::host::maps_image_ids() {
-        anyhow::bail!(
-            "the image's owners cannot be set: {}",
-            crate::host::narrow_namespace_advice()
-        );
-    }
-    if let Some(threshold) = req.clean {
-        let _g = store.lock(true)?;
-        store.sweep();
-        let removed = store.clean(threshold, &req.ignore)?;
-        log.info("cleaned", json!({ "volumes": removed }));
-    }
-    let _g = store.lock(false)?;
-    let image_ref = ImageRef::parse(&req.image)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
-    log.info("resolving", json!({ "image": req.image }));
-    let resolved = rt.block_on(image::resolve(&image_ref, &req.opts))?;
-    let quota = (req.disk_limit > 0 && !req.exclude).then_some(req.disk_limit);
-    log.info("pulling", json!({ "layers": resolved.layers.len() }));
-    let bar = req.progress.then(|| {
-        let b = indicatif::ProgressBar::new(resolved.layers.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        b.set_message(format!("pulling {}", req.image));
-        b
-    });
-    let pulled = rt.block_on(store.pull(&resolved, &req.image, quota, bar.as_ref()));
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
-    let layers = pulled?;
-    let spec = ImageMeta {
-        id: req.id.clone(),
-        image: req.image.clone(),
-        layers,
-        env: resolved.env.clone(),
-        disk_limit: req.disk_limit,
-        exclude_image_from_quota: req.exclude,
-    };
-    let rootfs = store.create_image(&spec)?;
-    log.info("created", json!({ "id": req.id, "rootfs": rootfs }));
-    Ok(json!({
-        "root": { "path": rootfs },
-        // No `mounts` key: Go callers test `Mounts != nil`, and a FUSE rootfs has none.
-        "process": { "env": resolved.env },
-    })
-    .to_string())
-}
-
-fn fs_size(p: &std::path::Path) -> anyhow::Result<u64> {
-    let st = store::statvfs(p)?;
-    Ok(st.f_blocks * st.f_frsize)
 }

@@ -83,6 +83,16 @@ pub fn check_mountable(probe: &Path) -> Result<(), String> {
 }
 
 fn cannot_mount(e: &std::io::Error) -> String {
+    if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+        return format!(
+            "cannot mount FUSE filesystems here: a trial mount failed ({e}){}",
+            if is_fuse_device() {
+                ""
+            } else {
+                ": /dev/fuse is not the FUSE device (character device 10:229)"
+            }
+        );
+    }
     let why = if !has_cap("CapBnd", CAP_SYS_ADMIN) {
         "CAP_SYS_ADMIN is not in this process's capability bounding set"
     } else if !has_cap("CapEff", CAP_SYS_ADMIN) {
@@ -98,6 +108,12 @@ fn cannot_mount(e: &std::io::Error) -> String {
          capabilities.add: [SYS_ADMIN]), and where AppArmor confines containers \
          --security-opt apparmor=unconfined; or use --privileged"
     )
+}
+
+fn is_fuse_device() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata("/dev/fuse")
+        .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == libc::makedev(10, 229))
 }
 
 /// Mounts an unserved FUSE filesystem on the new directory `dir` and takes it away.

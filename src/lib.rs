@@ -7,6 +7,7 @@
 //! - [`cli`]: the GrootFS-compatible command line and its commands.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;

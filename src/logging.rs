@@ -76,6 +76,13 @@ impl Logger {
         })
     }
 
+    /// The same session and level, logging to `file` instead.
+    pub fn to_file(&self, file: &Path) -> std::io::Result<Logger> {
+        let mut other = Logger::new(self.sink.min, Some(file))?;
+        other.session = self.session.clone();
+        Ok(other)
+    }
+
     pub fn session(&self, name: &str) -> Logger {
         Logger {
             sink: self.sink.clone(),

@@ -55,8 +55,9 @@ fn create_serves_the_image_and_delete_removes_it() {
         1 << 20
     );
     assert_eq!(
-        s.run(&["list"]).ok().stdout.trim(),
-        format!("{}\tmounted", s.root().join("images/c1").display())
+        s.run(&["list"]).ok().stdout,
+        format!("{}\n", s.root().join("images/c1").display()),
+        "one path per line, as GrootFS prints them"
     );
     s.run(&["delete", rootfs.to_str().unwrap()]).ok();
     assert!(!s.root().join("images/c1").exists());
@@ -100,7 +101,7 @@ fn existing_id_fails_and_keeps_the_first_image() {
     std::fs::write(rootfs.join("mine"), "kept").unwrap();
     let r = s.run(&["create", &oci("generated"), "same"]);
     assert_eq!(r.code, 1);
-    assert_eq!(r.stdout.trim(), "image id 'same' already exists");
+    assert_eq!(r.stdout.trim(), "image for id `same` already exists");
     assert_eq!(
         std::fs::read_to_string(rootfs.join("mine")).unwrap(),
         "kept"
@@ -196,11 +197,25 @@ fn disk_limit_smaller_than_the_image_fails_cleanly() {
     ]);
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(
-        r.stdout
-            .contains("disk limit of 1000 bytes is smaller than the image"),
-        "{r:#?}"
+        r.stdout.contains("layers exceed disk quota"),
+        "the compressed layers alone exceed it, found before pulling: {r:#?}"
     );
     assert!(!s.root().join("images/small").exists());
+    // 4mb-image: 2.6 MB of blobs (one layer is 1.5 MB of gzipped zeros) that unpack to 4 MB.
+    let r = s.run(&[
+        "create",
+        "--disk-limit-size-bytes",
+        "3500000",
+        &oci("4mb-image"),
+        "unpacked",
+    ]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout.contains("uncompressed layer size exceeds quota"),
+        "{r:#?}"
+    );
+    assert!(!s.root().join("images/unpacked").exists());
+    assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
     s.run(&[
         "create",
         "--disk-limit-size-bytes",

@@ -288,7 +288,11 @@ fn a_user_without_privileges_runs_the_whole_lifecycle() {
         )
     );
     assert!(section(out, "stats").contains("exclusive_bytes_used"));
-    assert!(section(out, "list").contains("\tmounted"));
+    assert_eq!(
+        section(out, "list"),
+        format!("{}\n", s.dir.join("store/images/hard").display()),
+        "list prints image paths, as GrootFS"
+    );
     assert_eq!(section(out, "after"), "0\n", "no image, no mount");
     assert!(daemons_for(&s.dir).is_empty());
 }

@@ -50,9 +50,17 @@ pub enum ImageError {
     Certificates { path: PathBuf, reason: String },
     #[error("invalid base image: {0}")]
     BaseImage(String),
-    #[error("{what}: digest mismatch (got {got})")]
-    DigestMismatch { what: String, got: String },
-    #[error("{what}: size mismatch (manifest says {want} bytes, got {got})")]
+    /// `kind`: GrootFS's name for the digest, `layerID` (the blob) or `diffID` (its tar).
+    #[error("{kind} digest mismatch: {what} has digest {got}")]
+    DigestMismatch {
+        kind: &'static str,
+        what: String,
+        got: String,
+    },
+    #[error(
+        "layer size is different from the value in the manifest; expected: {want}, actual \
+         {got} ({what})"
+    )]
     SizeMismatch { what: String, want: u64, got: u64 },
     /// `needed`: what the layer had unpacked when it went over.
     #[error("layer exceeds the allowed size of {limit} bytes")]
@@ -251,20 +259,23 @@ impl ResolvedImage {
         index: usize,
         dest: &Path,
         opts: &UnpackOptions,
+        progress: &indicatif::ProgressBar,
     ) -> Result<UnpackStats, ImageError> {
         let layer = self.layers[index].clone();
+        let progress = progress.clone();
         let (dest, opts, verify) = (dest.to_path_buf(), opts.clone(), self.verify);
         match &self.origin {
             Origin::Layout(dir) => {
                 let blob = layout::blob_path(dir, &layer.digest)?;
                 if !layer.urls.is_empty() && !blob.exists() {
-                    return self.unpack_foreign(layer, &dest, &opts).await;
+                    return self.unpack_foreign(layer, &dest, &opts, progress).await;
                 }
                 tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
                         what: format!("open {}", blob.display()),
                         source: e,
                     })?;
+                    let f = progress.wrap_read(f);
                     verify::unpack_layer(f, &layer, &dest, &opts, verify, verify)
                 })
                 .await
@@ -278,6 +289,7 @@ impl ResolvedImage {
                         source: e,
                     })?;
                     // The volume key is the file's hash: nothing to verify against.
+                    let f = progress.wrap_read(f);
                     verify::unpack_layer(f, &layer, &dest, &opts, false, false)
                 })
                 .await
@@ -285,9 +297,9 @@ impl ResolvedImage {
             }
             Origin::Registry(r) => match r.blob(&layer).await {
                 Err(ImageError::NotFound(_)) if !layer.urls.is_empty() => {
-                    self.unpack_foreign(layer, &dest, &opts).await
+                    self.unpack_foreign(layer, &dest, &opts, progress).await
                 }
-                stream => unpack_download(stream?, layer, dest, opts, verify).await,
+                stream => unpack_download(stream?, layer, dest, opts, verify, progress).await,
             },
         }
     }
@@ -298,9 +310,11 @@ impl ResolvedImage {
         layer: LayerInfo,
         dest: &Path,
         opts: &UnpackOptions,
+        progress: indicatif::ProgressBar,
     ) -> Result<UnpackStats, ImageError> {
         let stream = foreign::fetch(&layer, self.remote_layer_certs.as_deref()).await?;
-        unpack_download(stream, layer, dest.to_path_buf(), opts.clone(), self.verify).await
+        let (dest, opts) = (dest.to_path_buf(), opts.clone());
+        unpack_download(stream, layer, dest, opts, self.verify, progress).await
     }
 }
 
@@ -312,8 +326,9 @@ async fn unpack_download(
     dest: PathBuf,
     opts: UnpackOptions,
     verify_tar: bool,
+    progress: indicatif::ProgressBar,
 ) -> Result<UnpackStats, ImageError> {
-    let bridge = tokio_util::io::SyncIoBridge::new(stream);
+    let bridge = progress.wrap_read(tokio_util::io::SyncIoBridge::new(stream));
     tokio::task::spawn_blocking(move || {
         verify::unpack_layer(bridge, &layer, &dest, &opts, true, verify_tar)
     })

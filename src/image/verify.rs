@@ -68,15 +68,27 @@ pub fn unpack_layer(
         _ => u64::MAX,
     };
     let mut blob = Hashing::new(blob.take(cap));
-    let (stats, diff) = {
+    let unpacked = (|| {
         let mut tar = Hashing::new(unpack::decompressor(&mut blob).map_err(io)?);
         let stats = unpack::unpack(&mut tar, dest, opts)?;
-        (stats, tar.finish().map_err(io)?.0)
-    };
+        Ok::<_, ImageError>((stats, tar.finish().map_err(io)?.0))
+    })();
+    // A blob longer than its manifest says was cut off, which broke the stream: say why.
+    if let (Err(_), true, Some(want)) = (&unpacked, verify_blob, layer.size)
+        && blob.count > want
+    {
+        return Err(ImageError::SizeMismatch {
+            what: format!("layer {} runs past it", layer.digest),
+            want,
+            got: blob.count,
+        });
+    }
+    let (stats, diff) = unpacked?;
     let (digest, size) = blob.finish().map_err(io)?;
     if verify_blob {
         if digest != layer.digest {
             return Err(ImageError::DigestMismatch {
+                kind: "layerID",
                 what: format!("layer {}", layer.digest),
                 got: digest,
             });
@@ -93,6 +105,7 @@ pub fn unpack_layer(
     }
     if verify_tar && diff != layer.diff_id {
         return Err(ImageError::DigestMismatch {
+            kind: "diffID",
             what: format!("uncompressed layer {}", layer.diff_id),
             got: diff,
         });

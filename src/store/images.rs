@@ -227,21 +227,62 @@ impl Store {
         keys
     }
 
-    /// Removes the volumes no image uses (except those pulled by an ignored image), if the
-    /// volumes take more than `threshold` bytes. Returns the removed keys. Callers hold the
-    /// store lock exclusively, so no pull or create runs meanwhile.
-    pub fn clean(&self, threshold: Option<u64>, ignore: &[String]) -> Result<Vec<String>> {
-        if threshold.is_some_and(|t| self.volumes_bytes() <= t) {
-            return Ok(Vec::new());
-        }
+    /// The volumes images use. Half-made images too: `sweep` may have failed to remove one,
+    /// and a `create` of its id (which sweeps before taking the store lock) may be removing it.
+    fn used_volumes(&self) -> Result<std::collections::HashSet<String>> {
         let mut used = std::collections::HashSet::new();
-        // Half-made images too: `sweep` may have failed to remove one, and a `create` of its
-        // id (which sweeps before taking the store lock) may be removing it now.
         for id in self.all_image_ids()? {
             if let Some(meta) = self.image_meta_if_present(&id)? {
                 used.extend(meta.layers);
             }
         }
+        Ok(used)
+    }
+
+    /// Bytes of the volumes images use, and of those none uses (GrootFS's `UsedLayersSize`
+    /// and `UnusedLayersSize` metrics).
+    pub fn layer_usage(&self) -> Result<(u64, u64)> {
+        let used = self.used_volumes()?;
+        let (mut inuse, mut unused) = (0, 0);
+        for key in self.volume_keys() {
+            let bytes = self.volume_meta(&key).bytes;
+            if used.contains(&key) {
+                inuse += bytes;
+            } else {
+                unused += bytes;
+            }
+        }
+        Ok((inuse, unused))
+    }
+
+    /// The space committed to images' quotas (GrootFS's `CommittedQuotaInBytes`).
+    pub fn committed_quota(&self) -> u64 {
+        self.image_ids()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| self.image_meta_if_present(id).ok().flatten())
+            .map(|m| match (m.disk_limit, m.exclude_image_from_quota) {
+                (0, _) => 0,
+                (limit, true) => limit,
+                (limit, false) => limit.saturating_sub(self.layers_bytes(&m)),
+            })
+            .sum()
+    }
+
+    /// Removes the volumes no image uses (except those pulled by an ignored image), if the
+    /// volumes take more than `threshold` bytes. Returns the removed keys, or None when under
+    /// the threshold. `progress` names each volume as it goes. Callers hold the store lock
+    /// exclusively, so no pull or create runs meanwhile.
+    pub fn clean(
+        &self,
+        threshold: Option<u64>,
+        ignore: &[String],
+        progress: &indicatif::ProgressBar,
+    ) -> Result<Option<Vec<String>>> {
+        if threshold.is_some_and(|t| self.volumes_bytes() <= t) {
+            return Ok(None);
+        }
+        let used = self.used_volumes()?;
         let mut removed = Vec::new();
         for key in self.volume_keys() {
             if used.contains(&key)
@@ -253,6 +294,7 @@ impl Store {
             {
                 continue;
             }
+            progress.set_message(format!("removing unused layer {key}"));
             let trash = self.tmp_path(&format!("clean-{key}"));
             io_ctx(std::fs::rename(self.volume_dir(&key), &trash), || {
                 format!("remove volume {key}")
@@ -261,7 +303,7 @@ impl Store {
             io_ctx(remove_tree(&trash), || format!("remove volume {key}"))?;
             removed.push(key);
         }
-        Ok(removed)
+        Ok(Some(removed))
     }
 
     /// Deletes every image (stopping their daemons) and the store itself.

@@ -31,17 +31,32 @@ use crate::image::ImageError;
 /// Every way a store operation fails, each with the one line a Garden user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {0} is not initialised: run `nestfs init-store` first")]
+    // GrootFS's words first (operators' alerts match them), then what nestfs knows.
+    #[error(
+        "Store path is not initialized. Please run init-store. ({} has no store.json)",
+        .0.display()
+    )]
     NotInitialised(PathBuf),
+    #[error("no store found at {}", .0.display())]
+    NoStore(PathBuf),
     #[error("store {0} was initialised with different id mappings")]
     MappingsDiffer(PathBuf),
-    #[error("image id '{0}' already exists")]
+    #[error("image for id `{0}` already exists")]
     IdExists(String),
-    #[error("invalid image id {0:?}: it must be a non-empty name without '/'")]
+    #[error("id `{0}` contains invalid characters: `/` (an id is a non-empty file name)")]
     BadId(String),
+    #[error("Image `{0}` not found.")]
+    NotFound(String),
+    #[error("path `{0}` is outside store path")]
+    OutsideStore(String),
     #[error("invalid id mapping {0:?}: expected CONTAINER:HOST:SIZE")]
     BadMapping(String),
-    #[error("disk limit of {limit} bytes is smaller than the image")]
+    #[error("layers exceed disk quota {size}/{limit} bytes (compressed, as the manifest says)")]
+    LayersExceedQuota { size: u64, limit: u64 },
+    #[error(
+        "uncompressed layer size exceeds quota: the image unpacks to more than the disk limit of \
+         {limit} bytes"
+    )]
     LimitTooSmall { limit: u64 },
     #[error(
         "the store's filesystem is full (ENOSPC): {free} bytes were free in {}, the image needs \
@@ -233,6 +248,12 @@ impl Store {
         &self.root
     }
 
+    /// Bytes the store's filesystem has in use, by anyone (GrootFS's `UsedBackingStoreInBytes`).
+    pub fn used_backing_bytes(&self) -> Result<u64> {
+        let st = statvfs(&self.root)?;
+        Ok((st.f_blocks - st.f_bfree) * st.f_frsize)
+    }
+
     /// Bytes the store's filesystem has free for unprivileged use.
     pub fn free_bytes(&self) -> Result<u64> {
         let st = statvfs(&self.root)?;
@@ -315,6 +336,9 @@ impl Store {
     /// The store's settings; fails if `init-store` never ran.
     pub fn meta(&self) -> Result<StoreMeta> {
         if !self.meta_path().exists() {
+            if !self.root.exists() {
+                return Err(StoreError::NoStore(self.root.clone()));
+            }
             return Err(StoreError::NotInitialised(self.root.clone()));
         }
         read_json(&self.meta_path())
@@ -343,6 +367,22 @@ impl Store {
     /// The image id an `ID` or a path names, if that image exists and is complete.
     pub fn find_image(&self, id_or_path: &str) -> Option<String> {
         self.id_of(id_or_path).filter(|id| self.is_complete(id))
+    }
+
+    /// [`Self::find_image`], failing as GrootFS's id finder does: a path outside the store, or
+    /// an image that is not there.
+    pub fn lookup(&self, id_or_path: &str) -> Result<String> {
+        let p = Path::new(id_or_path);
+        if p.is_absolute() && !p.starts_with(self.images()) {
+            return Err(StoreError::OutsideStore(id_or_path.to_string()));
+        }
+        self.find_image(id_or_path).ok_or_else(|| {
+            let name = p
+                .strip_prefix(self.images())
+                .ok()
+                .and_then(|r| r.iter().next());
+            StoreError::NotFound(name.map_or(id_or_path.into(), |n| n.to_string_lossy().into()))
+        })
     }
 
     /// Whether images/ID is an image its daemon served at least once: one that `create`

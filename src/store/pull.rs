@@ -23,6 +23,27 @@ pub fn volume_key(chain_id: &str) -> String {
     chain_id.rsplit(':').next().unwrap_or(chain_id).to_string()
 }
 
+/// A layer's line on a terminal: its digest, bytes read of its blob, and the rate.
+fn layer_bar(layer: &crate::image::LayerInfo) -> indicatif::ProgressBar {
+    let short = layer.digest.trim_start_matches("sha256:");
+    // A tarball's size is not known up front: then bytes and rate alone.
+    let (bar, template) = match layer.size {
+        Some(n) => (
+            indicatif::ProgressBar::new(n),
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
+        ),
+        None => (
+            indicatif::ProgressBar::no_length(),
+            "{prefix} {bytes} {binary_bytes_per_sec}",
+        ),
+    };
+    let style = indicatif::ProgressStyle::with_template(template)
+        .expect("valid template")
+        .progress_chars("=> ");
+    bar.with_style(style)
+        .with_prefix(format!("layer {}", &short[..short.len().min(12)]))
+}
+
 impl Store {
     /// Makes sure every layer of `image` is a volume; returns the keys, bottom layer first.
     /// Each layer is bounded by `quota`, the disk limit the layers count against, or without
@@ -32,7 +53,7 @@ impl Store {
         image: &ResolvedImage,
         source: &str,
         quota: Option<u64>,
-        progress: Option<&indicatif::ProgressBar>,
+        progress: Option<&indicatif::MultiProgress>,
     ) -> Result<Vec<String>> {
         let keys: Vec<String> = image
             .layers
@@ -54,13 +75,10 @@ impl Store {
                     return Ok(());
                 }
                 let bytes = self
-                    .pull_layer(image, i, key, source, opts)
+                    .pull_layer(image, i, key, source, opts, progress)
                     .await
                     .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
                 placed.fetch_add(bytes, Ordering::Relaxed);
-                if let Some(p) = progress {
-                    p.inc(1);
-                }
                 Ok(())
             })
             .buffer_unordered(PARALLEL)
@@ -103,12 +121,17 @@ impl Store {
         key: &str,
         source: &str,
         opts: &UnpackOptions,
+        progress: Option<&indicatif::MultiProgress>,
     ) -> Result<u64> {
         let (k, src) = (key.to_string(), source.to_string());
         let Some((lock, tmp)) = self.off_executor(move |s| s.claim_volume(&k, &src)).await? else {
             return Ok(0);
         };
-        let unpacked = image.unpack_layer(index, &tmp, opts).await;
+        let bar = progress.map_or_else(indicatif::ProgressBar::hidden, |m| {
+            m.add(layer_bar(&image.layers[index]))
+        });
+        let unpacked = image.unpack_layer(index, &tmp, opts, &bar).await;
+        bar.finish_and_clear();
         let (k, src) = (key.to_string(), source.to_string());
         self.off_executor(move |s| s.place_volume(&k, &src, &tmp, unpacked, lock))
             .await
