@@ -19,8 +19,11 @@ use crate::store::{Lock, Result, Store, StoreError, io_ctx};
 
 /// How long `create` waits for a daemon to mount.
 const MOUNT_WAIT: Duration = Duration::from_secs(30);
-/// How long `delete` waits for a daemon to exit after its unmount.
+/// How long `delete` waits for a daemon that does not answer to exit before killing it.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How long `delete` gives an answering daemon to exit after its unmount; one still running
+/// then serves users elsewhere.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 fn unescape(s: &str) -> String {
     // /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
@@ -214,6 +217,8 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let quota = Arc::new(Quota::new(store.upper_limit(&meta), used));
     cfg.quota = Some(quota.clone());
     let mnt = rootfs(store, id);
+    // Followed to wherever a delete moves the image while this daemon still serves it.
+    let dir_fd = std::fs::File::open(&dir).with_context(|| format!("open {}", dir.display()))?;
     // Pid file and control socket come before the mount: `start` returns as soon as the rootfs
     // is mounted, and from then on `list`, `stats` and `delete` must find the daemon answering.
     let me = Proc::current()?;
@@ -226,8 +231,23 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     nestfs_fuse::shed_startup_pages();
     let served = prepared.serve();
     let _ = std::fs::remove_file(dir.join(control::SOCKET));
+    // A delete while someone still used the rootfs retired the image rather than removing
+    // it: its last user is gone now, and so is the image.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir_fd);
+    if let Ok(now) = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        && now
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(RETIRED))
+    {
+        drop(dir_fd);
+        let _ = crate::store::remove_tree(&now);
+    }
     served
 }
+
+/// The name prefix of an image `delete` retired while its daemon still served it
+/// (`.retired-<daemon pid>-<id>`, which `sweep` removes once that pid is gone).
+pub const RETIRED: &str = ".retired-";
 
 /// How much the OOM killer should spare image daemons: a killed daemon leaves its container's
 /// rootfs answering ENOTCONN, so the kernel should pick almost anything else first.
@@ -323,25 +343,38 @@ pub fn remount(store: &Store, id: &str) -> Result<bool> {
     };
     match state(store, id).0 {
         State::Mounted => return Ok(false),
-        State::DaemonDead => stop(store, id)?,
+        State::DaemonDead => {
+            stop(store, id)?;
+        }
         State::NotMounted => {}
     }
     start(store, id)?;
     Ok(true)
 }
 
+/// What [`stop`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// No daemon runs for the image: it can be removed.
+    Gone,
+    /// The daemon (this pid) still serves someone: a process inside the detached rootfs, or a
+    /// container whose mount namespace holds its own mount of it. It must not be killed, and
+    /// its upper dir must stay until it exits (it removes a retired image itself then).
+    StillServing(i32),
+}
+
 /// Stops the image's daemon and unmounts its rootfs: gracefully through the control socket;
-/// lazily if the rootfs is busy (the daemon serves its last users, then exits); forcibly if
-/// the daemon died (a dead FUSE mount) or hangs. Fine when nothing is mounted (a reboot).
-pub fn stop(store: &Store, id: &str) -> Result<()> {
+/// lazily if the rootfs is busy. A daemon that answered is never killed: if it still serves
+/// other users after a short wait, that is what [`Stop::StillServing`] says. Only one that
+/// died (a dead FUSE mount) or hangs is unmounted and killed. Fine when nothing is mounted (a
+/// reboot).
+pub fn stop(store: &Store, id: &str) -> Result<Stop> {
     let mnt = rootfs(store, id);
     let daemon = Proc::recorded(store, id);
-    let mut wait_for_exit = true;
-    if is_mounted(&mnt) {
+    let answered = if is_mounted(&mnt) {
         let graceful = control::request::<Stopped>(&store.image_dir(id), "stop");
         if !graceful.as_ref().is_ok_and(|s| s.stopped) {
-            // Busy: detach now; the daemon keeps serving open files and exits after them.
-            wait_for_exit = graceful.is_err();
+            // Busy, or no answer: detach now.
             if let Err(e) = unmount(&mnt, true)
                 && is_mounted(&mnt)
             {
@@ -351,17 +384,28 @@ pub fn stop(store: &Store, id: &str) -> Result<()> {
                 )));
             }
         }
+        graceful.is_ok()
+    } else {
+        // Not mounted here, yet maybe serving a mount in another namespace.
+        control::request::<Status>(&store.image_dir(id), "status").is_ok()
+    };
+    let Some(daemon) = daemon else {
+        return Ok(Stop::Gone);
+    };
+    // Once nobody uses its mount, a daemon exits by itself within moments.
+    let wait = if answered { SETTLE_WAIT } else { EXIT_WAIT };
+    let start = Instant::now();
+    while daemon.runs() && start.elapsed() < wait {
+        std::thread::sleep(Duration::from_millis(2));
     }
-    if let Some(daemon) = daemon.filter(|_| wait_for_exit) {
-        let start = Instant::now();
-        while daemon.runs() && start.elapsed() < EXIT_WAIT {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if daemon.runs() {
-            unsafe { libc::kill(daemon.pid, libc::SIGKILL) };
-        }
+    if !daemon.runs() {
+        return Ok(Stop::Gone);
     }
-    Ok(())
+    if answered {
+        return Ok(Stop::StillServing(daemon.pid));
+    }
+    unsafe { libc::kill(daemon.pid, libc::SIGKILL) };
+    Ok(Stop::Gone)
 }
 
 /// Kills every process serving `id` of `store`, whatever its pid file says: the daemon of a

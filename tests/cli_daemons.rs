@@ -5,7 +5,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,7 +151,10 @@ fn delete_of_a_busy_rootfs_detaches_it_and_its_daemon_serves_the_last_user() {
     std::fs::write(rootfs.join("open-me"), "still readable").unwrap();
     // A process with its cwd in the rootfs and a file open there.
     let mut user = Command::new("sh")
-        .args(["-c", "exec 3<open-me; read -r line; cat <&3"])
+        .args([
+            "-c",
+            "exec 3<open-me; read -r line; cat <&3; echo ' and writable' > late; cat late",
+        ])
         .current_dir(&rootfs)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -179,7 +182,65 @@ fn delete_of_a_busy_rootfs_detaches_it_and_its_daemon_serves_the_last_user() {
         .read_to_string(&mut out)
         .unwrap();
     assert!(user.wait().unwrap().success());
-    assert_eq!(out, "still readable");
+    assert_eq!(
+        out, "still readable and writable\n",
+        "the upper dir stays while its last user works in it"
+    );
+    let start = Instant::now();
+    while !daemons_for(s.dir.path()).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_nothing_left(&s);
+}
+
+/// A container in its own mount namespace keeps a mount of the rootfs after `delete` unmounts
+/// the host's: the daemon serves it on (never killed), its writes land in the kept upper dir,
+/// and once the container is gone the daemon exits and the retired image goes with it.
+#[test]
+fn delete_while_a_container_in_another_mount_namespace_uses_the_rootfs() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox"), "ns");
+    let mut container = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "cd \"$1\" && read -r go && ls bin/busybox && echo written > after-delete \
+             && cat after-delete && sync",
+        )
+        .args(["sh", rootfs.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    s.run(&["delete", "ns"]).ok();
+    assert!(start.elapsed() < Duration::from_secs(5), "delete hung");
+    assert!(!s.root().join("images/ns").exists(), "the id is free");
+    assert!(mounts_under(s.dir.path()).is_empty(), "unmounted here");
+    assert_eq!(
+        daemons_for(s.dir.path()).len(),
+        1,
+        "the daemon must not be killed"
+    );
+    // The id can be used again at once.
+    s.create(&oci("busybox"), "ns");
+    container
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let out = container.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, "bin/busybox\nwritten\n");
+    s.run(&["delete", "ns"]).ok();
     let start = Instant::now();
     while !daemons_for(s.dir.path()).is_empty() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));

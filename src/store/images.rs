@@ -158,7 +158,15 @@ impl Store {
     /// Stops the image's daemon and removes the image, whose lock `_lock` is.
     fn remove_locked(&self, id: &str, _lock: Lock) -> Result<bool> {
         let dir = self.image_dir(id);
-        daemon::stop(self, id)?;
+        if let daemon::Stop::StillServing(pid) = daemon::stop(self, id)? {
+            // Someone still uses the rootfs: keep its upper dir for them, out of the way of a
+            // new image of this id. The daemon removes it once they are gone.
+            let retired = self.images().join(format!("{}{pid}-{id}", daemon::RETIRED));
+            io_ctx(std::fs::rename(&dir, &retired), || {
+                format!("retire image {id}")
+            })?;
+            return Ok(true);
+        }
         // Rename first: a delete killed halfway leaves debris `sweep` removes, not half an image.
         let trash = self
             .images()
