@@ -226,12 +226,7 @@ fn delete_while_a_container_in_another_mount_namespace_uses_the_rootfs() {
     );
     // The id can be used again at once.
     s.create(&oci("busybox"), "ns");
-    container
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"go\n")
-        .unwrap();
+    container.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = container.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

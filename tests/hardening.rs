@@ -196,7 +196,7 @@ fn concurrent_creates_deletes_and_cleans_never_hang() {
 fn lists_and_remounts_beside_deletes_never_fail() {
     require_root_fuse!();
     let s = TestStore::new();
-    let image = oci("busybox-1.25");
+    let image = oci("busybox");
     let until = Instant::now() + Duration::from_secs(20);
     let failures = Mutex::new(Vec::new());
     let prefixes = ["a", "b"];
@@ -225,7 +225,7 @@ fn lists_and_remounts_beside_deletes_never_fail() {
 fn a_stale_pid_file_never_stops_another_images_daemon() {
     require_root_fuse!();
     let s = TestStore::new();
-    let image = oci("busybox-1.25");
+    let image = oci("busybox");
     let b_rootfs = s.create(&image, "b");
     let pid_file = |id: &str| s.root().join("images").join(id).join("daemon.pid");
     let b_record = std::fs::read_to_string(pid_file("b")).unwrap();
@@ -312,7 +312,7 @@ fn listed(s: &TestStore) -> Vec<String> {
 fn an_image_a_killed_create_left_is_swept_by_the_next_command() {
     require_root_fuse!();
     let s = TestStore::new();
-    let image = oci("busybox-1.25");
+    let image = oci("busybox");
     s.create(&image, "base");
     let killed = (0..10)
         .map(|n| format!("k{n}"))
@@ -383,13 +383,14 @@ fn number_after(text: &str, label: &str) -> u64 {
 fn create_on_a_full_store_says_its_filesystem_is_full() {
     require_root_fuse!();
     let s = TestStore::uninitialised();
-    let size = 4 << 20;
+    let size = 3 << 20;
     let _fs = Tmpfs::mount(&s.root(), size);
     s.run(&["init-store"]).ok();
     let big = common::tarball(s.dir.path(), &[("big", 6 << 20)]);
     let big = big.to_str().unwrap();
     let mut cases = vec![
-        ("garden-rootfs", oci("garden-rootfs")),
+        // Four layers that unpack to 4 MiB.
+        ("4mb-image", oci("4mb-image")),
         ("6 MiB tarball", big.into()),
     ];
     cases.push(("6 MiB tarball, store filled up", big.into()));
@@ -434,7 +435,7 @@ fn may_shun_oom_killer() -> bool {
 fn image_daemons_are_the_oom_killers_last_choice() {
     require_root_fuse!();
     let s = TestStore::new();
-    let rootfs = s.create(&oci("busybox-1.25"), "o");
+    let rootfs = s.create(&oci("busybox"), "o");
     let pids = daemons_for(s.dir.path());
     assert_eq!(pids.len(), 1);
     let adj = |pid: &str| -> i32 {
@@ -461,7 +462,7 @@ fn image_daemons_are_the_oom_killers_last_choice() {
 fn a_half_made_images_daemon_goes_even_if_no_pid_file_names_it() {
     require_root_fuse!();
     let s = TestStore::new();
-    let image = oci("busybox-1.25");
+    let image = oci("busybox");
     s.create(&image, "s");
     let dir = s.root().join("images/s");
     let stray = daemons_for(s.dir.path())[0];
