@@ -124,7 +124,8 @@ fn inclusive_limit_counts_the_layers_and_stops_writes_with_edquot() {
     let e = std::fs::write(rootfs.join("more"), vec![1u8; 2 * BLOCK as usize]).unwrap_err();
     assert_edquot(&e);
     std::fs::remove_file(rootfs.join("fill")).unwrap();
-    std::fs::remove_file(rootfs.join("more")).unwrap();
+    // At the limit the new name itself may be refused (its directory could grow).
+    let _ = std::fs::remove_file(rootfs.join("more"));
     std::fs::write(rootfs.join("again"), vec![2u8; 2 * MIB as usize]).unwrap();
     assert_eq!(stats(&s, "lim").0, du(&upper(&s, "lim")));
     let list = s.run(&["list", "--json"]).ok().json();
@@ -234,6 +235,37 @@ fn many_small_files_hit_the_limit() {
     for i in 0..10 {
         std::fs::write(rootfs.join(format!("d/new{i}")), [b'y'; 100]).unwrap();
     }
+}
+
+/// At the limit, new entries are refused before they can grow their directory past it (an
+/// empty file costs no block, but its directory may need one): usage never ends over the limit.
+#[test]
+fn entries_at_the_limit_do_not_grow_their_directory_past_it() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[]);
+    let limit = MIB;
+    let rootfs = create_excl(&s, &image, "full", limit);
+    std::fs::create_dir(rootfs.join("d")).unwrap();
+    let (_, e) = fill(&rootfs.join("fill"), 4096);
+    assert_edquot(&e);
+    let mut made = 0;
+    let err = loop {
+        match std::fs::File::create(rootfs.join(format!("d/empty-file-with-a-long-name-{made}"))) {
+            Ok(_) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 10_000, "the limit never applied to new entries");
+    };
+    assert_edquot(&err);
+    let e = std::fs::create_dir(rootfs.join("d/sub")).unwrap_err();
+    assert_edquot(&e);
+    let (excl, _, _) = stats(&s, "full");
+    assert_eq!(excl, du(&upper(&s, "full")));
+    assert!(
+        excl <= limit,
+        "{made} entries took usage to {excl} > {limit}"
+    );
 }
 
 #[test]

@@ -217,9 +217,10 @@ impl Overlay {
         who: Caller,
     ) -> io::Result<FileAttr> {
         let _g = self.lock_changes();
-        // A directory or a symlink takes a block; a file or node only an entry.
+        // Any new entry may grow its directory by a block (XFS refuses an entry that would
+        // take its directory past the limit); a directory takes a block of its own too.
         self.need(match kind {
-            NewKind::Node { .. } => 0,
+            NewKind::Dir(_) => 2 * self.block,
             _ => self.block,
         })?;
         let (upper, had_whiteout) = self.prepare_new(parent, name)?;
@@ -271,7 +272,8 @@ impl Overlay {
         who: Caller,
     ) -> io::Result<(FileAttr, OwnedFd)> {
         let _g = self.lock_changes();
-        self.need(0)?;
+        // Room for the directory to grow by a block, as `make` says.
+        self.need(self.block)?;
         let (upper, had_whiteout) = self.prepare_new(parent, name)?;
         let dfd = upper.as_raw_fd();
         let oflags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
@@ -308,7 +310,7 @@ impl Overlay {
         let Target::Entry(sdir, sname) = self.upper_target(ino)? else {
             return Err(sys::err(libc::EPERM));
         };
-        self.need(0)?;
+        self.need(self.block)?;
         let (upper, had_whiteout) = self.prepare_new(newparent, newname)?;
         let dfd = upper.as_raw_fd();
         // A new name costs directory space only: the file is charged once, whatever its names.
