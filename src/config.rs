@@ -58,6 +58,8 @@ pub struct CreateConfig {
     pub exclude_image_from_quota: bool,
     #[serde(deserialize_with = "non_empty")]
     pub remote_layer_client_certificates_path: Option<PathBuf>,
+    /// nestfs's own: how many times its compressed size a layer may unpack to (0: no bound).
+    pub max_layer_expansion: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

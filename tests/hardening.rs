@@ -481,3 +481,75 @@ fn a_half_made_images_daemon_goes_even_if_no_pid_file_names_it() {
     );
     assert_served(&s, &["s".to_string()]);
 }
+
+/// Issue 17, eighth point: a small layer that expands enormously (a gzip of zeros) is refused
+/// as a decompression bomb at the entry that crosses the bound, before it is written, instead
+/// of filling the store's filesystem first.
+#[test]
+fn a_decompression_bomb_is_refused_before_it_fills_the_store() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let layout = s.dir.path().join("bomb");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    // 300 MiB of zeros in one file (sparse on disk here), gzipped to about 300 KB.
+    let work = s.dir.path().join("bomb-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    sh("truncate -s 300M zeros && tar -cf layer.tar zeros && rm zeros && gzip -1 layer.tar");
+    let diff_id = format!(
+        "sha256:{}",
+        sh("gzip -dc layer.tar.gz | sha256sum | cut -d' ' -f1")
+    );
+    let layer = std::fs::read(work.join("layer.tar.gz")).unwrap();
+    let put = |data: &[u8]| {
+        let hex = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(data));
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        (format!("sha256:{hex}"), data.len())
+    };
+    let (layer_digest, layer_size) = put(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let (config_digest, config_size) = put(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = put(manifest.to_string().as_bytes());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest, "size": manifest_size}]});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let image = format!("oci://{}", layout.display());
+    let r = s.run(&["create", &image, "bomb"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout.contains("refused as a decompression bomb") && r.stdout.contains(&layer_digest),
+        "{r:#?}"
+    );
+    assert!(!s.root().join("images/bomb").exists());
+    assert_eq!(
+        std::fs::read_dir(s.root().join("volumes")).unwrap().count(),
+        0
+    );
+    assert_eq!(debris(&s), Vec::<String>::new());
+}

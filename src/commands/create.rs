@@ -77,7 +77,12 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
     // On a terminal: a line per layer being pulled, in bytes and bytes/s.
     let bars = req.progress.then(indicatif::MultiProgress::new);
     let unpack = Instant::now();
-    let pulled = rt.block_on(store.pull(&resolved, &req.image, quota, bars.as_ref()));
+    let expansion = ctx
+        .config
+        .create
+        .max_layer_expansion
+        .unwrap_or(crate::store::DEFAULT_MAX_EXPANSION);
+    let pulled = rt.block_on(store.pull(&resolved, &req.image, quota, expansion, bars.as_ref()));
     drop(bars);
     let layers = pulled?;
     // Download and unpack are one streamed pass: its time is GrootFS's UnpackTime.

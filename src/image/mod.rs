@@ -65,6 +65,17 @@ pub enum ImageError {
     /// `needed`: what the layer had unpacked when it went over.
     #[error("layer exceeds the allowed size of {limit} bytes")]
     TooLarge { limit: u64, needed: u64 },
+    #[error(
+        "layer {digest} unpacks to more than {limit} bytes, over {ratio} times its compressed \
+         size of {compressed}: refused as a decompression bomb (create.max_layer_expansion in \
+         the config file raises the bound; 0 lifts it)"
+    )]
+    Expansion {
+        digest: String,
+        compressed: u64,
+        ratio: u64,
+        limit: u64,
+    },
     /// The filesystem unpacked into is full (ENOSPC, or a quota); `needed`: what the layer had
     /// unpacked when it ran out.
     #[error("no space left on device unpacking a layer of at least {needed} bytes")]

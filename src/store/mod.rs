@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use images::DiskUsage;
 pub use lock::Lock;
+pub use pull::DEFAULT_MAX_EXPANSION;
 
 use crate::image::ImageError;
 

@@ -44,15 +44,29 @@ fn layer_bar(layer: &crate::image::LayerInfo) -> indicatif::ProgressBar {
         .with_prefix(format!("layer {}", &short[..short.len().min(12)]))
 }
 
+/// Decompression bombs: by default no layer may unpack to more than this many times its
+/// compressed size (a gzip of zeros expands about 1000 times; real layers a few times)...
+pub const DEFAULT_MAX_EXPANSION: u64 = 100;
+/// ...or this much, whichever is more, so small layers of many small files always fit.
+const EXPANSION_FLOOR: u64 = 256 << 20;
+
+/// What a layer of `compressed` bytes may unpack to under `max_expansion` (0: no bound).
+fn expansion_bound(compressed: Option<u64>, max_expansion: u64) -> Option<u64> {
+    let size = compressed.filter(|_| max_expansion > 0)?;
+    Some(size.saturating_mul(max_expansion).max(EXPANSION_FLOOR))
+}
+
 impl Store {
     /// Makes sure every layer of `image` is a volume; returns the keys, bottom layer first.
     /// Each layer is bounded by `quota`, the disk limit the layers count against, or without
-    /// one by what the store's filesystem has free (which also bounds decompression bombs).
+    /// one by what the store's filesystem has free, and by `max_expansion` times its compressed
+    /// size (see [`DEFAULT_MAX_EXPANSION`]), so a small layer cannot take the store's space.
     pub async fn pull(
         &self,
         image: &ResolvedImage,
         source: &str,
         quota: Option<u64>,
+        max_expansion: u64,
         progress: Option<&indicatif::MultiProgress>,
     ) -> Result<Vec<String>> {
         let keys: Vec<String> = image
@@ -74,9 +88,29 @@ impl Store {
                 if failed.load(Ordering::Relaxed) {
                     return Ok(());
                 }
+                let layer = &image.layers[i];
+                let bound =
+                    expansion_bound(layer.size, max_expansion).filter(|b| *b < opts.max_bytes);
+                let bounded = UnpackOptions {
+                    max_bytes: bound.unwrap_or(opts.max_bytes),
+                    ..opts.clone()
+                };
                 let bytes = self
-                    .pull_layer(image, i, key, source, opts, progress)
+                    .pull_layer(image, i, key, source, &bounded, progress)
                     .await
+                    .map_err(|e| match (e, bound) {
+                        (StoreError::Image(ImageError::TooLarge { limit, .. }), Some(b))
+                            if limit == b =>
+                        {
+                            StoreError::Image(ImageError::Expansion {
+                                digest: layer.digest.clone(),
+                                compressed: layer.size.unwrap_or(0),
+                                ratio: max_expansion,
+                                limit,
+                            })
+                        }
+                        (e, _) => e,
+                    })
                     .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
                 placed.fetch_add(bytes, Ordering::Relaxed);
                 Ok(())
