@@ -139,7 +139,7 @@ fn raw_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 
 /// An upper dir on kernel overlayfs (the nested default: a store on a container's root).
 #[test]
-fn upper_on_kernel_overlayfs_takes_oci_whiteouts() {
+fn upper_on_the_kernels_union_mount_takes_oci_whiteouts() {
     require_env!();
     let s = Scratch::new();
     let outer = s.sub("outer");
