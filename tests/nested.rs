@@ -12,6 +12,8 @@
 mod common;
 #[path = "support/podman.rs"]
 mod podman;
+#[path = "support/users.rs"]
+mod users;
 
 use std::path::Path;
 use std::process::Command;

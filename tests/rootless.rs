@@ -11,37 +11,14 @@
 
 #[allow(dead_code)]
 mod common;
+#[path = "support/users.rs"]
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Run, daemons_for, oci};
-
-const USER: &str = "nestfs-test";
-
-/// The test user's uid and gid, creating the user if needed.
-fn test_user() -> Option<(u32, u32)> {
-    let lookup = || {
-        let out = Command::new("id").args(["-u", USER]).output().ok()?;
-        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-        let out = Command::new("id").args(["-g", USER]).output().ok()?;
-        let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-        Some((uid, gid))
-    };
-    // Tests run in parallel threads and processes: two concurrent useradds would both create
-    // the user (one's home owned by the other's uid, two /etc/subuid ranges). One at a time.
-    let lock = std::fs::File::create(std::env::temp_dir().join("nestfs-test-user.lock")).ok()?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return None;
-    }
-    if let Some(ids) = lookup() {
-        return Some(ids);
-    }
-    let _ = Command::new("useradd")
-        .args(["--create-home", "--shell", "/bin/sh", USER])
-        .status();
-    lookup()
-}
+use users::{USER, test_user};
 
 /// Concurrent first uses make the user once: one uid, its own home, one subordinate range.
 #[test]

@@ -15,9 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[path = "../../tests/support/users.rs"]
+mod users;
+use users::{USER, test_user};
+
 const NESTFS: &str = env!("CARGO_BIN_EXE_nestfs-overlay");
 const FUSE_OVERLAYFS: &str = "/usr/bin/fuse-overlayfs";
-const USER: &str = "nestfs-test";
 /// The imported image's name; scripts see it as `$BASE`.
 const BASE: &str = "localhost/nestfs-base";
 
@@ -518,27 +521,6 @@ fn podman_build_makes_the_image_the_kernel_driver_makes() {
         fuse.show_difference("build", naive);
     }
     nestfs.check("build", EXPECTED_COMMITTED, naive);
-}
-
-/// The test user's uid and gid, creating the user if needed (as tests/rootless.rs does, under
-/// the same lock: concurrent useradds would make two users' worth of subordinate ranges).
-fn test_user() -> Option<(u32, u32)> {
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, USER]).output().ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    let lookup = || Some((id("-u")?, id("-g")?));
-    let lock = std::fs::File::create("/tmp/nestfs-test-user.lock").ok()?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return None;
-    }
-    if let Some(ids) = lookup() {
-        return Some(ids);
-    }
-    let _ = Command::new("useradd")
-        .args(["--create-home", "--shell", "/bin/sh", USER])
-        .status();
-    lookup()
 }
 
 #[test]

@@ -8,8 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The user rootless podman runs as (tests/rootless.rs makes the same one).
-pub const USER: &str = "nestfs-test";
+pub use crate::users::{USER, test_user};
 
 /// Why podman tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<&'static str> {
@@ -35,28 +34,6 @@ macro_rules! require_podman {
             return;
         }
     };
-}
-
-/// The test user's uid and gid, creating the user if needed. Under the lock tests/rootless.rs
-/// and fuse/tests/podman.rs take: concurrent useradds would make two users' worth of
-/// subordinate id ranges.
-pub fn test_user() -> Option<(u32, u32)> {
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, USER]).output().ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    let lookup = || Some((id("-u")?, id("-g")?));
-    let lock = std::fs::File::create("/tmp/nestfs-test-user.lock").ok()?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return None;
-    }
-    if let Some(ids) = lookup() {
-        return Some(ids);
-    }
-    let _ = Command::new("useradd")
-        .args(["--create-home", "--shell", "/bin/sh", USER])
-        .status();
-    lookup()
 }
 
 pub struct Podman {
