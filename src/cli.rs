@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -186,7 +185,17 @@ pub fn main() -> i32 {
         .parse::<Level>()
         .map_err(anyhow::Error::msg)
         .and_then(|l| {
-            Logger::new(l, log_file.as_deref()).with_context(|| "open log file".to_string())
+            Logger::new(l, log_file.as_deref()).map_err(|e| {
+                // GrootFS's words, Go's error text.
+                anyhow::anyhow!(
+                    "failed to configure logger: open {}: {}",
+                    log_file
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display(),
+                    crate::image::os_error_text(&e)
+                )
+            })
         }) {
         Ok(l) => l,
         Err(e) => {

@@ -147,7 +147,7 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| StoreError::Io {
             what: "log".into(),
-            source: e,
+            cause: e,
         })?)
         .stderr(log);
     // Its own session: Garden's signals to the plugin's process group must not reach it.
@@ -337,7 +337,7 @@ pub fn remount(store: &Store, id: &str) -> Result<bool> {
         Err(source) => {
             return Err(StoreError::Io {
                 what: format!("lock image {id}"),
-                source,
+                cause: source,
             });
         }
     };

@@ -197,3 +197,35 @@ fn metrics_reach_the_metron_endpoint() {
     assert!(got["ImageCreationTime"].0 > 0.0);
     assert!(got["DownloadedLayersSizeInBytes"].0 > 0.0);
 }
+
+/// Messages GrootFS's logging and OCI specs match on, and io errors that name their cause once.
+#[test]
+fn messages_end_as_grootfs_words_them() {
+    let s = TestStore::new();
+    let r = s.run(&["--log-file", "/path/to/log_file.log", "list"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stdout.trim(),
+        "failed to configure logger: open /path/to/log_file.log: no such file or directory"
+    );
+    let r = s.run(&["create", "oci:///cfgarden/sorry-not-here", "x"]);
+    assert!(r.stdout.starts_with("Image source doesn't exist"), "{r:#?}");
+    let r = s.run(&["create", "/non/existent/rootfs", "x"]);
+    assert!(
+        r.stdout
+            .trim()
+            .ends_with("stat /non/existent/rootfs: no such file or directory"),
+        "{r:#?}"
+    );
+    let r: common::Run = std::process::Command::new(common::bin())
+        .args(["--store", "/proc/nope/store", "init-store"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stdout.matches("no such file or directory").count(),
+        1,
+        "the cause once: {r:#?}"
+    );
+}

@@ -16,7 +16,7 @@ fn read_blob(layout: &Path, d: &Descriptor) -> Result<Vec<u8>, ImageError> {
     let p = blob_path(layout, &d.digest)?;
     std::fs::read(&p).map_err(|e| ImageError::Io {
         what: format!("read blob {}", p.display()),
-        source: e,
+        cause: e,
     })
 }
 
@@ -28,7 +28,7 @@ pub fn resolve(
     let index_path = layout.join("index.json");
     let data = std::fs::read(&index_path).map_err(|e| ImageError::Io {
         what: format!("read {}", index_path.display()),
-        source: e,
+        cause: e,
     })?;
     let index: Manifest = manifest::parse("index.json", &data)?;
     let entries = index.manifests.unwrap_or_default();

@@ -82,12 +82,10 @@ pub enum ImageError {
     NoSpace { needed: u64 },
     #[error("layer has more than {limit} entries")]
     TooManyEntries { limit: u64 },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is in the message (as Go words it), not a source: anyhow's chain would
+    /// print it a second time.
+    #[error("{what}: {}", os_error_text(cause))]
+    Io { what: String, cause: std::io::Error },
 }
 
 /// An OS error as Go prints it ("no such file or directory"), as GrootFS's messages have it.
@@ -215,13 +213,13 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
             let digest = tokio::task::spawn_blocking(move || -> Result<String, ImageError> {
                 let f = std::fs::File::open(&p).map_err(|e| ImageError::Io {
                     what: format!("open {}", p.display()),
-                    source: e,
+                    cause: e,
                 })?;
                 let (d, _) = verify::Hashing::new(f)
                     .finish()
                     .map_err(|e| ImageError::Io {
                         what: format!("read {}", p.display()),
-                        source: e,
+                        cause: e,
                     })?;
                 Ok(d)
             })
@@ -284,7 +282,7 @@ impl ResolvedImage {
                 tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
                         what: format!("open {}", blob.display()),
-                        source: e,
+                        cause: e,
                     })?;
                     let f = progress.wrap_read(f);
                     verify::unpack_layer(f, &layer, &dest, &opts, verify, verify)
@@ -297,7 +295,7 @@ impl ResolvedImage {
                 tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&path).map_err(|e| ImageError::Io {
                         what: format!("open {}", path.display()),
-                        source: e,
+                        cause: e,
                     })?;
                     // The volume key is the file's hash: nothing to verify against.
                     let f = progress.wrap_read(f);

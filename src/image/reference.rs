@@ -65,11 +65,11 @@ pub fn parse(s: &str) -> Result<Source, ImageError> {
             "directory provided instead of a tar file".into(),
         )),
         Ok(_) => Ok(Source::Tarball(path)),
-        // GrootFS's words (Go's), then what nestfs tried.
+        // What nestfs tried, then GrootFS's words (Go's), which end the message as in GrootFS.
         Err(e) => Err(bad(
             s,
             &format!(
-                "stat {s}: {} (not a docker:// or oci:// reference, nor a tarball)",
+                "not a docker:// or oci:// reference, nor a tarball: stat {s}: {}",
                 crate::image::os_error_text(&e)
             ),
         )),
@@ -159,7 +159,7 @@ fn parse_oci(s: &str, rest: &str) -> Result<Source, ImageError> {
     let path = PathBuf::from(path);
     if !path.join("index.json").is_file() {
         return Err(ImageError::NotFound(format!(
-            "no OCI layout (index.json) at {}",
+            "Image source doesn't exist: no OCI layout (index.json) at {}",
             path.display()
         )));
     }

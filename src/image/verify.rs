@@ -24,6 +24,11 @@ impl<R: Read> Hashing<R> {
         }
     }
 
+    /// The reader beneath.
+    pub fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Reads the rest, then returns `sha256:<hex>`.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
@@ -47,6 +52,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
+/// How far past its declared size a blob is read to tell a corrupt blob from a wrong size
+/// (at least as far again as the declared size).
+const MIN_OVERRUN: u64 = 64 << 20;
+
 /// Streams a layer blob once through verification and unpacking into `dest`.
 /// `verify_blob` checks the blob's digest and size; `verify_tar` the diff_id.
 pub fn unpack_layer(
@@ -59,7 +68,7 @@ pub fn unpack_layer(
 ) -> Result<UnpackStats, ImageError> {
     let io = |e: io::Error| ImageError::Io {
         what: format!("read layer {}", layer.digest),
-        source: e,
+        cause: e,
     };
     // A blob that runs past its declared size (a registry dripping bytes forever) is cut off
     // one byte later, which the size check below reports.
@@ -73,14 +82,25 @@ pub fn unpack_layer(
         let stats = unpack::unpack(&mut tar, dest, opts)?;
         Ok::<_, ImageError>((stats, tar.finish().map_err(io)?.0))
     })();
-    // A blob longer than its manifest says was cut off, which broke the stream: say why.
+    // A blob longer than its manifest says was cut off, which broke the stream: say why. A
+    // corrupt blob is a digest mismatch, a true one with a wrong size a size mismatch (as
+    // GrootFS tells them apart): read on, within a bound, to know which.
     if let (Err(_), true, Some(want)) = (&unpacked, verify_blob, layer.size)
         && blob.count > want
     {
+        blob.inner_mut().set_limit(want.max(MIN_OVERRUN));
+        let (digest, got) = blob.finish().map_err(io)?;
+        if digest != layer.digest {
+            return Err(ImageError::DigestMismatch {
+                kind: "layerID",
+                what: format!("layer {}", layer.digest),
+                got: digest,
+            });
+        }
         return Err(ImageError::SizeMismatch {
             what: format!("layer {} runs past it", layer.digest),
             want,
-            got: blob.count,
+            got,
         });
     }
     let (stats, diff) = unpacked?;

@@ -47,7 +47,7 @@ impl Store {
             Err(source) => {
                 return Err(StoreError::Io {
                     what: format!("lock image {id}"),
-                    source,
+                    cause: source,
                 });
             }
         };
@@ -112,7 +112,7 @@ impl Store {
                     Some(libc::EEXIST | libc::ENOTEMPTY) => StoreError::IdExists(spec.id.clone()),
                     _ => StoreError::Io {
                         what: format!("create image {}", spec.id),
-                        source: e,
+                        cause: e,
                     },
                 }
             })?;
@@ -148,7 +148,7 @@ impl Store {
             Err(source) => {
                 return Err(StoreError::Io {
                     what: format!("lock image {id}"),
-                    source,
+                    cause: source,
                 });
             }
         };
@@ -177,7 +177,7 @@ impl Store {
             Err(e) => {
                 return Err(StoreError::Io {
                     what: format!("delete image {id}"),
-                    source: e,
+                    cause: e,
                 });
             }
         }

@@ -40,6 +40,12 @@ pub enum StoreError {
     NotInitialised(PathBuf),
     #[error("no store found at {}", .0.display())]
     NoStore(PathBuf),
+    #[error(
+        "store {} can only be initialized by Root user, or by its owner for a rootless store \
+         (chmod 0700: {why})",
+        path.display()
+    )]
+    NotOwner { path: PathBuf, why: String },
     #[error("store {0} was initialised with different id mappings")]
     MappingsDiffer(PathBuf),
     #[error("image for id `{0}` already exists")]
@@ -71,12 +77,10 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is in the message (as Go words it), not a source: anyhow's chain would
+    /// print it a second time.
+    #[error("{what}: {}", crate::image::os_error_text(cause))]
+    Io { what: String, cause: io::Error },
     #[error("{0}")]
     Daemon(String),
 }
@@ -87,7 +91,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub fn io_ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
     r.map_err(|source| StoreError::Io {
         what: what(),
-        source,
+        cause: source,
     })
 }
 
@@ -205,7 +209,7 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let data = io_ctx(std::fs::read(path), || format!("read {}", path.display()))?;
     serde_json::from_slice(&data).map_err(|e| StoreError::Io {
         what: format!("parse {}", path.display()),
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
+        cause: io::Error::new(io::ErrorKind::InvalidData, e),
     })
 }
 
@@ -291,18 +295,16 @@ impl Store {
 
     /// Creates the layout and records `meta`; running it again with the same mappings is fine.
     pub fn init(&self, meta: &StoreMeta) -> Result<()> {
-        for d in [
-            self.root.clone(),
-            self.volumes(),
-            self.images(),
-            self.tmp(),
-            self.locks(),
-        ] {
+        io_ctx(std::fs::create_dir_all(&self.root), || {
+            format!("create {}", self.root.display())
+        })?;
+        // Before anything is made in it: a root that cannot be made private is refused whole.
+        self.protect_root(meta)?;
+        for d in [self.volumes(), self.images(), self.tmp(), self.locks()] {
             io_ctx(std::fs::create_dir_all(&d), || {
                 format!("create {}", d.display())
             })?;
         }
-        self.protect_root(meta)?;
         let _g = self.lock(true)?;
         if self.meta_path().exists() {
             let old: StoreMeta = read_json(&self.meta_path())?;
@@ -320,10 +322,16 @@ impl Store {
     fn protect_root(&self, meta: &StoreMeta) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let what = || format!("protect {}", self.root.display());
-        io_ctx(
-            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)),
-            what,
-        )?;
+        match std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)) {
+            // GrootFS's words for a user's init on someone else's directory, then why.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && meta.rootless => {
+                return Err(StoreError::NotOwner {
+                    path: self.root.clone(),
+                    why: crate::image::os_error_text(&e),
+                });
+            }
+            r => io_ctx(r, what)?,
+        }
         let host_root = |m: &[IdMapping]| m.iter().find(|m| m.container == 0).map(|m| m.host);
         if !meta.rootless
             && let Some(uid) = host_root(&meta.uid_mappings)
@@ -400,7 +408,9 @@ impl Store {
     /// The image's metadata, or `None` if it is gone (deleted, maybe while we looked).
     pub fn image_meta_if_present(&self, id: &str) -> Result<Option<ImageMeta>> {
         match self.image_meta(id) {
-            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err(StoreError::Io { cause: source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
                 Ok(None)
             }
             r => r.map(Some),
@@ -429,7 +439,7 @@ impl Store {
             Err(e) => {
                 return Err(StoreError::Io {
                     what: format!("list {}", dir.display()),
-                    source: e,
+                    cause: e,
                 });
             }
         };

@@ -223,7 +223,7 @@ impl Store {
             let _ = super::remove_tree(tmp);
             return Err(StoreError::Io {
                 what: format!("store layer {key}"),
-                source: e,
+                cause: e,
             });
         }
         let meta = VolumeMeta {
