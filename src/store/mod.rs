@@ -40,12 +40,10 @@ pub enum StoreError {
     NotInitialised(PathBuf),
     #[error("no store found at {}", .0.display())]
     NoStore(PathBuf),
-    #[error(
-        "store {} can only be initialized by Root user, or by its owner for a rootless store \
-         (chmod 0700: {why})",
-        path.display()
-    )]
-    NotOwner { path: PathBuf, why: String },
+    /// GrootFS's exact words (its spec matches them whole); an ordinary user may still make
+    /// a rootless store in a directory of their own.
+    #[error("store {} can only be initialized by Root user", .0.display())]
+    NotOwner(PathBuf),
     #[error("store {0} was initialised with different id mappings")]
     MappingsDiffer(PathBuf),
     #[error("image for id `{0}` already exists")]
@@ -323,12 +321,9 @@ impl Store {
         use std::os::unix::fs::PermissionsExt;
         let what = || format!("protect {}", self.root.display());
         match std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)) {
-            // GrootFS's words for a user's init on someone else's directory, then why.
+            // A user's init on someone else's directory: refused in GrootFS's words.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied && meta.rootless => {
-                return Err(StoreError::NotOwner {
-                    path: self.root.clone(),
-                    why: crate::image::os_error_text(&e),
-                });
+                return Err(StoreError::NotOwner(self.root.clone()));
             }
             r => io_ctx(r, what)?,
         }
