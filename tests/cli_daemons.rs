@@ -2,6 +2,9 @@
 //! control socket, `remount` after a daemon died or its mount vanished, deletes of busy, dead
 //! and concurrent images, a daemon that cannot mount, and many images at once.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -1,6 +1,9 @@
 //! Images through the real binary: create serves a live rootfs, stats measures it, delete
 //! removes it (also after its daemon was killed), clean removes exactly the unused volumes.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -3,6 +3,9 @@
 //! used again; hardlinks and sparse files count their blocks once; `stats` equals `du` of the
 //! upper dir, live and after a daemon restart; concurrent writers cannot overshoot.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -2,6 +2,9 @@
 //! creates, deletes, cleans, lists and remounts that must neither hang nor fail, a stale pid
 //! file, a create killed midway, a full store, and the OOM killer.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -9,6 +9,9 @@
 //! world-usable copy of the device (this machine's is root-only; Debian's is 0666) and the
 //! store's filesystem is mounted, so nothing outside changes and every mount ends with it.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

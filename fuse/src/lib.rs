@@ -34,6 +34,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 pub use memory::shed_startup_pages;
 pub use quota::{Quota, allocated_bytes};
+pub use sys::process;
 
 /// Workers a mount gets unless told otherwise (`max_threads=`): one per CPU up to this many. On
 /// 2 CPUs, 4 or 8 workers served concurrent cold tree walks no faster than 2, while each worker
@@ -70,7 +71,7 @@ pub struct OverlayConfig {
 
 impl OverlayConfig {
     fn mount_config(&self) -> Config {
-        let privileged = unsafe { libc::geteuid() } == 0;
+        let privileged = sys::is_root();
         let mut opts = vec![
             MountOption::FSName(if self.fsname.is_empty() {
                 "nestfs-overlay".into()
@@ -136,7 +137,7 @@ impl Drop for Mounted {
 fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Session<ops::Fs>> {
     options::validate(cfg)?;
     // Modes are set exactly as asked; the daemon's own umask must not interfere.
-    unsafe { libc::umask(0) };
+    sys::process::clear_umask();
     memory::map_big_buffers();
     let notifier = Arc::new(OnceLock::new());
     let ov = overlay::Overlay::new(cfg, notifier.clone())?;

@@ -2,6 +2,9 @@
 //! only once the mount answers and keeps serving after the parent exits; with `-f` it exits by
 //! itself (successfully) when the mount is unmounted; bad options fail without mounting anything.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -9,6 +9,9 @@
 //! tmp dir, network config dir), so nothing outside it changes; the dir, its processes and
 //! mounts are removed on drop, also when a test fails.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 /// Why tests that mount cannot run here, if they cannot.
 pub fn skip_reason() -> Option<&'static str> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Some("not root: these tests mount FUSE filesystems as root");
     }
     if !Path::new("/dev/fuse").exists() {
@@ -187,11 +187,12 @@ impl Drop for TestStore {
     fn drop(&mut self) {
         let _ = self.run(&["delete-store"]);
         for m in mounts_under(self.dir.path()) {
-            let c = std::ffi::CString::new(m).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            let _ = rustix::mount::unmount(m.as_str(), rustix::mount::UnmountFlags::DETACH);
         }
         for pid in daemons_for(self.dir.path()) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
     }
 }
