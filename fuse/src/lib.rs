@@ -3,8 +3,8 @@
 //! It merges read-only lower directories (top first) with an optional upper and work directory,
 //! reads whiteouts and opaque directories in both the overlayfs and the OCI format, and resolves
 //! every name beneath its layer's directory fd without following symlinks, so hostile layer
-//! content cannot lead the daemon elsewhere. [`mount`] serves in the background; [`serve`] in the
-//! foreground until the mount goes away.
+//! content cannot lead the daemon elsewhere. [`mount`] serves in the background;
+//! [`Prepared::serve`] in the foreground until the mount goes away.
 //!
 //! Differences from kernel overlayfs: the root directory's inode number is 1 (FUSE's root id);
 //! O_TMPFILE is not supported (fuser has no tmpfile request); directories that have lower copies

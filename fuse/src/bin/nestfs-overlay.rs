@@ -30,6 +30,8 @@ struct Args {
     /// Mount options: lowerdir=A:B,upperdir=U,workdir=W,... (repeatable).
     #[arg(short = 'o', action = clap::ArgAction::Append)]
     opts: Vec<String>,
+    // The doc comment is the --help text, where [SOURCE] is usage syntax, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// [SOURCE] MOUNTPOINT (mount(8) passes a source first).
     #[arg(num_args = 1..=2, required = true)]
     paths: Vec<PathBuf>,
