@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use anyhow::Context;
+use nestfs_fuse::mounts::{is_mounted, unmount};
 use nestfs_fuse::{OverlayConfig, Quota};
 
 use crate::control::{self, Status, Stopped};
@@ -24,36 +25,6 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// How long `delete` gives an answering daemon to exit after its unmount; one still running
 /// then serves users elsewhere.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
-
-fn unescape(s: &str) -> String {
-    // /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether `p` is a mount point.
-pub fn is_mounted(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = p.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want))
-}
 
 fn rootfs(store: &Store, id: &str) -> PathBuf {
     store.image_dir(id).join("rootfs")
@@ -257,38 +228,6 @@ fn shun_oom_killer() -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Unmounts `mnt`, lazily (detached now, gone once its last user lets go) or not (EBUSY while
-/// in use). Root unmounts directly; anyone else through fusermount3.
-fn unmount(mnt: &Path, lazy: bool) -> std::io::Result<()> {
-    let flags = if lazy {
-        rustix::mount::UnmountFlags::DETACH
-    } else {
-        rustix::mount::UnmountFlags::empty()
-    };
-    match rustix::mount::unmount(mnt, flags) {
-        Ok(()) => return Ok(()),
-        Err(rustix::io::Errno::PERM) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    let out = cmd.arg(mnt).stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let msg = String::from_utf8_lossy(&out.stderr);
-    if msg.contains("busy") {
-        return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
-    }
-    Err(std::io::Error::other(format!(
-        "fusermount3 -u: {}",
-        msg.trim()
-    )))
 }
 
 /// What an image's rootfs is doing.

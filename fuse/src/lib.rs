@@ -16,6 +16,7 @@ pub mod ids;
 mod memory;
 pub mod meta;
 mod modify;
+pub mod mounts;
 mod node;
 mod ops;
 pub mod options;

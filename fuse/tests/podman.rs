@@ -294,11 +294,9 @@ impl Drop for Store {
         for pid in processes_mentioning(&needle) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for mnt in info.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if mnt.starts_with(&needle) {
-                let c = std::ffi::CString::new(mnt).unwrap();
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        for m in nestfs_fuse::mounts::list() {
+            if m.point.to_string_lossy().starts_with(&needle) {
+                let _ = rustix::mount::unmount(&m.point, rustix::mount::UnmountFlags::DETACH);
             }
         }
         // Killed processes may still hold files for a moment.

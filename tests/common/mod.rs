@@ -155,12 +155,11 @@ pub fn tarball(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
 
 /// Whether anything is mounted at or below `p`.
 pub fn mounts_under(p: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = p.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
+    nestfs_fuse::mounts::list()
+        .into_iter()
+        .map(|m| m.point.to_string_lossy().into_owned())
         .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
         .collect()
 }
 

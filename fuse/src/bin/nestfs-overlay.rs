@@ -124,13 +124,7 @@ fn unmount_on_signal(mnt: PathBuf) {
             nestfs_fuse::shed_startup_pages();
             signals.wait();
         }
-        if rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH).is_err() {
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&mnt)
-                .status();
-        }
+        let _ = nestfs_fuse::mounts::unmount(&mnt, true);
     });
 }
 
