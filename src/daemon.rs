@@ -34,6 +34,15 @@ fn pid_file(store: &Store, id: &str) -> PathBuf {
     store.image_dir(id).join("daemon.pid")
 }
 
+/// Sends the overlay's warnings (it reports through `tracing`) to stderr, which is the
+/// image's daemon.log.
+fn log_overlay_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// The mount an image's daemon serves: its volumes top first, its upper and work dirs.
 pub fn overlay_config(store: &Store, id: &str) -> Result<OverlayConfig> {
     let meta = store.image_meta(id)?;
@@ -167,6 +176,7 @@ fn last_line(p: &Path) -> String {
 /// The daemon itself: mounts the image's rootfs, counts its disk usage against its limit, answers
 /// its control socket and serves until the rootfs is unmounted.
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
+    log_overlay_warnings();
     shun_oom_killer()?;
     let mut cfg = overlay_config(store, id)?;
     if let Some(l) = cfg.lowerdirs.first()
