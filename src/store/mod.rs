@@ -7,8 +7,9 @@
 //! STORE/volumes/<chain>/      one unpacked layer, shared by every image that uses it
 //! STORE/volumes/<chain>.json  its size and the images that pulled it
 //! STORE/tmp/                  layers being unpacked; debris of killed runs is removed
-//! STORE/images/<id>/          image.json, upper/, work/, rootfs/ (the mount), daemon.log;
-//!                             `creating` until its daemon first served it
+//! STORE/images/<id>/          image.json, upper/, work/, rootfs/ (the mount), daemon.log,
+//!                             daemon.pid, control.sock; `creating` until its daemon first
+//!                             served it (more in docs/architecture.md)
 //! ```
 //!
 //! A volume or an image becomes visible only once complete (built under tmp/ or a dot name,
@@ -502,7 +503,7 @@ fn owner_gone(name: &str) -> bool {
 }
 
 /// Whether no process has the id `pid` (signal 0 answers ESRCH).
-pub fn process_gone(pid: i32) -> bool {
+fn process_gone(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)
         .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH))
 }

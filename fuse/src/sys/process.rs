@@ -78,9 +78,7 @@ pub enum Forked {
 pub fn fork() -> io::Result<Forked> {
     // Only this thread could start another, so the count cannot change before the fork.
     if std::fs::read_dir("/proc/self/task")?.count() != 1 {
-        return Err(io::Error::other(
-            "fork: the process has more than one thread",
-        ));
+        return Err(io::Error::other("the process has more than one thread"));
     }
     // SAFETY: the process has one thread (checked above), so the child's memory is consistent.
     match unsafe { libc::fork() } {
@@ -114,8 +112,10 @@ pub fn detach_stdio() {
         // valid fd, now on /dev/null.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
-    // Opened as one of them (it was closed): it stays open as that one.
+    // Opened as one of them (it was closed): it stays open as that one, and like the others
+    // open across exec (std opened it close-on-exec, and dup2 onto itself keeps that).
     if null.as_raw_fd() <= 2 {
+        let _ = rustix::io::fcntl_setfd(&null, rustix::io::FdFlags::empty());
         let _ = null.into_raw_fd();
     }
 }
