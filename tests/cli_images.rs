@@ -1,9 +1,6 @@
 //! Images through the real binary: create serves a live rootfs, stats measures it, delete
 //! removes it (also after its daemon was killed), clean removes exactly the unused volumes.
 
-// Tests call libc directly, for setup and for the raw results they check.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
-
 #[allow(dead_code)]
 mod common;
 
@@ -117,7 +114,7 @@ fn delete_after_the_daemon_was_killed() {
     let s = TestStore::new();
     let rootfs = s.create(&oci("busybox"), "k");
     for pid in daemons_for(s.dir.path()) {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        common::kill(pid);
     }
     // The mount is now "transport endpoint is not connected".
     std::thread::sleep(std::time::Duration::from_millis(100));

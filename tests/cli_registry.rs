@@ -1,7 +1,7 @@
 //! `create` from a real registry (Debian's docker-registry on loopback): plain http with
 //! `--insecure-registry`, basic auth, wrong credentials, unknown tags, unreachable registries.
 
-// Tests call libc directly, for setup and for the raw results they check.
+// A port bound but never listened on takes raw socket calls (std binds only to listen).
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 #[allow(dead_code)]

@@ -2,9 +2,6 @@
 //! creates, deletes, cleans, lists and remounts that must neither hang nor fail, a stale pid
 //! file, a create killed midway, a full store, and the OOM killer.
 
-// Tests call libc directly, for setup and for the raw results they check.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
-
 #[allow(dead_code)]
 mod common;
 
@@ -244,7 +241,7 @@ fn a_stale_pid_file_never_stops_another_images_daemon() {
             .unwrap()
             .parse()
             .unwrap();
-        unsafe { libc::kill(own, libc::SIGKILL) };
+        common::kill(own);
         while Path::new(&format!("/proc/{own}")).exists() {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -361,8 +358,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = common::detach(&self.0);
     }
 }
 
@@ -469,7 +465,7 @@ fn a_half_made_images_daemon_goes_even_if_no_pid_file_names_it() {
     s.create(&image, "s");
     let dir = s.root().join("images/s");
     let stray = daemons_for(s.dir.path())[0];
-    unsafe { libc::kill(stray, libc::SIGSTOP) };
+    common::signal(stray, rustix::process::Signal::STOP);
     std::fs::remove_file(dir.join("daemon.pid")).unwrap();
     std::fs::write(dir.join("creating"), "").unwrap();
     let start = Instant::now();

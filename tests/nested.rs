@@ -8,9 +8,6 @@
 //! The container image is made here from local files: busybox, the nestfs binary and its shared
 //! libraries, the busybox fixture's OCI layout as the image the inner nestfs creates.
 
-// Tests call libc directly, for setup and for the raw results they check.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
-
 #[allow(dead_code)]
 mod common;
 #[path = "support/podman.rs"]

@@ -9,9 +9,6 @@
 //! world-usable copy of the device (this machine's is root-only; Debian's is 0666) and the
 //! store's filesystem is mounted, so nothing outside changes and every mount ends with it.
 
-// Tests call libc directly, for setup and for the raw results they check.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
-
 #[allow(dead_code)]
 mod common;
 
@@ -34,7 +31,7 @@ fn test_user() -> Option<(u32, u32)> {
     // Tests run in parallel threads and processes: two concurrent useradds would both create
     // the user (one's home owned by the other's uid, two /etc/subuid ranges). One at a time.
     let lock = std::fs::File::create(std::env::temp_dir().join("nestfs-test-user.lock")).ok()?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).is_err() {
         return None;
     }
     if let Some(ids) = lookup() {
@@ -85,11 +82,12 @@ impl Scratch {
             .keep();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let fuse = std::ffi::CString::new(dir.join("fuse").to_str().unwrap()).unwrap();
-        let rc =
-            unsafe { libc::mknod(fuse.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
-        assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
-        unsafe { libc::chmod(fuse.as_ptr(), 0o666) };
+        let fuse = dir.join("fuse");
+        let mode = rustix::fs::Mode::from_raw_mode(0o666);
+        let dev = rustix::fs::makedev(10, 229);
+        let kind = rustix::fs::FileType::CharacterDevice;
+        rustix::fs::mknodat(rustix::fs::CWD, &fuse, kind, mode, dev).expect("mknod");
+        rustix::fs::chmod(&fuse, mode).expect("chmod");
         std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).unwrap();
         Scratch { dir }
     }
@@ -122,7 +120,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         for pid in daemons_for(&self.dir) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            common::kill(pid);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -186,12 +186,29 @@ impl Drop for TestStore {
     fn drop(&mut self) {
         let _ = self.run(&["delete-store"]);
         for m in mounts_under(self.dir.path()) {
-            let _ = rustix::mount::unmount(m.as_str(), rustix::mount::UnmountFlags::DETACH);
+            let _ = detach(Path::new(&m));
         }
         for pid in daemons_for(self.dir.path()) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+            kill(pid);
         }
     }
+}
+
+/// SIGKILLs process `pid`, if it still runs.
+pub fn kill(pid: i32) {
+    signal(pid, rustix::process::Signal::KILL);
+}
+
+/// Sends `sig` to process `pid` (never to a group), if it still runs.
+pub fn signal(pid: i32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid).expect("a positive pid");
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+/// Detaches the mount at `p` (umount -l).
+pub fn detach(p: &Path) -> std::io::Result<()> {
+    Ok(rustix::mount::unmount(
+        p,
+        rustix::mount::UnmountFlags::DETACH,
+    )?)
 }

@@ -3,7 +3,6 @@
 //! containers are removed, every process started for it killed, its mounts detached and the
 //! dir removed, also when a test fails. The settings are those of fuse/tests/podman.rs.
 
-use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,7 +12,7 @@ pub const USER: &str = "nestfs-test";
 
 /// Why podman tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<&'static str> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Some("not root: the tests run podman as root and create the rootless user");
     }
     if !Path::new("/dev/fuse").exists() {
@@ -47,7 +46,7 @@ pub fn test_user() -> Option<(u32, u32)> {
     };
     let lookup = || Some((id("-u")?, id("-g")?));
     let lock = std::fs::File::create("/tmp/nestfs-test-user.lock").ok()?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).is_err() {
         return None;
     }
     if let Some(ids) = lookup() {
@@ -91,11 +90,11 @@ impl Podman {
             // (root-only on this machine): a 0666 node made here is bound over /dev/fuse in a
             // private mount namespace, and `--device /dev/fuse` passes that one on.
             std::fs::create_dir(d.join("xdg")).unwrap();
-            let fuse = CString::new(d.join("fuse").to_str().unwrap()).unwrap();
-            let rc = unsafe {
-                libc::mknod(fuse.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229))
-            };
-            assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+            let fuse = d.join("fuse");
+            let mode = rustix::fs::Mode::from_raw_mode(0o666);
+            let dev = rustix::fs::makedev(10, 229);
+            let kind = rustix::fs::FileType::CharacterDevice;
+            rustix::fs::mknodat(rustix::fs::CWD, &fuse, kind, mode, dev).expect("mknod");
             std::fs::set_permissions(d.join("fuse"), PermissionsExt::from_mode(0o666)).unwrap();
             for p in [d.as_path(), &d.join("xdg")] {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
@@ -171,7 +170,9 @@ impl Drop for Podman {
         let _ = self.sh("podman rm -af -t 0 > /dev/null 2>&1", &[]);
         let needle = self.dir.to_string_lossy().into_owned();
         for pid in processes_mentioning(&needle) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
         for m in nestfs_fuse::mounts::list() {
             if m.point.to_string_lossy().starts_with(&needle) {
