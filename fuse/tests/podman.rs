@@ -9,9 +9,6 @@
 //! tmp dir, network config dir), so nothing outside it changes; the dir, its processes and
 //! mounts are removed on drop, also when a test fails.
 
-// Tests call libc directly, for setup and for the raw results they check.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -208,11 +205,11 @@ impl Store {
             // Rootless podman needs its own runtime dir, and /dev/fuse usable by the user:
             // a 0666 node made here is bound over /dev/fuse in a private mount namespace.
             std::fs::create_dir(d.join("xdg")).unwrap();
-            let fuse = std::ffi::CString::new(d.join("fuse").to_str().unwrap()).unwrap();
-            let rc = unsafe {
-                libc::mknod(fuse.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229))
-            };
-            assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+            let fuse = d.join("fuse");
+            let mode = rustix::fs::Mode::from_raw_mode(0o666);
+            let dev = rustix::fs::makedev(10, 229);
+            let kind = rustix::fs::FileType::CharacterDevice;
+            rustix::fs::mknodat(rustix::fs::CWD, &fuse, kind, mode, dev).expect("mknod");
             std::fs::set_permissions(d.join("fuse"), PermissionsExt::from_mode(0o666)).unwrap();
             for p in [d.as_path(), &d.join("xdg"), &d.join("context")] {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
@@ -292,7 +289,9 @@ impl Drop for Store {
     fn drop(&mut self) {
         let needle = self.dir.to_string_lossy().into_owned();
         for pid in processes_mentioning(&needle) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
         for m in nestfs_fuse::mounts::list() {
             if m.point.to_string_lossy().starts_with(&needle) {
@@ -530,7 +529,7 @@ fn test_user() -> Option<(u32, u32)> {
     };
     let lookup = || Some((id("-u")?, id("-g")?));
     let lock = std::fs::File::create("/tmp/nestfs-test-user.lock").ok()?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).is_err() {
         return None;
     }
     if let Some(ids) = lookup() {
