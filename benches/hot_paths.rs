@@ -40,7 +40,7 @@ fn layers(root: &Path) -> Vec<PathBuf> {
 }
 
 fn fuse_usable() -> Result<(), &'static str> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Err("not root");
     }
     if !Path::new("/dev/fuse").exists() {
@@ -111,7 +111,7 @@ fn unpack_bench(c: &mut Criterion) {
     let opts = nestfs::unpack::UnpackOptions {
         max_bytes: 1 << 30,
         max_entries: 1 << 20,
-        privileged: unsafe { libc::geteuid() } == 0,
+        privileged: rustix::process::geteuid().is_root(),
     };
     let mut g = c.benchmark_group("unpack");
     g.throughput(Throughput::Bytes(tar.len() as u64));

@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,10 +11,12 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use anyhow::Context;
+use nestfs_fuse::mounts::{is_mounted, unmount};
 use nestfs_fuse::{OverlayConfig, Quota};
 
 use crate::control::{self, Status, Stopped};
 use crate::store::{Lock, Result, Store, StoreError, io_ctx};
+use crate::sys;
 
 /// How long `create` waits for a daemon to mount.
 const MOUNT_WAIT: Duration = Duration::from_secs(30);
@@ -25,42 +26,21 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// then serves users elsewhere.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
-fn unescape(s: &str) -> String {
-    // /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether `p` is a mount point.
-pub fn is_mounted(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = p.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want))
-}
-
 fn rootfs(store: &Store, id: &str) -> PathBuf {
     store.image_dir(id).join("rootfs")
 }
 
 fn pid_file(store: &Store, id: &str) -> PathBuf {
     store.image_dir(id).join("daemon.pid")
+}
+
+/// Sends the overlay's warnings (it reports through `tracing`) to stderr, which is the
+/// image's daemon.log.
+fn log_overlay_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The mount an image's daemon serves: its volumes top first, its upper and work dirs.
@@ -93,7 +73,7 @@ pub fn overlay_config(store: &Store, id: &str) -> Result<OverlayConfig> {
 
 /// Says what is missing when this process could not serve a FUSE mount at all.
 pub fn preflight() -> Result<()> {
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     let missing = |m: String| Err(StoreError::Daemon(m));
     match std::fs::OpenOptions::new()
         .read(true)
@@ -151,12 +131,7 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
         })?)
         .stderr(log);
     // Its own session: Garden's signals to the plugin's process group must not reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    sys::new_session_on_exec(&mut cmd);
     let mut child = io_ctx(cmd.spawn(), || "start the image daemon".into())?;
     let mnt = rootfs(store, id);
     let start = Instant::now();
@@ -201,6 +176,7 @@ fn last_line(p: &Path) -> String {
 /// The daemon itself: mounts the image's rootfs, counts its disk usage against its limit, answers
 /// its control socket and serves until the rootfs is unmounted.
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
+    log_overlay_warnings();
     shun_oom_killer()?;
     let mut cfg = overlay_config(store, id)?;
     if let Some(l) = cfg.lowerdirs.first()
@@ -262,37 +238,6 @@ fn shun_oom_killer() -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Unmounts `mnt`, lazily (detached now, gone once its last user lets go) or not (EBUSY while
-/// in use). Root unmounts directly; anyone else through fusermount3.
-fn unmount(mnt: &Path, lazy: bool) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EPERM) {
-        return Err(e);
-    }
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    let out = cmd.arg(mnt).stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let msg = String::from_utf8_lossy(&out.stderr);
-    if msg.contains("busy") {
-        return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
-    }
-    Err(std::io::Error::other(format!(
-        "fusermount3 -u: {}",
-        msg.trim()
-    )))
 }
 
 /// What an image's rootfs is doing.
@@ -404,7 +349,7 @@ pub fn stop(store: &Store, id: &str) -> Result<Stop> {
     if answered {
         return Ok(Stop::StillServing(daemon.pid));
     }
-    unsafe { libc::kill(daemon.pid, libc::SIGKILL) };
+    sys::kill(daemon.pid);
     Ok(Stop::Gone)
 }
 
@@ -426,7 +371,7 @@ pub fn kill_strays(store: &Store, id: &str) {
         .filter(|p| p.serves(store, id))
         .collect();
     for p in &strays {
-        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        sys::kill(p.pid);
     }
     let start = Instant::now();
     while strays.iter().any(Proc::runs) && start.elapsed() < EXIT_WAIT {

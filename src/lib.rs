@@ -16,5 +16,6 @@ pub mod image;
 pub mod logging;
 pub mod metrics;
 pub mod store;
+mod sys;
 pub mod unpack;
 pub mod usage;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -108,22 +108,19 @@ fn no_space(e: &(dyn std::error::Error + 'static)) -> bool {
 fn make_device<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Result<(), ImageError> {
     let h = entry.header();
     let fail = |e: std::io::Error| invalid(&format!("create device {name:?}"), e);
-    let fmt = if h.entry_type().is_character_special() {
-        libc::S_IFCHR
+    let kind = if h.entry_type().is_character_special() {
+        rustix::fs::FileType::CharacterDevice
     } else {
-        libc::S_IFBLK
+        rustix::fs::FileType::BlockDevice
     };
     let rdev = libc::makedev(
         h.device_major().ok().flatten().unwrap_or(0),
         h.device_minor().ok().flatten().unwrap_or(0),
     );
     std::fs::remove_file(path).map_err(fail)?;
-    let c =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| fail(e.into()))?;
     let mode = h.mode().unwrap_or(0o600) & 0o7777;
-    if unsafe { libc::mknod(c.as_ptr(), fmt | mode, rdev) } != 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
+    rustix::fs::mknodat(rustix::fs::CWD, path, kind, Mode::from_raw_mode(mode), rdev)
+        .map_err(|e| fail(e.into()))?;
     let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(fail)?;
     // mknod applied the umask; chown may have cleared nothing (devices have no set-id bits).
@@ -412,11 +409,11 @@ fn place<R: Read>(
     if !kind.is_dir() {
         b.replacing(&rel);
     }
-    let dir = b.dir(parent)?.as_raw_fd();
-    let at = fd_path(dir).join(file);
+    b.dir(parent)?;
+    let dir = &b.open[parent];
+    let at = fd_path(dir.as_raw_fd()).join(file);
     if kind.is_hard_link() {
-        // SAFETY: `dir` stays open in `b.open` until the next entry's `replacing` or `dir`.
-        b.hard_link(entry, unsafe { BorrowedFd::borrow_raw(dir) }, file)?;
+        b.hard_link(entry, dir.as_fd(), file)?;
     } else if device {
         match std::fs::symlink_metadata(&at) {
             Ok(m) if !m.is_dir() => std::fs::remove_file(&at)?,

@@ -28,7 +28,7 @@ fn kill_daemons(s: &TestStore) {
     let pids = daemons_for(s.dir.path());
     assert!(!pids.is_empty(), "no daemon to kill");
     for pid in pids {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        common::kill(pid);
     }
     let start = Instant::now();
     while !daemons_for(s.dir.path()).is_empty() && start.elapsed() < Duration::from_secs(5) {
@@ -111,8 +111,7 @@ fn after_a_reboot_images_are_not_mounted_and_remount_serves_them() {
     // A reboot: daemons gone and no mounts at all.
     kill_daemons(&s);
     for m in mounts_under(s.dir.path()) {
-        let c = std::ffi::CString::new(m).unwrap();
-        assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+        common::detach(Path::new(&m)).unwrap();
     }
     assert_eq!(state(&s, "a"), "not-mounted");
     assert_eq!(
@@ -133,8 +132,7 @@ fn after_a_reboot_images_are_not_mounted_and_remount_serves_them() {
     assert!(b.join("bin/busybox").exists());
     // An image whose daemon never came back is deleted just as well.
     kill_daemons(&s);
-    let c = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    let _ = common::detach(&b);
     s.run(&["delete", "a"]).ok();
     s.run(&["delete", "b"]).ok();
     assert_nothing_left(&s);
@@ -304,8 +302,7 @@ fn a_remount_whose_daemon_cannot_mount_fails_and_keeps_the_image() {
     let rootfs = s.create(&oci("busybox"), "r");
     std::fs::write(rootfs.join("kept"), "upper data").unwrap();
     kill_daemons(&s);
-    let c = std::ffi::CString::new(rootfs.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    common::detach(&rootfs).unwrap();
     let r = without_fuse(&s, &["remount", "r"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("image daemon exited"), "{r:?}");
@@ -401,8 +398,7 @@ fn a_daemon_answers_its_control_socket_from_the_moment_its_rootfs_is_mounted() {
     for round in 0..10 {
         // As after a reboot: no daemon, no mount, a stale socket file.
         kill_daemons(&s);
-        let c = std::ffi::CString::new(rootfs.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+        common::detach(&rootfs).unwrap();
         let remount = s
             .cmd()
             .arg("remount")

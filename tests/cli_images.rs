@@ -114,7 +114,7 @@ fn delete_after_the_daemon_was_killed() {
     let s = TestStore::new();
     let rootfs = s.create(&oci("busybox"), "k");
     for pid in daemons_for(s.dir.path()) {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        common::kill(pid);
     }
     // The mount is now "transport endpoint is not connected".
     std::thread::sleep(std::time::Duration::from_millis(100));

@@ -1,6 +1,9 @@
 //! `create` from a real registry (Debian's docker-registry on loopback): plain http with
 //! `--insecure-registry`, basic auth, wrong credentials, unknown tags, unreachable registries.
 
+// A port bound but never listened on takes raw socket calls (std binds only to listen).
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 #[allow(dead_code)]

@@ -8,7 +8,6 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use common::{TestStore, du, tarball};
@@ -174,10 +173,8 @@ fn fallocate_truncate_and_sparse_files() {
         .open(rootfs.join("f"))
         .unwrap();
     let fallocate = |off: u64, len: u64| {
-        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, off as i64, len as i64) };
-        (r == 0)
-            .then_some(())
-            .ok_or_else(std::io::Error::last_os_error)
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), off, len)
+            .map_err(std::io::Error::from)
     };
     assert_edquot(&fallocate(0, 4 * MIB).unwrap_err());
     assert!(
@@ -192,7 +189,7 @@ fn fallocate_truncate_and_sparse_files() {
     f.set_len(1 << 30).unwrap();
     assert_eq!(stats(&s, "fa").0, before);
     // A block written in the middle of the hole costs a block.
-    let n = unsafe { libc::pwrite(f.as_raw_fd(), [7u8; 4096].as_ptr().cast(), 4096, 1 << 29) };
+    let n = std::os::unix::fs::FileExt::write_at(&f, &[7u8; 4096], 1 << 29).unwrap();
     assert_eq!(n, 4096);
     let after = stats(&s, "fa").0;
     assert!(
@@ -345,7 +342,7 @@ fn hardlinks_count_once_and_stats_match_du_across_a_daemon_restart() {
 
     // The daemon dies; stats scans; remount counts on from the same figure.
     for pid in common::daemons_for(s.dir.path()) {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        common::kill(pid);
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(stats(&s, "hl").0, live);
@@ -357,18 +354,7 @@ fn hardlinks_count_once_and_stats_match_du_across_a_daemon_restart() {
 }
 
 fn xattr_set(p: &Path, key: &str, value: &[u8]) {
-    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    let k = std::ffi::CString::new(key).unwrap();
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            k.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    rustix::fs::lsetxattr(p, key, value, rustix::fs::XattrFlags::empty()).unwrap();
 }
 
 #[test]

@@ -241,7 +241,7 @@ fn a_stale_pid_file_never_stops_another_images_daemon() {
             .unwrap()
             .parse()
             .unwrap();
-        unsafe { libc::kill(own, libc::SIGKILL) };
+        common::kill(own);
         while Path::new(&format!("/proc/{own}")).exists() {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -358,8 +358,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = common::detach(&self.0);
     }
 }
 
@@ -466,7 +465,7 @@ fn a_half_made_images_daemon_goes_even_if_no_pid_file_names_it() {
     s.create(&image, "s");
     let dir = s.root().join("images/s");
     let stray = daemons_for(s.dir.path())[0];
-    unsafe { libc::kill(stray, libc::SIGSTOP) };
+    common::signal(stray, rustix::process::Signal::STOP);
     std::fs::remove_file(dir.join("daemon.pid")).unwrap();
     std::fs::write(dir.join("creating"), "").unwrap();
     let start = Instant::now();

@@ -59,11 +59,12 @@ impl Scratch {
             .keep();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let fuse = std::ffi::CString::new(dir.join("fuse").to_str().unwrap()).unwrap();
-        let rc =
-            unsafe { libc::mknod(fuse.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
-        assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
-        unsafe { libc::chmod(fuse.as_ptr(), 0o666) };
+        let fuse = dir.join("fuse");
+        let mode = rustix::fs::Mode::from_raw_mode(0o666);
+        let dev = rustix::fs::makedev(10, 229);
+        let kind = rustix::fs::FileType::CharacterDevice;
+        rustix::fs::mknodat(rustix::fs::CWD, &fuse, kind, mode, dev).expect("mknod");
+        rustix::fs::chmod(&fuse, mode).expect("chmod");
         std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).unwrap();
         Scratch { dir }
     }
@@ -96,7 +97,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         for pid in daemons_for(&self.dir) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            common::kill(pid);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -233,21 +233,17 @@ fn copy_xattrs(src: &sys::XPath, dst: &sys::XPath, admin: bool) -> io::Result<()
 /// that skip holes found at a chunk boundary, which is what overlayfs does (so holes come out
 /// the same as with the kernel).
 fn copy_data(src: RawFd, dst: RawFd, len: u64) -> io::Result<()> {
-    const FICLONE: libc::c_ulong = 0x4004_9409;
     const CHUNK: i64 = 1 << 20;
-    if len == 0 || unsafe { libc::ioctl(dst, FICLONE, src) } == 0 {
+    if len == 0 || sys::clone_file(src, dst).is_ok() {
         return Ok(());
     }
     let (len, mut pos) = (len as i64, 0i64);
     while pos < len {
-        let data = unsafe { libc::lseek(src, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(e);
-        }
+        let data = match sys::lseek(src, pos, libc::SEEK_DATA) {
+            Ok(data) => data,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
+            Err(e) => return Err(e),
+        };
         if data > pos {
             pos = data;
             continue;
@@ -256,32 +252,28 @@ fn copy_data(src: RawFd, dst: RawFd, len: u64) -> io::Result<()> {
         copy_range(src, dst, pos, n)?;
         pos += n;
     }
-    if unsafe { libc::ftruncate(dst, len) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::ftruncate(dst, len as u64)
 }
 
 fn copy_range(src: RawFd, dst: RawFd, start: i64, len: i64) -> io::Result<()> {
     let (mut inoff, mut outoff, mut left) = (start, start, len as usize);
     while left > 0 {
-        let n = unsafe {
-            libc::copy_file_range(src, &mut inoff, dst, &mut outoff, left.min(1 << 30), 0)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-            ) {
+        let n = match sys::copy_file_range(src, &mut inoff, dst, &mut outoff, left.min(1 << 30)) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                ) =>
+            {
                 return copy_by_hand(src, dst, inoff, left);
             }
-            return Err(e);
-        }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             break; // the source shrank under us
         }
-        left -= n as usize;
+        left -= n;
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ pub fn parse(spec: &str) -> Result<Vec<IdRange>, String> {
         .map(|n| n.parse::<u32>())
         .collect::<Result<_, _>>()
         .map_err(|_| format!("{spec:?}: expected INSIDE:OUTSIDE:LEN[:...] with numbers"))?;
-    if nums.is_empty() || nums.len() % 3 != 0 {
+    if nums.is_empty() || !nums.len().is_multiple_of(3) {
         return Err(format!("{spec:?}: expected triples INSIDE:OUTSIDE:LEN"));
     }
     let ranges: Vec<IdRange> = nums

@@ -3,8 +3,8 @@
 //! It merges read-only lower directories (top first) with an optional upper and work directory,
 //! reads whiteouts and opaque directories in both the overlayfs and the OCI format, and resolves
 //! every name beneath its layer's directory fd without following symlinks, so hostile layer
-//! content cannot lead the daemon elsewhere. [`mount`] serves in the background; [`serve`] in the
-//! foreground until the mount goes away.
+//! content cannot lead the daemon elsewhere. [`mount`] serves in the background;
+//! [`Prepared::serve`] in the foreground until the mount goes away.
 //!
 //! Differences from kernel overlayfs: the root directory's inode number is 1 (FUSE's root id);
 //! O_TMPFILE is not supported (fuser has no tmpfile request); directories that have lower copies
@@ -16,6 +16,7 @@ pub mod ids;
 mod memory;
 pub mod meta;
 mod modify;
+pub mod mounts;
 mod node;
 mod ops;
 pub mod options;
@@ -34,6 +35,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 pub use memory::shed_startup_pages;
 pub use quota::{Quota, allocated_bytes};
+pub use sys::process;
 
 /// Workers a mount gets unless told otherwise (`max_threads=`): one per CPU up to this many. On
 /// 2 CPUs, 4 or 8 workers served concurrent cold tree walks no faster than 2, while each worker
@@ -70,7 +72,7 @@ pub struct OverlayConfig {
 
 impl OverlayConfig {
     fn mount_config(&self) -> Config {
-        let privileged = unsafe { libc::geteuid() } == 0;
+        let privileged = sys::is_root();
         let mut opts = vec![
             MountOption::FSName(if self.fsname.is_empty() {
                 "nestfs-overlay".into()
@@ -136,7 +138,7 @@ impl Drop for Mounted {
 fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Session<ops::Fs>> {
     options::validate(cfg)?;
     // Modes are set exactly as asked; the daemon's own umask must not interfere.
-    unsafe { libc::umask(0) };
+    sys::process::clear_umask();
     memory::map_big_buffers();
     let notifier = Arc::new(OnceLock::new());
     let ov = overlay::Overlay::new(cfg, notifier.clone())?;

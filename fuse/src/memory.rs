@@ -26,7 +26,7 @@ pub fn shed_startup_pages() {
             && words.next() == Some("0")
             && let Some((start, end)) = current.take()
         {
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            crate::sys::process::drop_clean_pages(start, end);
         }
     }
 }
@@ -40,8 +40,5 @@ pub fn shed_startup_pages() {
 /// untouched mappings.
 pub fn map_big_buffers() {
     #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
-    }
+    crate::sys::process::set_malloc_thresholds(16 << 20, 32 << 20);
 }

@@ -94,10 +94,7 @@ pub fn record(xp: &XPath, real: &Stat, want: &Meta) -> io::Result<()> {
 pub fn record_path(path: &std::path::Path, want: &Meta) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut real: Stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::lstat(c.as_ptr(), &mut real) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let real = sys::lstat(&c)?;
     let xp = XPath::nofollow(c);
     if !can_carry(real.st_mode) {
         return Ok(());

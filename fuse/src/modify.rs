@@ -55,15 +55,7 @@ impl Target {
 
     pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
         match self {
-            Target::Dir(fd) => {
-                let r = unsafe {
-                    libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH)
-                };
-                if r < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            }
+            Target::Dir(fd) => sys::chown_fd(fd.as_raw_fd(), uid, gid),
             Target::Entry(d, n) => sys::chown_at(d.as_raw_fd(), n, uid, gid),
         }
     }
@@ -182,7 +174,7 @@ impl Overlay {
             return Ok(());
         }
         // Made by this daemon (root, its group or the setgid directory's): owned as asked.
-        if self.stored_ids(who.uid, who.gid)? == (0, unsafe { libc::getegid() }) {
+        if self.stored_ids(who.uid, who.gid)? == (0, rustix::process::getegid().as_raw()) {
             return Ok(());
         }
         let pst = sys::fstat(dir.as_raw_fd())?;

@@ -182,14 +182,6 @@ impl From<E> for Errno {
     }
 }
 
-fn io_err(r: libc::ssize_t) -> Result<usize, Errno> {
-    if r < 0 {
-        Err(errno(io::Error::last_os_error()))
-    } else {
-        Ok(r as usize)
-    }
-}
-
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let want = InitFlags::FUSE_DO_READDIRPLUS
@@ -231,7 +223,7 @@ impl Filesystem for Fs {
             // A negative entry (node 0) the kernel may cache: names only appear through this
             // mount, and the kernel drops the negative entry when one does.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                let none: sys::Stat = unsafe { std::mem::zeroed() };
+                let none = sys::empty_stat();
                 reply.entry(&self.ov.ttl, &crate::overlay::attr(&none, 0, false), gen0());
             }
             Err(e) => reply.error(errno(e)),
@@ -537,7 +529,7 @@ impl Filesystem for Fs {
         if self.ov.track_fd(ino.0, fh.0 as RawFd, false) {
             self.ov.closed(fh.0 as RawFd);
         }
-        unsafe { libc::close(fh.0 as RawFd) };
+        sys::close(fh.0 as RawFd);
         reply.ok();
     }
 
@@ -552,20 +544,7 @@ impl Filesystem for Fs {
         let fd = fh.0 as RawFd;
         // Writeback allocates what delayed allocation left out (extent-tree blocks): counted
         // here, so `stats` keeps equal to `du` for data that was synced.
-        let synced = self.ov.measured(ino.0, fd, 0, || {
-            let r = unsafe {
-                if datasync {
-                    libc::fdatasync(fd)
-                } else {
-                    libc::fsync(fd)
-                }
-            };
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
+        let synced = self.ov.measured(ino.0, fd, 0, || sys::fsync(fd, datasync));
         tryr!(reply, synced.map_err(E::from));
         reply.ok();
     }
@@ -693,24 +672,17 @@ impl Filesystem for Fs {
         let t = tryr!(reply, self.ov.target(ino.0).map_err(E::from));
         if let Target::Dir(fd) = t {
             let d = tryr!(reply, sys::reopen_dir(fd.as_raw_fd()).map_err(E::from));
-            let r = unsafe {
-                if datasync {
-                    libc::fdatasync(d.as_raw_fd())
-                } else {
-                    libc::fsync(d.as_raw_fd())
-                }
-            };
-            tryr!(reply, io_err(r as isize));
+            tryr!(reply, sys::fsync(d.as_raw_fd(), datasync).map_err(E::from));
         }
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let root = &self.ov.layers[0].root;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatvfs(root.as_raw_fd(), &mut st) } < 0 {
-            return reply.error(errno(io::Error::last_os_error()));
-        }
+        let st = match sys::fstatvfs(root.as_raw_fd()) {
+            Ok(st) => st,
+            Err(e) => return reply.error(errno(e)),
+        };
         reply.statfs(
             st.f_blocks,
             st.f_bfree,
@@ -847,9 +819,11 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let r = unsafe { libc::lseek(fh.0 as RawFd, offset, whence) };
-        let off = tryr!(reply, io_err(r as isize));
-        reply.offset(off as i64);
+        let off = tryr!(
+            reply,
+            sys::lseek(fh.0 as RawFd, offset, whence).map_err(E::from)
+        );
+        reply.offset(off);
     }
 
     fn copy_file_range(
@@ -872,13 +846,7 @@ impl Filesystem for Fs {
             self.ov
                 .write_charged(ino_out.0, out, offset_out, len, |len| {
                     let (mut i, mut o) = (offset_in as i64, offset_out as i64);
-                    let r = unsafe {
-                        libc::copy_file_range(fh_in.0 as RawFd, &mut i, out, &mut o, len, 0)
-                    };
-                    if r < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(r as usize)
+                    sys::copy_file_range(fh_in.0 as RawFd, &mut i, out, &mut o, len)
                 })
                 .map_err(E::from)
         );

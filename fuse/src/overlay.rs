@@ -102,17 +102,10 @@ impl Target {
 fn open_root(path: &std::path::Path, what: &str) -> anyhow::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .with_context(|| format!("{what} {}: NUL in path", path.display()))?;
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        bail!("{what} {}: {e}", path.display());
+    match sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY) {
+        Ok(fd) => Ok(fd),
+        Err(e) => bail!("{what} {}: {e}", path.display()),
     }
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
 /// Prefix of the overlay's temporary names in the work dir.
@@ -344,7 +337,7 @@ impl Overlay {
         let m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
         for fd in m.get(&ino).into_iter().flatten() {
             if let Ok(upper) = sys::open_at(dir, name, libc::O_RDONLY, 0) {
-                unsafe { libc::dup3(upper.as_raw_fd(), *fd, libc::O_CLOEXEC) };
+                let _ = sys::dup_onto(upper.as_raw_fd(), *fd);
             }
         }
     }

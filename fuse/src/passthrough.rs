@@ -58,11 +58,9 @@ const STACKED_FS: [i64; 3] = [
 /// The stacking depth passthrough needs for backing files in `layers`: 1 keeps the mount
 /// usable as a kernel overlayfs layer; 2 when a layer is itself on a stacking filesystem.
 pub fn stack_depth(layers: &[impl AsRawFd]) -> u32 {
-    let stacked = layers.iter().any(|l| {
-        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-        let ok = unsafe { libc::fstatfs(l.as_raw_fd(), &mut s) } == 0;
-        ok && STACKED_FS.contains(&(s.f_type as i64))
-    });
+    let stacked = layers
+        .iter()
+        .any(|l| sys::fs_type(l.as_raw_fd()).is_ok_and(|t| STACKED_FS.contains(&t)));
     if stacked { 2 } else { 1 }
 }
 

@@ -197,7 +197,7 @@ mod tests {
         // CI runs the tests as root of the initial user namespace, which holds CAP_FSETID.
         let me = Requester::new(std::process::id(), 0);
         let st = me.status().expect("own /proc status");
-        if unsafe { libc::geteuid() } == 0 && in_initial_user_ns(std::process::id()) {
+        if crate::sys::is_root() && in_initial_user_ns(std::process::id()) {
             assert!(st.fsetid && me.may_keep_setid());
         }
         assert!(!Requester::new(0, 0).may_keep_setid(), "an unseen caller");

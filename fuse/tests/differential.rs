@@ -4,6 +4,9 @@
 //! paths and the state after a remount agree, and that no lower layer changed. Each case runs
 //! twice: the tested overlay over overlay-format layers and over OCI-format (`.wh.`) layers.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

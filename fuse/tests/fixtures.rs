@@ -7,6 +7,9 @@
 //! kernel overlayfs's over the same layers, hardlinked files keep sharing an inode, and a busybox
 //! image can run a program from the mount.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

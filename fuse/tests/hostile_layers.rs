@@ -5,6 +5,9 @@
 //! xattr-for-xattr unchanged, ctime included), that it never hangs on a fifo, that device nodes give
 //! no more access than kernel overlayfs gives, and that outcomes match kernel overlayfs.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

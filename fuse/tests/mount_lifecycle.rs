@@ -2,6 +2,9 @@
 //! only once the mount answers and keeps serving after the parent exits; with `-f` it exits by
 //! itself (successfully) when the mount is unmounted; bad options fail without mounting anything.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 
@@ -109,14 +112,9 @@ fn without_f_returns_once_the_mount_answers() {
 
 /// The filesystem type /proc/self/mountinfo gives the mount at `mnt`.
 fn fstype(mnt: &Path) -> String {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mnt.to_string_lossy();
-    info.lines()
-        .find(|l| l.split(' ').nth(4) == Some(&want))
-        .and_then(|l| l.split(" - ").nth(1))
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_default()
-        .to_string()
+    let mounts = nestfs_fuse::mounts::list();
+    let m = mounts.into_iter().find(|m| m.point == mnt);
+    m.map(|m| m.fs_type).unwrap_or_default()
 }
 
 /// Starts `nestfs-overlay -f` on `s` and returns once its mount exists.

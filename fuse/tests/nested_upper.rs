@@ -6,6 +6,9 @@
 //! and the merged tree are kernel overlayfs's on plain dirs, looks at what the upper dir holds,
 //! and remounts to check that the daemon reads back what it wrote.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -3,6 +3,9 @@
 //! and the choice of stacking depth keeps both "layers on overlayfs" and "nestfs under kernel
 //! overlayfs" working.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -7,6 +7,9 @@
 //!
 //! Seeds are fixed; `NESTFS_RANDOM_SEED=N` replays one seed. The seed is printed with any failure.
 
+// Tests call libc directly, for setup and for the raw results they check.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -2,9 +2,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 
 /// Held until dropped.
 pub struct Lock {
@@ -37,9 +39,9 @@ impl Lock {
     fn lock_dir(path: &Path, wait: bool) -> io::Result<Option<Lock>> {
         let file = File::open(path)?;
         let op = if wait {
-            libc::LOCK_EX
+            FlockOperation::LockExclusive
         } else {
-            libc::LOCK_EX | libc::LOCK_NB
+            FlockOperation::NonBlockingLockExclusive
         };
         if !flock(&file, op)? {
             return Ok(None);
@@ -54,26 +56,24 @@ impl Lock {
 
     fn on(file: File, exclusive: bool) -> io::Result<Lock> {
         let op = if exclusive {
-            libc::LOCK_EX
+            FlockOperation::LockExclusive
         } else {
-            libc::LOCK_SH
+            FlockOperation::LockShared
         };
         flock(&file, op)?;
         Ok(Lock { _file: file })
     }
 }
 
-/// flock(2), retried when interrupted; false if `LOCK_NB` was asked and someone holds it.
-fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+/// flock(2), retried when interrupted; false if a non-blocking lock was asked and someone
+/// holds it.
+fn flock(file: &File, op: FlockOperation) -> io::Result<bool> {
     loop {
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(e),
+        match rustix::fs::flock(file, op) {
+            Ok(()) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -7,8 +7,9 @@
 //! STORE/volumes/<chain>/      one unpacked layer, shared by every image that uses it
 //! STORE/volumes/<chain>.json  its size and the images that pulled it
 //! STORE/tmp/                  layers being unpacked; debris of killed runs is removed
-//! STORE/images/<id>/          image.json, upper/, work/, rootfs/ (the mount), daemon.log;
-//!                             `creating` until its daemon first served it
+//! STORE/images/<id>/          image.json, upper/, work/, rootfs/ (the mount), daemon.log,
+//!                             daemon.pid, control.sock; `creating` until its daemon first
+//!                             served it (more in docs/architecture.md)
 //! ```
 //!
 //! A volume or an image becomes visible only once complete (built under tmp/ or a dot name,
@@ -212,20 +213,15 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 /// statvfs(2) of the filesystem holding `p`.
-pub fn statvfs(p: &Path) -> Result<libc::statvfs> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let r = c.and_then(|c| match unsafe { libc::statvfs(c.as_ptr(), &mut st) } {
-        0 => Ok(st),
-        _ => Err(io::Error::last_os_error()),
-    });
-    io_ctx(r, || format!("statfs {}", p.display()))
+pub fn statvfs(p: &Path) -> Result<rustix::fs::StatVfs> {
+    io_ctx(rustix::fs::statvfs(p).map_err(io::Error::from), || {
+        format!("statfs {}", p.display())
+    })
 }
 
 /// The default store: system-wide for root, per user otherwise.
 pub fn default_root() -> PathBuf {
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return PathBuf::from("/var/lib/nestfs");
     }
     // An empty XDG_DATA_HOME counts as unset (XDG base directory spec).
@@ -507,9 +503,15 @@ fn owner_gone(name: &str) -> bool {
         .split('-')
         .find_map(|p| p.parse::<i32>().ok().filter(|p| *p > 0));
     match pid {
-        Some(pid) => unsafe { libc::kill(pid, 0) != 0 && *libc::__errno_location() == libc::ESRCH },
+        Some(pid) => process_gone(pid),
         None => true,
     }
+}
+
+/// Whether no process has the id `pid` (signal 0 answers ESRCH).
+fn process_gone(pid: i32) -> bool {
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH))
 }
 
 /// Removes a tree that may contain read-only directories (as images often do).

@@ -5,7 +5,6 @@
 //! it holding none, and every wait runs on the blocking pool, so a future holding a lock is
 //! always polled on to its release.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -250,8 +249,5 @@ impl Store {
 /// Flushes the filesystem holding `p`, so a renamed volume is complete after a crash.
 fn syncfs(p: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(p)?;
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::syncfs(&f)?)
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 /// Why tests that mount cannot run here, if they cannot.
 pub fn skip_reason() -> Option<&'static str> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Some("not root: these tests mount FUSE filesystems as root");
     }
     if !Path::new("/dev/fuse").exists() {
@@ -155,12 +155,11 @@ pub fn tarball(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
 
 /// Whether anything is mounted at or below `p`.
 pub fn mounts_under(p: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = p.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
+    nestfs_fuse::mounts::list()
+        .into_iter()
+        .map(|m| m.point.to_string_lossy().into_owned())
         .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
         .collect()
 }
 
@@ -187,11 +186,29 @@ impl Drop for TestStore {
     fn drop(&mut self) {
         let _ = self.run(&["delete-store"]);
         for m in mounts_under(self.dir.path()) {
-            let c = std::ffi::CString::new(m).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            let _ = detach(Path::new(&m));
         }
         for pid in daemons_for(self.dir.path()) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill(pid);
         }
     }
+}
+
+/// SIGKILLs process `pid`, if it still runs.
+pub fn kill(pid: i32) {
+    signal(pid, rustix::process::Signal::KILL);
+}
+
+/// Sends `sig` to process `pid` (never to a group), if it still runs.
+pub fn signal(pid: i32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid).expect("a positive pid");
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+/// Detaches the mount at `p` (umount -l).
+pub fn detach(p: &Path) -> std::io::Result<()> {
+    Ok(rustix::mount::unmount(
+        p,
+        rustix::mount::UnmountFlags::DETACH,
+    )?)
 }

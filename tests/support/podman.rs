@@ -3,7 +3,6 @@
 //! containers are removed, every process started for it killed, its mounts detached and the
 //! dir removed, also when a test fails. The settings are those of fuse/tests/podman.rs.
 
-use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,7 +11,7 @@ pub use crate::users::{USER, test_user};
 
 /// Why podman tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<&'static str> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Some("not root: the tests run podman as root and create the rootless user");
     }
     if !Path::new("/dev/fuse").exists() {
@@ -68,11 +67,11 @@ impl Podman {
             // (root-only on this machine): a 0666 node made here is bound over /dev/fuse in a
             // private mount namespace, and `--device /dev/fuse` passes that one on.
             std::fs::create_dir(d.join("xdg")).unwrap();
-            let fuse = CString::new(d.join("fuse").to_str().unwrap()).unwrap();
-            let rc = unsafe {
-                libc::mknod(fuse.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229))
-            };
-            assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+            let fuse = d.join("fuse");
+            let mode = rustix::fs::Mode::from_raw_mode(0o666);
+            let dev = rustix::fs::makedev(10, 229);
+            let kind = rustix::fs::FileType::CharacterDevice;
+            rustix::fs::mknodat(rustix::fs::CWD, &fuse, kind, mode, dev).expect("mknod");
             std::fs::set_permissions(d.join("fuse"), PermissionsExt::from_mode(0o666)).unwrap();
             for p in [d.as_path(), &d.join("xdg")] {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
@@ -148,13 +147,13 @@ impl Drop for Podman {
         let _ = self.sh("podman rm -af -t 0 > /dev/null 2>&1", &[]);
         let needle = self.dir.to_string_lossy().into_owned();
         for pid in processes_mentioning(&needle) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for mnt in info.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if mnt.starts_with(&needle) {
-                let c = CString::new(mnt).unwrap();
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        for m in nestfs_fuse::mounts::list() {
+            if m.point.to_string_lossy().starts_with(&needle) {
+                let _ = rustix::mount::unmount(&m.point, rustix::mount::UnmountFlags::DETACH);
             }
         }
         // Killed processes may still hold files for a moment.

@@ -14,7 +14,7 @@ pub fn test_user() -> Option<(u32, u32)> {
     };
     let lookup = || Some((id("-u")?, id("-g")?));
     let lock = std::fs::File::create("/tmp/nestfs-test-user.lock").ok()?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).is_err() {
         return None;
     }
     if let Some(ids) = lookup() {

@@ -5,12 +5,13 @@
 //! non-zero with the child's error. SIGTERM/SIGINT/SIGHUP unmount and exit cleanly.
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use nestfs_fuse::process::{self, Forked, StopSignals};
 use nestfs_fuse::{OverlayConfig, options};
 
 #[derive(Parser)]
@@ -29,6 +30,8 @@ struct Args {
     /// Mount options: lowerdir=A:B,upperdir=U,workdir=W,... (repeatable).
     #[arg(short = 'o', action = clap::ArgAction::Append)]
     opts: Vec<String>,
+    // The doc comment is the --help text, where [SOURCE] is usage syntax, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// [SOURCE] MOUNTPOINT (mount(8) passes a source first).
     #[arg(num_args = 1..=2, required = true)]
     paths: Vec<PathBuf>,
@@ -115,67 +118,35 @@ fn must_be_dir(p: &Path, what: &str) -> anyhow::Result<()> {
 /// startup pages once the daemon has been up for a moment: reading /proc/self/smaps costs
 /// ~0.3 ms, which a short-lived mount should not pay before its first request.
 fn unmount_on_signal(mnt: PathBuf) {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
+    let signals = StopSignals::block();
+    std::thread::spawn(move || {
+        if !signals.wait_for(Duration::from_millis(200)) {
+            nestfs_fuse::shed_startup_pages();
+            signals.wait();
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let settle = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 200_000_000,
-            };
-            if libc::sigtimedwait(&set, std::ptr::null_mut(), &settle) < 0 {
-                nestfs_fuse::shed_startup_pages();
-                let mut sig = 0;
-                libc::sigwait(&set, &mut sig);
-            }
-            let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("no NUL");
-            if libc::umount2(c.as_ptr(), libc::MNT_DETACH) != 0 {
-                let _ = std::process::Command::new("fusermount3")
-                    .arg("-u")
-                    .arg("-z")
-                    .arg(&mnt)
-                    .status();
-            }
-        });
-    }
-}
-
-fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("pipe: {}", std::io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+        let _ = nestfs_fuse::mounts::unmount(&mnt, true);
+    });
 }
 
 /// Forks: the parent waits for the child's verdict on the mount and exits with it.
 /// Returns (in the child) the pipe to report on.
 fn daemonize() -> anyhow::Result<std::fs::File> {
-    let (r, w) = pipe()?;
-    match unsafe { libc::fork() } {
-        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
-        0 => {
+    let (mut r, w) = std::io::pipe().context("pipe")?;
+    match process::fork().context("fork")? {
+        Forked::Child => {
             drop(r);
             // New session, then fork again so the daemon belongs to init, not to our caller.
-            unsafe {
-                libc::setsid();
-                match libc::fork() {
-                    -1 => bail!("fork: {}", std::io::Error::last_os_error()),
-                    0 => {}
-                    _ => libc::_exit(0),
-                }
+            let _ = rustix::process::setsid();
+            if let Forked::Parent { .. } = process::fork().context("fork")? {
+                process::exit_now(0);
             }
-            Ok(std::fs::File::from(w))
+            Ok(std::fs::File::from(std::os::fd::OwnedFd::from(w)))
         }
-        child => {
+        Forked::Parent { child } => {
             drop(w);
-            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+            let _ = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty());
             let mut msg = String::new();
-            let _ = std::fs::File::from(r).read_to_string(&mut msg);
+            let _ = r.read_to_string(&mut msg);
             if msg == "ok" {
                 std::process::exit(0);
             }
@@ -189,21 +160,6 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
                 }
             );
             std::process::exit(1);
-        }
-    }
-}
-
-/// Points stdio at /dev/null so the detached daemon holds nothing of its caller's.
-fn detach_stdio() {
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
         }
     }
 }
@@ -250,7 +206,7 @@ fn main() -> ExitCode {
     };
     if let Some(mut w) = report.take() {
         let _ = w.write_all(b"ok");
-        detach_stdio();
+        process::detach_stdio();
     }
     match prepared.serve() {
         Ok(()) => ExitCode::SUCCESS,

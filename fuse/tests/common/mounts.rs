@@ -22,21 +22,7 @@ pub fn overlay_bin() -> PathBuf {
     }
 }
 
-/// Whether `mnt` is a mount point of this mount namespace.
-pub fn is_mounted(mnt: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    let want = mnt.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == want)
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
+pub use nestfs_fuse::mounts::is_mounted;
 
 fn detach(mnt: &Path) {
     let c = super::layers::cpath(mnt);

@@ -1,6 +1,12 @@
 //! Thin wrappers over the `*at` syscalls the overlay uses. Every name passed here is a single
 //! path component resolved relative to a directory fd, and no call follows a symlink in its last
 //! component, so nothing a layer contains can lead the daemon outside that layer.
+//!
+//! This module and [`process`] are the crate's only home of `unsafe`: each block is one libc
+//! call whose pointers come from live Rust values for the duration of the call.
+#![allow(unsafe_code)]
+
+pub mod process;
 
 use std::borrow::Cow;
 use std::ffi::{CStr, CString, OsStr};
@@ -44,15 +50,49 @@ fn proc_path(dir: RawFd, name: Option<&CStr>) -> CString {
 }
 
 pub fn stat_at(dir: RawFd, name: &CStr) -> io::Result<Stat> {
-    let mut st: Stat = unsafe { std::mem::zeroed() };
+    let mut st = empty_stat();
+    // SAFETY: `name` is NUL-terminated and `st` a live, writable stat for the kernel to fill.
     cvt(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(st)
 }
 
 pub fn fstat(fd: RawFd) -> io::Result<Stat> {
-    let mut st: Stat = unsafe { std::mem::zeroed() };
+    let mut st = empty_stat();
+    // SAFETY: `st` is a live, writable stat for the kernel to fill.
     cvt(unsafe { libc::fstat(fd, &mut st) })?;
     Ok(st)
+}
+
+/// lstat(2) of a path: a final symlink is not followed.
+pub fn lstat(path: &CStr) -> io::Result<Stat> {
+    let mut st = empty_stat();
+    // SAFETY: `path` is NUL-terminated and `st` a live, writable stat for the kernel to fill.
+    cvt(unsafe { libc::lstat(path.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
+/// A stat of all zeroes (what a negative lookup replies with).
+pub fn empty_stat() -> Stat {
+    // SAFETY: `libc::stat` is plain integers, for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// statvfs of the filesystem holding `fd`.
+pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs> {
+    // SAFETY: `libc::statvfs` is plain integers, for which all-zero bytes are a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live, writable statvfs for the kernel to fill.
+    cvt(unsafe { libc::fstatvfs(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// The magic number of the filesystem holding `fd` (statfs's `f_type`).
+pub fn fs_type(fd: RawFd) -> io::Result<i64> {
+    // SAFETY: `libc::statfs` is plain integers, for which all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live, writable statfs for the kernel to fill.
+    cvt(unsafe { libc::fstatfs(fd, &mut st) })?;
+    Ok(st.f_type as i64)
 }
 
 /// Opens `name` beneath `dir` without following a symlink in it.
@@ -62,6 +102,7 @@ pub fn open_at(
     flags: libc::c_int,
     mode: libc::mode_t,
 ) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the call reads nothing else of ours.
     let fd = cvt(unsafe {
         libc::openat(
             dir,
@@ -70,7 +111,77 @@ pub fn open_at(
             mode as libc::c_uint,
         )
     })?;
+    // SAFETY: openat just returned this fd, so nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a path (relative to the working directory, symlinks followed), close-on-exec.
+pub fn open_path(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated; the call reads nothing else of ours.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: open just returned this fd, so nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Closes an fd held as a number (a FUSE file handle). Each handle is closed exactly once, on
+/// its release, after which the kernel sends no request naming it.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller owned `fd` and gives it up; dropping the OwnedFd closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
+/// Makes `dst` (an fd this process owns) refer to what `src` refers to.
+pub fn dup_onto(src: RawFd, dst: RawFd) -> io::Result<()> {
+    // SAFETY: dup3 takes fd numbers only; `dst` is replaced atomically, so every holder of it
+    // keeps a valid fd.
+    cvt(unsafe { libc::dup3(src, dst, libc::O_CLOEXEC) }).map(drop)
+}
+
+/// fsync, or fdatasync with `datasync`.
+pub fn fsync(fd: RawFd, datasync: bool) -> io::Result<()> {
+    // SAFETY: both calls take an fd number only.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd)
+        } else {
+            libc::fsync(fd)
+        }
+    })
+    .map(drop)
+}
+
+pub fn lseek(fd: RawFd, off: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: lseek takes numbers only.
+    let r = unsafe { libc::lseek(fd, off, whence) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// copy_file_range(2), advancing both offsets by what was copied.
+pub fn copy_file_range(
+    src: RawFd,
+    src_off: &mut i64,
+    dst: RawFd,
+    dst_off: &mut i64,
+    len: usize,
+) -> io::Result<usize> {
+    // SAFETY: the offsets are live, writable i64s for the kernel to advance.
+    cvt_size(unsafe { libc::copy_file_range(src, src_off, dst, dst_off, len, 0) })
+}
+
+/// Makes `dst` share `src`'s extents (FICLONE), where the filesystem can.
+pub fn clone_file(src: RawFd, dst: RawFd) -> io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE's argument is an fd number, not a pointer.
+    cvt(unsafe { libc::ioctl(dst, FICLONE, src) }).map(drop)
+}
+
+/// Changes the owner of what `fd` (even an `O_PATH` one) refers to.
+pub fn chown_fd(fd: RawFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: the empty name is a NUL-terminated static string.
+    cvt(unsafe { libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) }).map(drop)
 }
 
 /// An `O_PATH` handle on the directory `name` beneath `dir`.
@@ -84,23 +195,28 @@ pub fn reopen_dir(dir: RawFd) -> io::Result<OwnedFd> {
 }
 
 pub fn mkdir_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) }).map(drop)
 }
 
 pub fn mknod_at(dir: RawFd, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::mknodat(dir, name.as_ptr(), mode, rdev) }).map(drop)
 }
 
 pub fn symlink_at(target: &CStr, dir: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: `target` and `name` are NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map(drop)
 }
 
 pub fn link_at(odir: RawFd, oname: &CStr, ndir: RawFd, nname: &CStr) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::linkat(odir, oname.as_ptr(), ndir, nname.as_ptr(), 0) }).map(drop)
 }
 
 pub fn unlink_at(dir: RawFd, name: &CStr, is_dir: bool) -> io::Result<()> {
     let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `name` is NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(drop)
 }
 
@@ -111,11 +227,13 @@ pub fn rename_at(
     nname: &CStr,
     flags: u32,
 ) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::renameat2(odir, oname.as_ptr(), ndir, nname.as_ptr(), flags) }).map(drop)
 }
 
 pub fn readlink_at(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `name` is NUL-terminated and the kernel writes at most `buf.len()` bytes to `buf`.
     let n = cvt_size(unsafe {
         libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
     })?;
@@ -124,6 +242,7 @@ pub fn readlink_at(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
 }
 
 pub fn chown_at(dir: RawFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::fchownat(dir, name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })
         .map(drop)
 }
@@ -131,6 +250,7 @@ pub fn chown_at(dir: RawFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
 /// chmod of a non-symlink beneath `dir` (symlinks have no mode of their own).
 pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
     // fchmodat2 (Linux 6.6) changes the entry itself, never a symlink's target, in one call.
+    // SAFETY: fchmodat2(dirfd, path, mode, flags): `name` is NUL-terminated, the rest numbers.
     let r = unsafe {
         libc::syscall(
             libc::SYS_fchmodat2,
@@ -153,10 +273,12 @@ pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
         return Err(e);
     }
     let fd = open_at(dir, name, libc::O_PATH, 0)?;
+    // SAFETY: the empty name is a NUL-terminated static string.
     cvt(unsafe { libc::fchmodat(fd.as_raw_fd(), c"".as_ptr(), mode, libc::AT_EMPTY_PATH) })
         .or_else(|_| {
             // Kernels before 6.6 lack AT_EMPTY_PATH for fchmodat; the proc path works everywhere.
             let p = proc_path(fd.as_raw_fd(), None);
+            // SAFETY: `p` is NUL-terminated; the call reads nothing else of ours.
             cvt(unsafe { libc::chmod(p.as_ptr(), mode) })
         })
         .map(drop)
@@ -165,10 +287,12 @@ pub fn chmod_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
 /// chmod of the object an [`XPath`] names (regular files and directories only: it follows
 /// symlinks).
 pub fn chmod_path(xp: &XPath, mode: u32) -> io::Result<()> {
+    // SAFETY: the name is NUL-terminated; the call reads nothing else of ours.
     cvt(unsafe { libc::fchmodat(xp.dir, xp.name.as_ptr(), mode, 0) }).map(drop)
 }
 
 pub fn utimens_at(dir: RawFd, name: &CStr, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `times` points at two timespecs, as utimensat reads.
     cvt(unsafe {
         libc::utimensat(
             dir,
@@ -183,6 +307,7 @@ pub fn utimens_at(dir: RawFd, name: &CStr, times: &[libc::timespec; 2]) -> io::R
 /// Sets the times of the object an fd (even an `O_PATH` one) refers to.
 pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
     let p = proc_path(fd, None);
+    // SAFETY: `p` is NUL-terminated and `times` points at two timespecs, as utimensat reads.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
@@ -290,6 +415,9 @@ fn xattrat_value(
         size: len as u32,
         flags: flags as u32,
     };
+    // SAFETY: *xattrat(dirfd, path, at_flags, key, args, size): the path and key are
+    // NUL-terminated and `args` outlives the call; its `value` points at `len` bytes the caller
+    // lent us (readable for set, writable for get).
     unsafe {
         libc::syscall(
             nr,
@@ -331,6 +459,7 @@ pub fn lgetxattr(xp: &XPath, key: &CStr) -> io::Result<Vec<u8>> {
         xattr_call(
             xp,
             |xp| xattrat_value(SYS_GETXATTRAT, xp, key, ptr, len, 0),
+            // SAFETY: `p` and `key` are NUL-terminated; `ptr` is `len` writable bytes of `buf`.
             |p| unsafe { libc::lgetxattr(p.as_ptr(), key.as_ptr(), ptr.cast(), len) },
         )
     })
@@ -341,11 +470,14 @@ pub fn llistxattr(xp: &XPath) -> io::Result<Vec<u8>> {
         let (ptr, len) = (buf.as_mut_ptr(), buf.len());
         xattr_call(
             xp,
+            // SAFETY: listxattrat(dirfd, path, at_flags, list, size): the path is NUL-terminated
+            // and `ptr` is `len` writable bytes of `buf`.
             |xp| unsafe {
                 let name = xp.name.as_ptr();
                 let nofollow = libc::AT_SYMLINK_NOFOLLOW;
                 libc::syscall(SYS_LISTXATTRAT, xp.dir, name, nofollow, ptr, len)
             },
+            // SAFETY: `p` is NUL-terminated; `ptr` is `len` writable bytes of `buf`.
             |p| unsafe { libc::llistxattr(p.as_ptr(), ptr.cast(), len) },
         )
     })
@@ -356,6 +488,7 @@ pub fn lsetxattr(xp: &XPath, key: &CStr, value: &[u8], flags: i32) -> io::Result
     xattr_call(
         xp,
         |xp| xattrat_value(SYS_SETXATTRAT, xp, key, v, len, flags),
+        // SAFETY: `p` and `key` are NUL-terminated; `v` is `len` readable bytes of `value`.
         |p| unsafe { libc::lsetxattr(p.as_ptr(), key.as_ptr(), v.cast(), len, flags) as isize },
     )
     .map(drop)
@@ -364,6 +497,7 @@ pub fn lsetxattr(xp: &XPath, key: &CStr, value: &[u8], flags: i32) -> io::Result
 pub fn lremovexattr(xp: &XPath, key: &CStr) -> io::Result<()> {
     xattr_call(
         xp,
+        // SAFETY: removexattrat(dirfd, path, at_flags, key): both strings are NUL-terminated.
         |xp| unsafe {
             libc::syscall(
                 SYS_REMOVEXATTRAT,
@@ -373,6 +507,7 @@ pub fn lremovexattr(xp: &XPath, key: &CStr) -> io::Result<()> {
                 key.as_ptr(),
             )
         },
+        // SAFETY: `p` and `key` are NUL-terminated.
         |p| unsafe { libc::lremovexattr(p.as_ptr(), key.as_ptr()) as isize },
     )
     .map(drop)
@@ -382,6 +517,7 @@ pub fn lremovexattr(xp: &XPath, key: &CStr) -> io::Result<()> {
 /// readers never share an offset.
 pub fn read_dir_names(dir: RawFd) -> io::Result<Vec<(Vec<u8>, u8)>> {
     let fd = reopen_dir(dir)?;
+    // SAFETY: fdopendir takes an fd number; on success it owns the fd (forgotten below).
     let dirp = unsafe { libc::fdopendir(fd.as_raw_fd()) };
     if dirp.is_null() {
         return Err(io::Error::last_os_error());
@@ -390,47 +526,52 @@ pub fn read_dir_names(dir: RawFd) -> io::Result<Vec<(Vec<u8>, u8)>> {
     std::mem::forget(fd);
     let mut out = Vec::new();
     loop {
+        // SAFETY: errno is this thread's own; readdir sets it only on failure, so clearing it
+        // first tells the end of the directory from an error.
         unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dirp` is the open, non-null stream made above, used by this thread only.
         let ent = unsafe { libc::readdir64(dirp) };
         if ent.is_null() {
             let err = io::Error::last_os_error();
+            // SAFETY: `dirp` is open and not used after this.
             unsafe { libc::closedir(dirp) };
             return match err.raw_os_error() {
                 Some(0) | None => Ok(out),
                 _ => Err(err),
             };
         }
-        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        // SAFETY: `ent` is non-null and valid until the next readdir on `dirp`; d_name is
+        // NUL-terminated. Both are copied out before that.
+        let (name, kind) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
+        let name = name.to_bytes();
         if name != b"." && name != b".." {
-            out.push((name.to_vec(), unsafe { (*ent).d_type }));
+            out.push((name.to_vec(), kind));
         }
     }
 }
 
 pub fn pread(fd: RawFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes to `buf`.
     cvt_size(unsafe { libc::pread64(fd, buf.as_mut_ptr().cast(), buf.len(), off as i64) })
 }
 
 pub fn pwrite(fd: RawFd, buf: &[u8], off: u64) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
     cvt_size(unsafe { libc::pwrite64(fd, buf.as_ptr().cast(), buf.len(), off as i64) })
 }
 
 pub fn ftruncate(fd: RawFd, len: u64) -> io::Result<()> {
-    if unsafe { libc::ftruncate(fd, len as i64) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: ftruncate takes numbers only.
+    cvt(unsafe { libc::ftruncate(fd, len as i64) }).map(drop)
 }
 
 pub fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
-    if unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: fallocate takes numbers only.
+    cvt(unsafe { libc::fallocate(fd, mode, off as i64, len as i64) }).map(drop)
 }
 
 pub fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Whether this process has CAP_SYS_ADMIN in the initial user namespace, which `trusted.*`
@@ -485,9 +626,8 @@ mod tests {
         let d = dir.as_raw_fd();
         XATTRAT.store(0, Ordering::Relaxed);
         let probed = xattrat_works();
-        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::uname(&mut uts) }, 0);
-        let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let release = release.trim();
         let v: Vec<u32> = release
             .split(['.', '-'])
             .take(2)
