@@ -97,3 +97,114 @@ pub fn in_lower(dirs: &[LayerDir], upper: Option<usize>, name: &CStr) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn layer(dir: &std::path::Path, layer: usize, oci: bool) -> LayerDir {
+        LayerDir {
+            layer,
+            fd: Arc::new(std::fs::File::open(dir).unwrap().into()),
+            oci,
+        }
+    }
+
+    fn names(dirs: &[LayerDir]) -> Vec<(String, usize)> {
+        let mut v: Vec<_> = list(dirs)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.to_string_lossy().into_owned(), e.at))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Upper names hide lower ones; OCI whiteouts hide the name below and are never listed;
+    /// a name whited out above stays hidden even if a lower layer has it again.
+    #[test]
+    fn merged_listing_applies_whiteouts_and_precedence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (top, mid, base) = (
+            tmp.path().join("top"),
+            tmp.path().join("mid"),
+            tmp.path().join("base"),
+        );
+        for (d, files) in [
+            (&top, &["shared", ".wh.gone", "new"][..]),
+            (&mid, &["shared", "mid-only", ".wh.deep"]),
+            (&base, &["shared", "gone", "deep", "base-only"]),
+        ] {
+            std::fs::create_dir(d).unwrap();
+            for f in files {
+                std::fs::write(d.join(f), "x").unwrap();
+            }
+        }
+        let dirs = [
+            layer(&top, 0, true),
+            layer(&mid, 1, true),
+            layer(&base, 2, true),
+        ];
+        assert_eq!(
+            names(&dirs),
+            [
+                ("base-only".into(), 2),
+                ("mid-only".into(), 1),
+                ("new".into(), 0),
+                ("shared".into(), 0)
+            ]
+        );
+        assert!(!is_empty(&dirs).unwrap());
+    }
+
+    /// In a layer whose whiteouts are not OCI files (an upper dir of devices), `.wh.` names
+    /// are ordinary names.
+    #[test]
+    fn wh_names_are_plain_where_whiteouts_are_not_oci() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".wh.kept"), "x").unwrap();
+        let dirs = [layer(tmp.path(), 0, false)];
+        assert_eq!(names(&dirs), [(".wh.kept".into(), 0)]);
+    }
+
+    /// A directory of whiteouts only is empty, and clearing them leaves it removable; anything
+    /// else makes clearing fail with ENOTEMPTY.
+    #[test]
+    fn whiteouts_only_is_empty_and_clears() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".wh.a"), "").unwrap();
+        let d = layer(tmp.path(), 0, true);
+        assert!(is_empty(std::slice::from_ref(&d)).unwrap());
+        clear_whiteouts(&d).unwrap();
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        std::fs::write(tmp.path().join("real"), "").unwrap();
+        let e = clear_whiteouts(&d).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    }
+
+    /// A name is in a lower layer unless a whiteout above hides it first.
+    #[test]
+    fn in_lower_stops_at_whiteouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (up, mid, low) = (
+            tmp.path().join("u"),
+            tmp.path().join("m"),
+            tmp.path().join("l"),
+        );
+        for d in [&up, &mid, &low] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(low.join("f"), "").unwrap();
+        std::fs::write(low.join("g"), "").unwrap();
+        std::fs::write(mid.join(".wh.g"), "").unwrap();
+        let dirs = [
+            layer(&up, 0, true),
+            layer(&mid, 1, true),
+            layer(&low, 2, true),
+        ];
+        assert!(in_lower(&dirs, Some(0), c"f"));
+        assert!(!in_lower(&dirs, Some(0), c"g"));
+        assert!(!in_lower(&dirs, Some(0), c"none"));
+    }
+}

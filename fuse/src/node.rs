@@ -148,3 +148,102 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    /// A file's node as the table holds it: (parent, name) and its aliases.
+    fn names(t: &Table, ino: u64) -> (u64, String, Vec<(u64, String)>) {
+        let nodes = t.lock();
+        let n = &nodes[&ino];
+        let alias = |(p, s): &(u64, CString)| (*p, s.to_string_lossy().into_owned());
+        (
+            n.parent,
+            n.name.to_string_lossy().into_owned(),
+            n.aliases.iter().map(alias).collect(),
+        )
+    }
+
+    /// `ln a b; rm b`: the name the kernel cached first (a) must go on resolving.
+    #[test]
+    fn a_hard_link_removed_leaves_the_first_name() {
+        let t = Table::default();
+        t.remember(10, ROOT, c("a"), Vec::new(), 1);
+        t.remember(10, ROOT, c("b"), Vec::new(), 1);
+        assert_eq!(names(&t, 10), (ROOT, "b".into(), vec![(ROOT, "a".into())]));
+        t.unlinked(10, ROOT, &c("b"));
+        assert_eq!(names(&t, 10), (ROOT, "a".into(), vec![]));
+    }
+
+    /// Removing a name the node is not known by now drops only that alias.
+    #[test]
+    fn unlinking_an_alias_keeps_the_current_name() {
+        let t = Table::default();
+        for name in ["a", "b", "c"] {
+            t.remember(10, ROOT, c(name), Vec::new(), 0);
+        }
+        t.unlinked(10, ROOT, &c("a"));
+        assert_eq!(names(&t, 10), (ROOT, "c".into(), vec![(ROOT, "b".into())]));
+        // Met again by a known name: not recorded twice.
+        t.remember(10, ROOT, c("b"), Vec::new(), 0);
+        assert_eq!(names(&t, 10), (ROOT, "b".into(), vec![(ROOT, "c".into())]));
+    }
+
+    /// `ln a b; mv y b`: b is y's now, so a's node no longer answers for b.
+    #[test]
+    fn a_name_renamed_over_no_longer_belongs_to_the_old_node() {
+        let t = Table::default();
+        t.remember(10, ROOT, c("a"), Vec::new(), 0);
+        t.remember(10, ROOT, c("b"), Vec::new(), 0);
+        t.remember(11, ROOT, c("y"), Vec::new(), 0);
+        t.unlinked(10, ROOT, &c("b"));
+        t.renamed(11, (ROOT, &c("y")), (ROOT, &c("b")));
+        assert_eq!(names(&t, 10), (ROOT, "a".into(), vec![]));
+        assert_eq!(names(&t, 11), (ROOT, "b".into(), vec![]));
+    }
+
+    /// Renaming one of a file's names moves that name only.
+    #[test]
+    fn renaming_an_alias_moves_only_that_name() {
+        let t = Table::default();
+        t.remember(10, ROOT, c("a"), Vec::new(), 0);
+        t.remember(10, 5, c("b"), Vec::new(), 0);
+        t.renamed(10, (ROOT, &c("a")), (7, &c("z")));
+        assert_eq!(names(&t, 10), (5, "b".into(), vec![(7, "z".into())]));
+    }
+
+    /// Directories have one name: the last lookup's.
+    #[test]
+    fn a_directory_has_no_aliases() {
+        let t = Table::default();
+        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+        let d = LayerDir {
+            layer: 0,
+            fd: Arc::new(dir.into()),
+            oci: false,
+        };
+        t.remember(20, ROOT, c("d"), vec![d.clone()], 0);
+        t.remember(20, 3, c("e"), vec![d], 0);
+        assert_eq!(names(&t, 20), (3, "e".into(), vec![]));
+    }
+
+    /// Memory stays bounded: a node goes once the kernel forgets every lookup; the root stays.
+    #[test]
+    fn forget_frees_a_node_after_its_last_lookup() {
+        let t = Table::default();
+        t.remember(10, ROOT, c("a"), Vec::new(), 0);
+        t.remember(10, ROOT, c("a"), Vec::new(), 0);
+        t.forget(10, 1);
+        assert!(t.lock().contains_key(&10));
+        t.forget(10, 1);
+        assert!(!t.lock().contains_key(&10));
+        t.remember(ROOT, ROOT, c(""), Vec::new(), 0);
+        t.forget(ROOT, 100);
+        assert!(t.lock().contains_key(&ROOT));
+    }
+}

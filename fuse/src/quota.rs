@@ -253,3 +253,72 @@ impl crate::overlay::Overlay {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edquot(r: io::Result<()>) -> bool {
+        r.is_err_and(|e| e.raw_os_error() == Some(libc::EDQUOT))
+    }
+
+    #[test]
+    fn reservations_past_the_limit_fail_and_take_nothing() {
+        let q = Quota::new(10_000, 4_000);
+        q.reserve(6_000).unwrap();
+        assert_eq!(q.used(), 10_000);
+        assert!(edquot(q.reserve(1)));
+        assert_eq!(q.used(), 10_000, "a refused reservation takes nothing");
+        // What a change did replaces what it reserved: it allocated 2000 of the 6000.
+        q.settle(6_000, 2_000);
+        assert_eq!(q.used(), 6_000);
+    }
+
+    #[test]
+    fn partial_reservations_get_what_is_left() {
+        let q = Quota::new(10_000, 9_000);
+        assert_eq!(q.reserve_up_to(4_096), 1_000);
+        assert_eq!(q.used(), 10_000);
+        assert_eq!(q.reserve_up_to(4_096), 0);
+        q.settle(1_000, 0);
+        assert_eq!(q.used(), 9_000);
+    }
+
+    #[test]
+    fn frees_never_take_usage_below_zero() {
+        let q = Quota::new(0, 4_096);
+        q.settle(0, -8_192);
+        assert_eq!(q.used(), 0);
+    }
+
+    #[test]
+    fn without_a_limit_everything_is_granted_and_counted() {
+        let q = Quota::new(0, 0);
+        assert_eq!(q.reserve_up_to(1 << 40), 1 << 40);
+        q.reserve(1 << 40).unwrap();
+        assert_eq!(q.used(), 2 << 40);
+        assert_eq!(q.limit(), 0);
+    }
+
+    /// Writers racing for the last blocks together get exactly the room there was.
+    #[test]
+    fn concurrent_reservations_never_overshoot() {
+        let q = std::sync::Arc::new(Quota::new(1 << 20, 0));
+        let granted: u64 = (0..8)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter(|_| q.reserve(4_096).is_ok())
+                        .map(|_| 4_096)
+                        .sum::<u64>()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(granted, 1 << 20);
+        assert_eq!(q.used(), 1 << 20);
+    }
+}
