@@ -285,7 +285,12 @@ impl ResolvedImage {
                         cause: e,
                     })?;
                     let f = progress.wrap_read(f);
-                    verify::unpack_layer(f, &layer, &dest, &opts, verify, verify)
+                    let checks = if verify {
+                        verify::Checks::ALL
+                    } else {
+                        verify::Checks::NONE
+                    };
+                    verify::unpack_layer(f, &layer, &dest, &opts, checks)
                 })
                 .await
                 .expect("unpack task")
@@ -299,7 +304,7 @@ impl ResolvedImage {
                     })?;
                     // The volume key is the file's hash: nothing to verify against.
                     let f = progress.wrap_read(f);
-                    verify::unpack_layer(f, &layer, &dest, &opts, false, false)
+                    verify::unpack_layer(f, &layer, &dest, &opts, verify::Checks::NONE)
                 })
                 .await
                 .expect("unpack task")
@@ -339,7 +344,11 @@ async fn unpack_download(
 ) -> Result<UnpackStats, ImageError> {
     let bridge = progress.wrap_read(tokio_util::io::SyncIoBridge::new(stream));
     tokio::task::spawn_blocking(move || {
-        verify::unpack_layer(bridge, &layer, &dest, &opts, true, verify_tar)
+        let checks = verify::Checks {
+            blob: true,
+            diff_id: verify_tar,
+        };
+        verify::unpack_layer(bridge, &layer, &dest, &opts, checks)
     })
     .await
     .expect("unpack task")

@@ -56,16 +56,35 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// (at least as far again as the declared size).
 const MIN_OVERRUN: u64 = 64 << 20;
 
+/// What a layer is checked against while it streams in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks {
+    /// The blob's digest and size, as its descriptor gives them.
+    pub blob: bool,
+    /// The uncompressed tar's digest, as the config's diff_ids give it.
+    pub diff_id: bool,
+}
+
+impl Checks {
+    pub const ALL: Checks = Checks {
+        blob: true,
+        diff_id: true,
+    };
+    pub const NONE: Checks = Checks {
+        blob: false,
+        diff_id: false,
+    };
+}
+
 /// Streams a layer blob once through verification and unpacking into `dest`.
-/// `verify_blob` checks the blob's digest and size; `verify_tar` the diff_id.
 pub fn unpack_layer(
     blob: impl Read,
     layer: &LayerInfo,
     dest: &Path,
     opts: &UnpackOptions,
-    verify_blob: bool,
-    verify_tar: bool,
+    checks: Checks,
 ) -> Result<UnpackStats, ImageError> {
+    let (verify_blob, verify_tar) = (checks.blob, checks.diff_id);
     let io = |e: io::Error| ImageError::Io {
         what: format!("read layer {}", layer.digest),
         cause: e,
