@@ -10,13 +10,14 @@
 //! O_TMPFILE is not supported (fuser has no tmpfile request); directories that have lower copies
 //! cannot be renamed (EXDEV), as with overlayfs's `redirect_dir=off`.
 
+mod attrs;
 mod copyup;
 mod dir;
 pub mod ids;
 mod memory;
 pub mod meta;
-mod modify;
 pub mod mounts;
+mod namespace;
 mod node;
 mod ops;
 pub mod options;

@@ -19,8 +19,9 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::attrs::SetAttr;
 use crate::dir::{self, Entry};
-use crate::modify::{Caller, NewKind};
+use crate::namespace::{Caller, NewKind};
 use crate::overlay::{Overlay, Target};
 use crate::passthrough::Open;
 use crate::setid::{self, Change, Requester};
@@ -280,7 +281,18 @@ impl Filesystem for Fs {
         let attr = tryr!(
             reply,
             self.ov
-                .setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)
+                .setattr(
+                    ino.0,
+                    &SetAttr {
+                        mode,
+                        uid,
+                        gid,
+                        size,
+                        atime,
+                        mtime,
+                        fh,
+                    },
+                )
                 .map_err(E::from)
         );
         reply.attr(&self.ov.ttl_of(&attr), &attr);
