@@ -11,7 +11,7 @@ use fuser::{FileAttr, TimeOrNow};
 use crate::meta::{self, Meta};
 use crate::overlay::{Overlay, Target};
 use crate::sys;
-use crate::whiteout;
+use crate::xattr_names;
 
 /// What a setattr changes; `None` leaves it. `fh` is an open file to truncate through.
 #[derive(Clone, Copy, Debug, Default)]
@@ -169,7 +169,7 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, ino: u64, key: &CStr) -> io::Result<Vec<u8>> {
-        let real = CString::new(whiteout::real_xattr(key.to_bytes())).expect("from a CStr");
+        let real = CString::new(xattr_names::real_xattr(key.to_bytes())).expect("from a CStr");
         sys::lgetxattr(&self.target(ino)?.xattr_path(), &real)
     }
 
@@ -177,7 +177,7 @@ impl Overlay {
         let all = sys::llistxattr(&self.target(ino)?.xattr_path())?;
         let mut out = Vec::with_capacity(all.len());
         for k in all.split(|b| *b == 0).filter(|k| !k.is_empty()) {
-            if let Some(shown) = whiteout::user_xattr(k) {
+            if let Some(shown) = xattr_names::user_xattr(k) {
                 out.extend_from_slice(&shown);
                 out.push(0);
             }
@@ -186,7 +186,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: u64, key: &CStr, value: Option<(&[u8], i32)>) -> io::Result<()> {
-        let key = CString::new(whiteout::real_xattr(key.to_bytes())).expect("from a CStr");
+        let key = CString::new(xattr_names::real_xattr(key.to_bytes())).expect("from a CStr");
         {
             let _g = self.lock_changes();
             self.writable()?;

@@ -10,7 +10,7 @@ use crate::meta::{self, Meta};
 use crate::overlay::{Overlay, UPPER, remove_tree};
 use crate::quota::{blocks_of, charged_at};
 use crate::sys::{self, Stat};
-use crate::whiteout;
+use crate::xattr_names;
 
 impl Overlay {
     /// Copies node `ino` (and its parents) up unless it is already in the upper dir.
@@ -211,7 +211,7 @@ fn copy_xattrs(src: &sys::XPath, dst: &sys::XPath, admin: bool) -> io::Result<()
         Err(e) => return Err(e),
     };
     for key in list.split(|b| *b == 0).filter(|k| !k.is_empty()) {
-        if whiteout::is_private_xattr(key) {
+        if xattr_names::is_private_xattr(key) {
             continue;
         }
         let k = std::ffi::CString::new(key).expect("split on NUL");

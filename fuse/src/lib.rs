@@ -27,6 +27,7 @@ mod quota;
 mod setid;
 mod sys;
 mod whiteout;
+mod xattr_names;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
