@@ -15,7 +15,7 @@ use nestfs_fuse::mounts::{is_mounted, unmount};
 use nestfs_fuse::{OverlayConfig, Quota};
 
 use crate::control::{self, Status, Stopped};
-use crate::store::{Lock, Result, Store, StoreError, io_ctx};
+use crate::store::{Result, Store, StoreError, io_ctx};
 use crate::sys;
 
 /// How long `create` waits for a daemon to mount.
@@ -276,15 +276,8 @@ pub fn state(store: &Store, id: &str) -> (State, Option<Status>) {
 /// Serves an existing image again after its daemon died or the host rebooted, keeping its
 /// upper dir. Returns false if it was already served, or deleted meanwhile.
 pub fn remount(store: &Store, id: &str) -> Result<bool> {
-    let _g = match Lock::dir(&store.image_dir(id)) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
-            return Err(StoreError::Io {
-                what: format!("lock image {id}"),
-                cause: source,
-            });
-        }
+    let Some(_g) = store.lock_image(id)? else {
+        return Ok(false);
     };
     match state(store, id).0 {
         State::Mounted => return Ok(false),

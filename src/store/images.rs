@@ -141,18 +141,20 @@ impl Store {
 
     /// Stops the image's daemon and removes the image. Unknown ids are not an error.
     pub fn delete_image(&self, id: &str) -> Result<bool> {
-        let lock = match Lock::dir(&self.image_dir(id)) {
-            Ok(l) => l,
-            // Deleted by a concurrent delete, maybe while we waited.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    what: format!("lock image {id}"),
-                    cause: source,
-                });
-            }
-        };
-        self.remove_locked(id, lock)
+        match self.lock_image(id)? {
+            Some(lock) => self.remove_locked(id, lock),
+            None => Ok(false),
+        }
+    }
+
+    /// The image's own lock, waited for; None if the image is gone (or went while we waited,
+    /// deleted by another command).
+    pub fn lock_image(&self, id: &str) -> Result<Option<Lock>> {
+        match Lock::dir(&self.image_dir(id)) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => io_ctx(Err(e), || format!("lock image {id}")),
+        }
     }
 
     /// Stops the image's daemon and removes the image, whose lock `_lock` is.
