@@ -12,6 +12,8 @@
 mod common;
 #[path = "support/podman.rs"]
 mod podman;
+#[path = "support/scrub.rs"]
+mod scrub;
 #[path = "support/users.rs"]
 mod users;
 

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[path = "../../tests/support/scrub.rs"]
+mod scrub;
 #[path = "../../tests/support/users.rs"]
 mod users;
 use users::{USER, test_user};
@@ -290,45 +292,8 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        let needle = self.dir.to_string_lossy().into_owned();
-        for pid in processes_mentioning(&needle) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-        }
-        for m in nestfs_fuse::mounts::list() {
-            if m.point.to_string_lossy().starts_with(&needle) {
-                let _ = rustix::mount::unmount(&m.point, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
-        // Killed processes may still hold files for a moment.
-        for _ in 0..20 {
-            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        scrub::scrub(&self.dir);
     }
-}
-
-/// Processes whose arguments or environment contain `needle` (podman's pause process, conmon,
-/// mount programs), other than this one.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let mentions = ["cmdline", "environ"].iter().any(|f| {
-            std::fs::read(e.path().join(f))
-                .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
-        });
-        if mentions && pid != me {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// One store's scenario outcome.

@@ -145,43 +145,6 @@ impl Drop for Podman {
     fn drop(&mut self) {
         // Containers first: their processes mention nothing of the dir.
         let _ = self.sh("podman rm -af -t 0 > /dev/null 2>&1", &[]);
-        let needle = self.dir.to_string_lossy().into_owned();
-        for pid in processes_mentioning(&needle) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-        }
-        for m in nestfs_fuse::mounts::list() {
-            if m.point.to_string_lossy().starts_with(&needle) {
-                let _ = rustix::mount::unmount(&m.point, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
-        // Killed processes may still hold files for a moment.
-        for _ in 0..20 {
-            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        crate::scrub::scrub(&self.dir);
     }
-}
-
-/// Processes whose arguments or environment contain `needle` (conmon, podman's rootless pause
-/// process), other than this one.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let mentions = ["cmdline", "environ"].iter().any(|f| {
-            std::fs::read(e.path().join(f))
-                .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
-        });
-        if mentions && pid != me {
-            pids.push(pid);
-        }
-    }
-    pids
 }
