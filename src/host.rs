@@ -4,29 +4,7 @@
 
 use std::path::Path;
 
-const CAP_SYS_ADMIN: u32 = 21;
-
-/// One `Name:\tvalue` line of /proc/self/status.
-fn status(field: &str) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(|v| v.trim().to_string())
-}
-
-fn has_cap(set: &str, cap: u32) -> bool {
-    status(set)
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .is_some_and(|bits| bits & (1 << cap) != 0)
-}
-
-/// How many ids /proc/self/uid_map maps (4294967295 on a host).
-pub fn mapped_uids() -> u64 {
-    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    map.lines()
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .sum()
-}
+use nestfs_fuse::caps::{self, CAP_SYS_ADMIN, mapped_uids};
 
 /// Whether an image's owners can be set here: the uids images use (0-65535) must all be
 /// mapped. A namespace made by `unshare -Ur` maps one.
@@ -66,7 +44,7 @@ pub fn check_mountable(probe: &Path) -> Result<(), String> {
             ));
         }
     }
-    if status("NoNewPrivs").as_deref() == Some("1") {
+    if caps::status_field("NoNewPrivs").as_deref() == Some("1") {
         return Err(
             "this process runs with no_new_privs, so the setuid fusermount3 cannot \
              mount: in a container drop --security-opt no-new-privileges (or \
@@ -74,7 +52,7 @@ pub fn check_mountable(probe: &Path) -> Result<(), String> {
                 .into(),
         );
     }
-    if !has_cap("CapBnd", CAP_SYS_ADMIN) {
+    if !caps::has("CapBnd", CAP_SYS_ADMIN) {
         return Err(cannot_mount(&std::io::Error::from_raw_os_error(
             libc::EPERM,
         )));
@@ -93,11 +71,11 @@ fn cannot_mount(e: &std::io::Error) -> String {
             }
         );
     }
-    let why = if !has_cap("CapBnd", CAP_SYS_ADMIN) {
+    let why = if !caps::has("CapBnd", CAP_SYS_ADMIN) {
         "CAP_SYS_ADMIN is not in this process's capability bounding set"
-    } else if !has_cap("CapEff", CAP_SYS_ADMIN) {
+    } else if !caps::has("CapEff", CAP_SYS_ADMIN) {
         "this process lacks CAP_SYS_ADMIN"
-    } else if mapped_uids() != u64::from(u32::MAX) {
+    } else if !caps::in_initial_user_ns() {
         "in a user namespace, mounts need a mount namespace of its own (e.g. unshare -Urm)"
     } else {
         "the mount was refused (an AppArmor or SELinux profile, or a seccomp filter)"

@@ -11,6 +11,7 @@
 //! cannot be renamed (EXDEV), as with overlayfs's `redirect_dir=off`.
 
 mod attrs;
+pub mod caps;
 mod copyup;
 mod dir;
 pub mod ids;

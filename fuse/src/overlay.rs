@@ -35,7 +35,7 @@ pub struct Overlay {
     pub style: Style,
     /// Whether the daemon may chown and mknod devices (root in its user namespace).
     pub privileged: bool,
-    /// Whether the daemon may write `trusted.*` xattrs (see [`sys::admin_in_initial_ns`]).
+    /// Whether the daemon may write `trusted.*` xattrs (see [`crate::caps::admin_in_initial_ns`]).
     pub admin: bool,
     pub nodes: Table,
     /// Serialises changes to the namespace (and copy-ups), so no two of them interleave.
@@ -160,7 +160,7 @@ impl Overlay {
             })
             .collect();
         let privileged = sys::is_root();
-        let admin = sys::admin_in_initial_ns();
+        let admin = crate::caps::admin_in_initial_ns();
         // A daemon that is not root writes OCI whiteouts, as it always has: kernels before 5.8
         // refuse it 0/0 devices.
         let upper = match &work {

@@ -96,11 +96,7 @@ fn in_initial_user_ns(pid: u32) -> bool {
             .ok()
             .map(|m| m.ino())
     };
-    let initial = *INITIAL.get_or_init(|| {
-        let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
-        let ids: Vec<&str> = map.split_whitespace().collect();
-        (ids == ["0", "0", "4294967295"]).then(|| ns("self"))?
-    });
+    let initial = *INITIAL.get_or_init(|| crate::caps::in_initial_user_ns().then(|| ns("self"))?);
     initial.is_some() && ns(&pid.to_string()) == initial
 }
 

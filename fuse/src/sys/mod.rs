@@ -574,26 +574,6 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Whether this process has CAP_SYS_ADMIN in the initial user namespace, which `trusted.*`
-/// xattrs and FUSE passthrough need. Root in a user namespace (rootless podman's mount
-/// program, `unshare -Ur`) has its capabilities only there: its uid map is not the identity.
-pub fn admin_in_initial_ns() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    caps & (1 << CAP_SYS_ADMIN) != 0 && is_identity_map(&map)
-}
-
-/// Whether a uid map is the initial namespace's: every id maps to itself.
-fn is_identity_map(map: &str) -> bool {
-    map.split_whitespace().eq(["0", "0", "4294967295"])
-}
-
 pub fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
@@ -605,14 +585,6 @@ pub fn err(code: i32) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_initial_namespace_maps_every_id_to_itself() {
-        assert!(is_identity_map("         0          0 4294967295\n"));
-        assert!(!is_identity_map("         0          0          1\n"));
-        assert!(!is_identity_map("0 1000 1\n1 100000 65536\n"));
-        assert!(!is_identity_map(""));
-    }
 
     /// Sets, reads, lists and removes xattrs of a file, of a directory through its own fd, and
     /// of a symlink's name (never its target), first with the *xattrat calls, then through
