@@ -63,6 +63,11 @@ impl Metrics {
         }
     }
 
+    /// Whether metrics go anywhere: sizes that take a walk of the store are measured only then.
+    pub fn enabled(&self) -> bool {
+        self.target.is_some()
+    }
+
     /// A size, as GrootFS's `TryEmitUsage`.
     pub fn usage(&self, name: &str, value: u64, unit: &str) {
         self.send(name, value as f64, unit);

@@ -112,6 +112,9 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
 
 /// What GrootFS emits after each create.
 fn emit_store_metrics(ctx: &Ctx, cleaned: bool) {
+    if !ctx.metrics.enabled() {
+        return;
+    }
     if !cleaned {
         ctx.emit_layer_usage();
     }

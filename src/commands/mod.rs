@@ -45,6 +45,9 @@ impl Ctx<'_> {
     /// Sizes of the volumes in use and unused (GrootFS emits them after create, delete and
     /// clean).
     pub fn emit_layer_usage(&self) {
+        if !self.metrics.enabled() {
+            return;
+        }
         if let Ok((used, unused)) = self.store.layer_usage() {
             self.metrics.usage("UnusedLayersSize", unused, "bytes");
             self.metrics.usage("UsedLayersSize", used, "bytes");
