@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
 use crate::commands::{self, Ctx, Output};
@@ -160,7 +160,7 @@ pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
-        Err(e) => return crate::usage::report(&e, &args),
+        Err(e) => return crate::usage::report(&e, &args, &Cli::command()),
     };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-/// Prints `e` where it belongs and returns the exit code.
-pub fn report(e: &clap::Error, args: &[String]) -> i32 {
+/// Prints `e` (from parsing `args` as `cli`) where it belongs and returns the exit code.
+pub fn report(e: &clap::Error, args: &[String], cli: &clap::Command) -> i32 {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         print!("{e}");
         return 0;
@@ -16,28 +16,17 @@ pub fn report(e: &clap::Error, args: &[String]) -> i32 {
         eprint!("{}", e.render().ansi());
     }
     if !std::io::stdout().is_terminal() {
-        println!("{}", one_line(e, subcommand(args)));
+        println!("{}", one_line(e, subcommand(args, cli)));
     }
     1
 }
 
 /// The subcommand named on the command line, if any (clap's error does not say).
-fn subcommand(args: &[String]) -> Option<&str> {
-    const NAMES: [&str; 9] = [
-        "init-store",
-        "create",
-        "delete",
-        "stats",
-        "clean",
-        "list",
-        "remount",
-        "capacity",
-        "delete-store",
-    ];
+fn subcommand<'a>(args: &'a [String], cli: &clap::Command) -> Option<&'a str> {
     args.iter()
         .skip(1)
         .map(String::as_str)
-        .find(|a| NAMES.contains(a))
+        .find(|a| cli.find_subcommand(a).is_some())
 }
 
 /// GrootFS's usage line for the commands whose missing or extra arguments it reports.
