@@ -84,14 +84,13 @@ pub fn unpack_layer(
     opts: &UnpackOptions,
     checks: Checks,
 ) -> Result<UnpackStats, ImageError> {
-    let (verify_blob, verify_tar) = (checks.blob, checks.diff_id);
     let io = |e: io::Error| ImageError::Io {
         what: format!("read layer {}", layer.digest),
         cause: e,
     };
     // A blob that runs past its declared size (a registry dripping bytes forever) is cut off
     // one byte later, which the size check below reports.
-    let cap = match (verify_blob, layer.size) {
+    let cap = match (checks.blob, layer.size) {
         (true, Some(size)) => size + 1,
         _ => u64::MAX,
     };
@@ -104,7 +103,7 @@ pub fn unpack_layer(
     // A blob longer than its manifest says was cut off, which broke the stream: say why. A
     // corrupt blob is a digest mismatch, a true one with a wrong size a size mismatch (as
     // GrootFS tells them apart): read on, within a bound, to know which.
-    if let (Err(_), true, Some(want)) = (&unpacked, verify_blob, layer.size)
+    if let (Err(_), true, Some(want)) = (&unpacked, checks.blob, layer.size)
         && blob.count > want
     {
         blob.inner_mut().set_limit(want.max(MIN_OVERRUN));
@@ -124,7 +123,7 @@ pub fn unpack_layer(
     }
     let (stats, diff) = unpacked?;
     let (digest, size) = blob.finish().map_err(io)?;
-    if verify_blob {
+    if checks.blob {
         if digest != layer.digest {
             return Err(ImageError::DigestMismatch {
                 kind: "layerID",
@@ -142,7 +141,7 @@ pub fn unpack_layer(
             });
         }
     }
-    if verify_tar && diff != layer.diff_id {
+    if checks.diff_id && diff != layer.diff_id {
         return Err(ImageError::DigestMismatch {
             kind: "diffID",
             what: format!("uncompressed layer {}", layer.diff_id),
