@@ -229,3 +229,45 @@ fn messages_end_as_grootfs_words_them() {
         "the cause once: {r:#?}"
     );
 }
+
+/// Metrics never fail a command: an endpoint that does not resolve is logged and ignored.
+#[test]
+fn a_bad_metron_endpoint_is_logged_not_fatal() {
+    let s = TestStore::new();
+    let r = s
+        .run(&[
+            "--log-level",
+            "error",
+            "--metron-endpoint",
+            "no-such-host.invalid:3457",
+            "clean",
+        ])
+        .ok();
+    assert!(r.stderr.contains("failed-to-emit-metric"), "{r:#?}");
+}
+
+/// A clean log file that cannot be opened fails the create before anything is pulled.
+#[test]
+fn an_unopenable_clean_log_file_fails_before_pulling() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let r = s.run(&[
+        "create",
+        "--with-clean",
+        "--clean-log-file",
+        "/nonexistent/dir/clean.log",
+        &oci("busybox"),
+        "x",
+    ]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout
+            .contains("open clean log file /nonexistent/dir/clean.log"),
+        "{r:#?}"
+    );
+    assert!(!s.root().join("images/x").exists());
+    assert_eq!(
+        std::fs::read_dir(s.root().join("volumes")).unwrap().count(),
+        0
+    );
+}
