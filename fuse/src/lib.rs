@@ -25,6 +25,7 @@ pub mod options;
 mod overlay;
 mod passthrough;
 mod quota;
+pub mod ready;
 mod setid;
 mod sys;
 mod whiteout;

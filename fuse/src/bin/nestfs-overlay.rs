@@ -4,7 +4,6 @@
 //! Without `-f` it forks before mounting; the parent exits 0 once the mount is live, or
 //! non-zero with the child's error. SIGTERM/SIGINT/SIGHUP unmount and exit cleanly.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use nestfs_fuse::process::{self, Forked, StopSignals};
+use nestfs_fuse::ready::{self, Reporter, Verdict};
 use nestfs_fuse::{OverlayConfig, options};
 
 #[derive(Parser)]
@@ -129,9 +129,9 @@ fn unmount_on_signal(mnt: PathBuf) {
 }
 
 /// Forks: the parent waits for the child's verdict on the mount and exits with it.
-/// Returns (in the child) the pipe to report on.
-fn daemonize() -> anyhow::Result<std::fs::File> {
-    let (mut r, w) = std::io::pipe().context("pipe")?;
+/// Returns (in the child) where to report it.
+fn daemonize() -> anyhow::Result<Reporter> {
+    let (r, w) = std::io::pipe().context("pipe")?;
     match process::fork().context("fork")? {
         Forked::Child => {
             drop(r);
@@ -140,25 +140,17 @@ fn daemonize() -> anyhow::Result<std::fs::File> {
             if let Forked::Parent { .. } = process::fork().context("fork")? {
                 process::exit_now(0);
             }
-            Ok(std::fs::File::from(std::os::fd::OwnedFd::from(w)))
+            Ok(Reporter::new(w))
         }
         Forked::Parent { child } => {
             drop(w);
             let _ = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty());
-            let mut msg = String::new();
-            let _ = r.read_to_string(&mut msg);
-            if msg == "ok" {
-                std::process::exit(0);
-            }
-            let msg = msg.trim();
-            eprintln!(
-                "nestfs-overlay: {}",
-                if msg.is_empty() {
-                    "the daemon died before mounting"
-                } else {
-                    msg
-                }
-            );
+            let why = match ready::wait(r, None) {
+                Verdict::Ready => std::process::exit(0),
+                Verdict::Failed(why) => why,
+                Verdict::Died | Verdict::TimedOut => "the daemon died before mounting".into(),
+            };
+            eprintln!("nestfs-overlay: {why}");
             std::process::exit(1);
         }
     }
@@ -195,17 +187,15 @@ fn main() -> ExitCode {
     let prepared = match nestfs_fuse::prepare(&cfg, &mnt) {
         Ok(p) => p,
         Err(e) => {
-            match report.as_mut() {
-                Some(w) => {
-                    let _ = write!(w, "{e:#}");
-                }
+            match report.take() {
+                Some(r) => r.failed(&e),
                 None => eprintln!("nestfs-overlay: {e:#}"),
             }
             return ExitCode::from(1);
         }
     };
-    if let Some(mut w) = report.take() {
-        let _ = w.write_all(b"ok");
+    if let Some(r) = report.take() {
+        r.ready();
         process::detach_stdio();
     }
     match prepared.serve() {
