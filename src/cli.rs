@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::commands::{self, Ctx, Output};
 use crate::config::Config;
-use crate::daemon;
 use crate::image::PullOptions;
+use crate::lifecycle;
 use crate::logging::{Level, Logger};
 use crate::metrics::Metrics;
 use crate::store::{self, IdMapping, Store};
@@ -319,7 +319,7 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
         Cmd::Capacity => commands::capacity::run(ctx),
         Cmd::DeleteStore => commands::delete_store::run(ctx),
         Cmd::ServeImage { id } => {
-            daemon::serve(ctx.store, &id)?;
+            lifecycle::serve(ctx.store, &id)?;
             Ok(None)
         }
     }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod host;
 pub mod image;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod store;

@@ -305,7 +305,14 @@ fn a_remount_whose_daemon_cannot_mount_fails_and_keeps_the_image() {
     common::detach(&rootfs).unwrap();
     let r = without_fuse(&s, &["remount", "r"]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stdout.contains("image daemon exited"), "{r:?}");
+    // The daemon's own words on why, from its readiness pipe: its mount failed.
+    let rootfs_path = rootfs.display().to_string();
+    assert!(
+        r.stdout.contains("image daemon exited")
+            && r.stdout
+                .contains(&format!("before mounting: mount {rootfs_path}")),
+        "{r:?}"
+    );
     // Nothing mounted, no daemon, and no control socket to mistake for a dead daemon's.
     assert_eq!(state(&s, "r"), "not-mounted");
     assert!(daemons_for(s.dir.path()).is_empty());

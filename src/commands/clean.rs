@@ -33,7 +33,7 @@ pub fn clean_store(
     let log = log.session("groot-cleaning");
     log.info("starting", json!({ "threshold": threshold }));
     let _g = ctx.lock(true)?;
-    ctx.store.sweep();
+    crate::lifecycle::sweep(ctx.store);
     // Removing a big image's layers takes a while: say so on a terminal.
     let bar = if progress {
         let b = indicatif::ProgressBar::new_spinner().with_message("removing unused layers");

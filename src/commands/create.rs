@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{Ctx, Output};
 use crate::image::{self, ImageRef, PullOptions};
 use crate::store::{ImageMeta, StoreError};
-use crate::{daemon, host};
+use crate::{daemon, host, lifecycle};
 
 pub struct Request {
     pub image: String,
@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
         StoreError::NoStore(p) => StoreError::NotInitialised(p),
         e => e,
     })?;
-    store.check_new_id(&req.id)?;
+    lifecycle::check_new_id(store, &req.id)?;
     // Say what is missing before pulling anything.
     daemon::preflight()?;
     host::check_mountable(&store.tmp_path("mount-probe")).map_err(anyhow::Error::msg)?;
@@ -95,7 +95,7 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
         disk_limit: req.disk_limit,
         exclude_image_from_quota: req.exclude,
     };
-    let rootfs = store.create_image(&spec)?;
+    let rootfs = lifecycle::create(store, &spec)?;
     ctx.log
         .info("created", json!({ "id": req.id, "rootfs": rootfs }));
     ctx.metrics.duration("ImageCreationTime", start);

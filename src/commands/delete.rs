@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use super::{Ctx, Output};
+use crate::lifecycle;
 use crate::store::StoreError;
 
 pub fn run(ctx: &Ctx, id_or_path: &str) -> Output {
@@ -37,7 +38,7 @@ pub fn run(ctx: &Ctx, id_or_path: &str) -> Output {
         Err(e) => return Err(e.into()),
     };
     let _g = ctx.lock(false)?;
-    if store.delete_image(&id)? {
+    if lifecycle::delete(store, &id)? {
         ctx.log.info("deleted", json!({ "id": id }));
         ctx.metrics.duration("ImageDeletionTime", start);
         ctx.emit_layer_usage();

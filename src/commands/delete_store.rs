@@ -28,7 +28,7 @@ pub fn run(ctx: &Ctx) -> Output {
         .exists()
         .then(|| ctx.lock(true))
         .transpose()?;
-    store.delete_store()?;
+    crate::lifecycle::delete_store(store)?;
     ctx.log.info("deleted", json!({ "store": root }));
     Ok(None)
 }

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::{Ctx, Output};
-use crate::daemon;
+use crate::lifecycle;
 
 pub fn run(ctx: &Ctx, as_json: bool) -> Output {
     let store = ctx.store;
@@ -15,7 +15,7 @@ pub fn run(ctx: &Ctx, as_json: bool) -> Output {
         let Some(meta) = store.image_meta_if_present(&id)? else {
             continue;
         };
-        let (state, status) = daemon::state(store, &id);
+        let (state, status) = lifecycle::state(store, &id);
         if store.find_image(&id).is_none() {
             continue;
         }

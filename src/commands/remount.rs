@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::{Ctx, Output};
-use crate::daemon;
+use crate::lifecycle;
 
 pub fn run(ctx: &Ctx, ids: &[String]) -> Output {
     let store = ctx.store;
@@ -20,7 +20,7 @@ pub fn run(ctx: &Ctx, ids: &[String]) -> Output {
     };
     let mut served = Vec::new();
     for id in ids {
-        if daemon::remount(store, &id)? {
+        if lifecycle::remount(store, &id)? {
             ctx.log.info("remounted", json!({ "id": id }));
             served.push(store.image_dir(&id).join("rootfs").display().to_string());
         }

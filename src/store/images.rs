@@ -1,15 +1,14 @@
-//! Images in the store: create, delete, stats, list, clean.
-
-use std::path::PathBuf;
+//! Images in the store: made, served, retired, removed; their usage; volumes and `clean`.
 
 use std::os::unix::fs::MetadataExt;
 
 use serde::Serialize;
 
+use nestfs_fuse::OverlayConfig;
+
 use super::{
     CREATING, ImageMeta, Lock, Result, Store, StoreError, check_id, io_ctx, remove_tree, write_json,
 };
-use crate::daemon;
 
 /// `stats` output.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -20,30 +19,36 @@ pub struct DiskUsage {
     pub committed_space_bytes: u64,
 }
 
-impl Store {
-    /// Fails early (before any pull) if `id` is unusable or taken.
-    pub fn check_new_id(&self, id: &str) -> Result<()> {
-        check_id(id)?;
-        if !self.id_free(id)? {
-            return Err(StoreError::IdExists(id.to_string()));
-        }
-        Ok(())
-    }
+/// What `create` finds where a new image would go.
+pub enum Claim {
+    /// Nothing: the id is free.
+    Free,
+    /// An image, or one being made right now.
+    Taken,
+    /// An image a killed `create` left half-made, locked: remove it (its daemon first) and
+    /// the id is free.
+    HalfMade(Lock),
+}
 
-    /// Whether no image has this id, after removing one a killed `create` left half-made
-    /// (its daemon never served it, or the create died before it knew).
-    pub(super) fn id_free(&self, id: &str) -> Result<bool> {
+/// The name prefix of an image `delete` retired while its daemon still served it
+/// (`.retired-<daemon pid>-<id>`, which `sweep` removes once that pid is gone).
+const RETIRED: &str = ".retired-";
+
+impl Store {
+    /// Who has `id`, after checking it is a usable id.
+    pub fn claim(&self, id: &str) -> Result<Claim> {
+        check_id(id)?;
         let dir = self.image_dir(id);
         if !dir.exists() {
-            return Ok(true);
+            return Ok(Claim::Free);
         }
         if !dir.join(CREATING).exists() {
-            return Ok(false);
+            return Ok(Claim::Taken);
         }
         let lock = match Lock::try_dir(&dir) {
             Ok(Some(l)) => l,
-            Ok(None) => return Ok(false), // its create is still running
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Ok(None) => return Ok(Claim::Taken), // its create is still running
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Claim::Free),
             Err(source) => {
                 return Err(StoreError::Io {
                     what: format!("lock image {id}"),
@@ -52,22 +57,16 @@ impl Store {
             }
         };
         if !dir.join(CREATING).exists() {
-            return Ok(false); // its create finished just before we looked
+            return Ok(Claim::Taken); // its create finished just before we looked
         }
-        daemon::kill_strays(self, id);
-        self.remove_locked(id, lock)?;
-        Ok(true)
+        Ok(Claim::HalfMade(lock))
     }
 
-    /// Makes images/ID (upper, work, rootfs, metadata) atomically, then starts its daemon.
-    /// Returns the rootfs path. On any failure nothing of the image is left.
-    pub fn create_image(&self, spec: &ImageMeta) -> Result<PathBuf> {
-        self.check_new_id(&spec.id)?;
-        let size = spec
-            .layers
-            .iter()
-            .map(|k| self.volume_meta(k).bytes)
-            .sum::<u64>();
+    /// Makes images/ID (upper, work, rootfs, metadata) atomically, marked as being created, and
+    /// returns its lock, held until the image is served (see [`Self::mark_served`]) or removed.
+    /// On failure nothing of the image is left.
+    pub fn make_image(&self, spec: &ImageMeta) -> Result<Lock> {
+        let size = self.layers_bytes(spec);
         if spec.disk_limit > 0 && !spec.exclude_image_from_quota && size >= spec.disk_limit {
             return Err(StoreError::LimitTooSmall {
                 limit: spec.disk_limit,
@@ -118,33 +117,20 @@ impl Store {
             })?;
             Ok(lock)
         })();
-        let lock = made.inspect_err(|_| {
+        made.inspect_err(|_| {
             let _ = remove_tree(&building);
-        })?;
-        if let Err(e) = daemon::start(self, &spec.id).and_then(|()| self.mark_served(&spec.id)) {
-            let _ = self.remove_locked(&spec.id, lock);
-            return Err(e);
-        }
-        Ok(self.image_dir(&spec.id).join("rootfs"))
+        })
     }
 
     /// Makes a new image count as existing, durably: Garden goes on using it once `create`
     /// returns.
-    fn mark_served(&self, id: &str) -> Result<()> {
+    pub fn mark_served(&self, id: &str) -> Result<()> {
         let dir = self.image_dir(id);
         io_ctx(
             std::fs::remove_file(dir.join(CREATING))
                 .and_then(|()| std::fs::File::open(&dir)?.sync_all()),
             || format!("mark image {id} as served"),
         )
-    }
-
-    /// Stops the image's daemon and removes the image. Unknown ids are not an error.
-    pub fn delete_image(&self, id: &str) -> Result<bool> {
-        match self.lock_image(id)? {
-            Some(lock) => self.remove_locked(id, lock),
-            None => Ok(false),
-        }
     }
 
     /// The image's own lock, waited for; None if the image is gone (or went while we waited,
@@ -157,23 +143,14 @@ impl Store {
         }
     }
 
-    /// Stops the image's daemon and removes the image, whose lock `_lock` is.
-    fn remove_locked(&self, id: &str, _lock: Lock) -> Result<bool> {
-        let dir = self.image_dir(id);
-        if let daemon::Stop::StillServing(pid) = daemon::stop(self, id)? {
-            // Someone still uses the rootfs: keep its upper dir for them, out of the way of a
-            // new image of this id. The daemon removes it once they are gone.
-            let retired = self.images().join(format!("{}{pid}-{id}", daemon::RETIRED));
-            io_ctx(std::fs::rename(&dir, &retired), || {
-                format!("retire image {id}")
-            })?;
-            return Ok(true);
-        }
+    /// Removes the image, whose lock `_lock` is and whose daemon is gone. False if it was
+    /// not there.
+    pub fn remove_image(&self, id: &str, _lock: Lock) -> Result<bool> {
         // Rename first: a delete killed halfway leaves debris `sweep` removes, not half an image.
         let trash = self
             .images()
             .join(format!(".del-{}-{id}", std::process::id()));
-        match std::fs::rename(&dir, &trash) {
+        match std::fs::rename(self.image_dir(id), &trash) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
@@ -187,20 +164,27 @@ impl Store {
         Ok(true)
     }
 
-    /// Disk usage from the daemon's live counter, or from a scan of the upper dir when no
-    /// daemon runs.
-    pub fn stats(&self, id: &str) -> Result<DiskUsage> {
-        let meta = self.image_meta(id)?;
-        let exclusive = match daemon::state(self, id).1 {
-            Some(status) => status.used,
-            None => {
-                let upper = self.image_dir(id).join("upper");
-                io_ctx(nestfs_fuse::allocated_bytes(&upper), || {
-                    format!("measure {}", upper.display())
-                })?
-            }
-        };
-        let image = self.layers_bytes(&meta);
+    /// Moves the image, whose lock `_lock` is, out of the way of a new image of its id while
+    /// its daemon (`pid`) still serves someone: that daemon removes it once they are gone (see
+    /// [`remove_if_retired`]), or `sweep` once it exited.
+    pub fn retire_image(&self, id: &str, pid: i32, _lock: Lock) -> Result<()> {
+        let retired = self.images().join(format!("{RETIRED}{pid}-{id}"));
+        io_ctx(std::fs::rename(self.image_dir(id), &retired), || {
+            format!("retire image {id}")
+        })
+    }
+
+    /// The image's upper dir's allocation, measured (when no daemon counts it).
+    pub fn measure_upper(&self, id: &str) -> Result<u64> {
+        let upper = self.image_dir(id).join("upper");
+        io_ctx(nestfs_fuse::allocated_bytes(&upper), || {
+            format!("measure {}", upper.display())
+        })
+    }
+
+    /// Disk usage as `stats` reports it, given what the upper dir holds (`exclusive`).
+    pub fn usage(&self, meta: &ImageMeta, exclusive: u64) -> DiskUsage {
+        let image = self.layers_bytes(meta);
         // As GrootFS: the quota is what the container may write (an inclusive limit less the
         // image), and the committed space the image plus that.
         let quota = match (meta.disk_limit, meta.exclude_image_from_quota) {
@@ -208,12 +192,44 @@ impl Store {
             (limit, true) => limit,
             (limit, false) => limit.saturating_sub(image),
         };
-        Ok(DiskUsage {
+        DiskUsage {
             total_bytes_used: image + exclusive,
             exclusive_bytes_used: exclusive,
             quota_size_bytes: quota,
             committed_space_bytes: image + quota,
-        })
+        }
+    }
+
+    /// The mount an image's daemon serves: its volumes top first, its upper and work dirs.
+    pub fn overlay_config(&self, id: &str) -> Result<OverlayConfig> {
+        let meta = self.image_meta(id)?;
+        let dir = self.image_dir(id);
+        // Layers keep the image's ids; the mount shows them through the store's mappings, and
+        // the upper dir gets host ids.
+        let store = self.meta()?;
+        let mut cfg = OverlayConfig {
+            lowerdirs: meta
+                .layers
+                .iter()
+                .rev()
+                .map(|k| self.volume_dir(k))
+                .collect(),
+            upperdir: Some(dir.join("upper")),
+            workdir: Some(dir.join("work")),
+            fsname: format!("nestfs:{id}"),
+            ids: store.id_map(),
+            meta_xattrs: store.rootless,
+            ..OverlayConfig::default()
+        };
+        if cfg.lowerdirs.is_empty() {
+            // An image without layers (e.g. an empty tarball) still needs a lower dir.
+            let empty = dir.join("empty");
+            io_ctx(std::fs::create_dir_all(&empty), || {
+                format!("create {}", empty.display())
+            })?;
+            cfg.lowerdirs.push(empty);
+        }
+        Ok(cfg)
     }
 
     /// Bytes all volumes take.
@@ -315,17 +331,17 @@ impl Store {
         }
         Ok(Some(removed))
     }
+}
 
-    /// Deletes every image (stopping their daemons) and the store itself.
-    pub fn delete_store(&self) -> Result<()> {
-        if !self.root().exists() {
-            return Ok(());
-        }
-        for id in self.all_image_ids()? {
-            self.delete_image(&id)?;
-        }
-        io_ctx(remove_tree(self.root()), || {
-            format!("remove store {}", self.root().display())
-        })
+/// Removes the image dir `dir` (open, so followed wherever it was moved) if it was retired
+/// meanwhile: its daemon calls this once its last user is gone.
+pub fn remove_if_retired(dir: &std::fs::File) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(dir);
+    if let Ok(now) = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        && now
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(RETIRED))
+    {
+        let _ = remove_tree(&now);
     }
 }

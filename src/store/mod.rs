@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use images::DiskUsage;
+pub use images::{Claim, DiskUsage, remove_if_retired};
 pub use lock::Lock;
 pub use pull::DEFAULT_MAX_EXPANSION;
 
@@ -80,8 +80,6 @@ pub enum StoreError {
     /// print it a second time.
     #[error("{what}: {}", crate::image::os_error_text(cause))]
     Io { what: String, cause: io::Error },
-    #[error("{0}")]
-    Daemon(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -446,7 +444,6 @@ impl Store {
         Ok(ids)
     }
 
-    /// Bytes the image's layers take.
     /// What the image's upper dir may hold: its disk limit, less its layers unless they are
     /// excluded from the quota (0: no limit).
     pub fn upper_limit(&self, meta: &ImageMeta) -> u64 {
@@ -458,17 +455,14 @@ impl Store {
         }
     }
 
+    /// Bytes the image's layers take.
     pub fn layers_bytes(&self, meta: &ImageMeta) -> u64 {
         meta.layers.iter().map(|k| self.volume_meta(k).bytes).sum()
     }
 
-    /// Removes debris of runs that were killed: tmp entries, half-built or half-deleted
-    /// images (dot names) whose owner process is gone, and images a killed `create` left
-    /// unserved.
-    pub fn sweep(&self) {
-        for id in self.all_image_ids().unwrap_or_default() {
-            let _ = self.id_free(&id);
-        }
+    /// Removes debris of runs that were killed: tmp entries, and half-built, half-deleted or
+    /// retired images (dot names) whose owner process is gone.
+    pub fn sweep_debris(&self) {
         for dir in [self.tmp(), self.images()] {
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
