@@ -11,6 +11,7 @@
 #[allow(dead_code)]
 mod common;
 #[path = "support/podman.rs"]
+#[allow(dead_code)] // shared by both crates' tests, each using a part
 mod podman;
 #[path = "support/scrub.rs"]
 mod scrub;

@@ -5,21 +5,24 @@
 //! link, a chown and a setuid bit. Every listing and diff must equal what the same steps give
 //! with kernel overlayfs as the store's filesystem; fuse-overlayfs's results are only printed.
 //!
-//! Each store has its own storage.conf and containers.conf in a temp dir (graphroot, runroot,
-//! tmp dir, network config dir), so nothing outside it changes; the dir, its processes and
-//! mounts are removed on drop, also when a test fails.
+//! Each store is a private podman (tests/support/podman.rs, shared with the nestfs crate's
+//! tests): its own configuration and storage in a temp dir, so nothing outside it changes; the
+//! dir, its processes and mounts are removed on drop, also when a test fails.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[allow(dead_code)] // shared by both crates' tests, each using a part
+#[path = "../../tests/support/podman.rs"]
+mod podman;
 #[path = "../../tests/support/scrub.rs"]
 mod scrub;
 #[path = "../../tests/support/users.rs"]
 mod users;
-use users::{USER, test_user};
+use podman::{Podman, USER, test_user};
 
 const NESTFS: &str = env!("CARGO_BIN_EXE_nestfs-overlay");
 const FUSE_OVERLAYFS: &str = "/usr/bin/fuse-overlayfs";
@@ -130,7 +133,7 @@ impl Part {
                 echo ==commit==; podman run --rm --network none localhost/committed sh -ec \"$LISTING\"\n"
             }
             Part::Build => {
-                "podman build -q --pull=never --network none -t localhost/built \"$STORE/context\" > /dev/null
+                "podman build -q --pull=never --network none -t localhost/built \"$PODMAN_DIR/context\" > /dev/null
                 echo ==build==; podman run --rm --network none localhost/built sh -ec \"$LISTING\"\n"
             }
         }
@@ -179,105 +182,39 @@ fn base_image() -> &'static [u8] {
     })
 }
 
-/// A private podman store, its configuration and the base image's tarball and a build
-/// context in one temp dir. On drop: every process started for it (they all carry the dir in
-/// their environment or arguments) is killed, its mounts detached, the dir removed.
+/// A private podman whose overlay driver is `driver`, with the base image's tarball and a
+/// build context in its dir.
 struct Store {
-    dir: PathBuf,
+    podman: Podman,
     driver: Driver,
-    /// The test user's ids when podman runs rootless as that user.
-    user: Option<(u32, u32)>,
 }
 
 impl Store {
     fn new(driver: Driver, user: Option<(u32, u32)>) -> Store {
-        let dir = tempfile::Builder::new()
-            .prefix("nestfs-podman-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        let store = Store { dir, driver, user };
-        let d = &store.dir;
-        std::fs::set_permissions(d, PermissionsExt::from_mode(0o755)).unwrap();
-        std::fs::write(d.join("storage.conf"), store.storage_conf()).unwrap();
-        std::fs::write(d.join("containers.conf"), store.containers_conf()).unwrap();
+        let podman = Podman::new(user, &driver.overlay_options());
+        let d = podman.dir();
         std::fs::write(d.join("base.tar"), base_image()).unwrap();
         std::fs::create_dir(d.join("context")).unwrap();
         let runs: String = STEPS.iter().map(|s| format!("RUN {s}\n")).collect();
         let containerfile = format!("FROM {BASE}\n{runs}");
         std::fs::write(d.join("context/Containerfile"), containerfile).unwrap();
-        if let Some((uid, gid)) = user {
-            // Rootless podman needs its own runtime dir, and /dev/fuse usable by the user:
-            // a 0666 node made here is bound over /dev/fuse in a private mount namespace.
-            std::fs::create_dir(d.join("xdg")).unwrap();
-            let fuse = d.join("fuse");
-            let mode = rustix::fs::Mode::from_raw_mode(0o666);
-            let dev = rustix::fs::makedev(10, 229);
-            let kind = rustix::fs::FileType::CharacterDevice;
-            rustix::fs::mknodat(rustix::fs::CWD, &fuse, kind, mode, dev).expect("mknod");
-            std::fs::set_permissions(d.join("fuse"), PermissionsExt::from_mode(0o666)).unwrap();
-            for p in [d.as_path(), &d.join("xdg"), &d.join("context")] {
-                std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-            }
-            std::fs::set_permissions(d.join("xdg"), PermissionsExt::from_mode(0o700)).unwrap();
+        if let Some((uid, gid)) = podman.user() {
+            std::os::unix::fs::chown(d.join("context"), Some(uid), Some(gid)).unwrap();
         }
-        store
+        Store { podman, driver }
     }
 
-    fn storage_conf(&self) -> String {
-        format!(
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/run\"\n\
-             rootless_storage_path = \"{d}/root\"\n[storage.options.overlay]\n{}\n",
-            self.driver.overlay_options(),
-            d = self.dir.display(),
-        )
-    }
-
-    /// This sandbox's root lacks CAP_SYS_RESOURCE, so podman's default ulimits (raised above
-    /// the current ones) fail: explicit lower ones. crun 1.8 refuses hybrid cgroup v1/v2
-    /// hierarchies, runc does not. The tmp and network dirs would otherwise be global.
-    fn containers_conf(&self) -> String {
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-             netns = \"none\"\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             runtime = \"runc\"\ntmp_dir = \"{d}/tmp\"\n\
-             [network]\nnetwork_config_dir = \"{d}/net\"\n",
-            d = self.dir.display(),
-        )
-    }
-
-    /// Runs `script` with podman configured for this store (as the test user, in a mount
-    /// namespace with a usable /dev/fuse, if the store is rootless).
+    /// Runs `script` with this store's podman, stopping at the first failing line.
     fn sh(&self, script: &str) -> Output {
-        let script = format!("set -e\n{script}");
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "10", "300"]);
-        match self.user {
-            None => cmd.args(["sh", "-ec", &script]),
-            Some(_) => cmd
-                .args(["unshare", "-m", "--propagation", "private", "sh", "-ec"])
-                .arg(format!(
-                    "mount --bind \"$STORE/fuse\" /dev/fuse; exec runuser -u {USER} -- sh -ec '{}'",
-                    script.replace('\'', r"'\''")
-                )),
-        };
-        cmd.env("STORE", &self.dir)
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-            .env("XDG_RUNTIME_DIR", self.dir.join("xdg"))
-            .env("XDG_DATA_HOME", self.dir.join("xdg/data"))
-            .env("XDG_CONFIG_HOME", self.dir.join("xdg/config"))
-            .env("BASE", BASE)
-            .env("STEPS", STEPS.join("\n").replace(" && ", "\n"))
-            .env("LISTING", LISTING)
-            .output()
-            .expect("run sh")
+        let steps = STEPS.join("\n").replace(" && ", "\n");
+        let env = [("BASE", BASE), ("STEPS", &steps), ("LISTING", LISTING)];
+        self.podman.sh(&format!("set -e\n{script}"), &env)
     }
 
     /// Imports the base image and runs `parts`: their outputs by section name.
     fn scenario(&self, parts: &[Part]) -> Sections {
-        let mut script = String::from("podman import -q \"$STORE/base.tar\" $BASE > /dev/null\n");
+        let mut script =
+            String::from("podman import -q \"$PODMAN_DIR/base.tar\" $BASE > /dev/null\n");
         parts.iter().for_each(|p| script.push_str(p.script()));
         let out = self.sh(&script);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -287,12 +224,6 @@ impl Store {
             parts: split_sections(&stdout),
             log: format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)),
         }
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        scrub::scrub(&self.dir);
     }
 }
 
@@ -382,30 +313,6 @@ fn split_sections(out: &str) -> BTreeMap<String, String> {
     }
     parts.extend(current);
     parts
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root: the tests run podman as root and create the rootless user".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    let podman = Command::new("podman").arg("--version").output();
-    if !podman.is_ok_and(|o| o.status.success()) {
-        return Some("podman is not installed (scripts/install-test-deps.sh installs it)".into());
-    }
-    None
-}
-
-macro_rules! require_podman {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("SKIP {}: {reason}", module_path!());
-            return;
-        }
-    };
 }
 
 /// Runs `parts` on a fresh store of each driver, in parallel; fuse-overlayfs's is `None` when

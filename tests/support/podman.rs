@@ -1,7 +1,8 @@
 //! A private podman for tests, rootful or rootless: its own storage.conf, containers.conf,
 //! graph root, run root and tmp dir in one temp dir, so nothing outside it changes. On drop its
 //! containers are removed, every process started for it killed, its mounts detached and the
-//! dir removed, also when a test fails. The settings are those of fuse/tests/podman.rs.
+//! dir removed, also when a test fails. Both crates' podman tests use it (fuse/tests/podman.rs
+//! includes this file).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -39,25 +40,33 @@ pub struct Podman {
     dir: PathBuf,
     /// The test user's ids when podman runs rootless as that user.
     user: Option<(u32, u32)>,
+    /// The overlay driver's `[storage.options.overlay]` lines (e.g. a `mount_program`).
+    overlay_options: String,
 }
 
 impl Podman {
     pub fn rootful() -> Podman {
-        Podman::new(None)
+        Podman::new(None, "")
     }
 
     /// Podman run by the test user; its containers get the user's subordinate ids.
     pub fn rootless(user: (u32, u32)) -> Podman {
-        Podman::new(Some(user))
+        Podman::new(Some(user), "")
     }
 
-    fn new(user: Option<(u32, u32)>) -> Podman {
+    /// Podman run by root (`user` None) or the test user, its overlay driver configured with
+    /// `overlay_options`.
+    pub fn new(user: Option<(u32, u32)>, overlay_options: &str) -> Podman {
         let dir = tempfile::Builder::new()
             .prefix("nestfs-podman-")
             .tempdir()
             .expect("temp dir")
             .keep();
-        let podman = Podman { dir, user };
+        let podman = Podman {
+            dir,
+            user,
+            overlay_options: overlay_options.to_string(),
+        };
         let d = &podman.dir;
         std::fs::set_permissions(d, PermissionsExt::from_mode(0o755)).unwrap();
         std::fs::write(d.join("storage.conf"), podman.storage_conf()).unwrap();
@@ -84,7 +93,8 @@ impl Podman {
     fn storage_conf(&self) -> String {
         format!(
             "[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/run\"\n\
-             rootless_storage_path = \"{d}/root\"\n",
+             rootless_storage_path = \"{d}/root\"\n[storage.options.overlay]\n{}\n",
+            self.overlay_options,
             d = self.dir.display(),
         )
     }
@@ -103,6 +113,16 @@ impl Podman {
         )
     }
 
+    /// The dir holding everything of this podman (`$PODMAN_DIR` in scripts).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The test user's ids, when podman runs rootless.
+    pub fn user(&self) -> Option<(u32, u32)> {
+        self.user
+    }
+
     /// `podman import`s the rootfs tarball `tar` as image `name`.
     pub fn import(&self, tar: &[u8], name: &str) {
         let path = self.dir.join("import.tar");
@@ -119,7 +139,7 @@ impl Podman {
     /// namespace with a usable /dev/fuse, if rootless); `$PODMAN_DIR` is its dir.
     pub fn sh(&self, script: &str, env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "10", "120"]);
+        cmd.args(["-k", "10", "300"]);
         match self.user {
             None => cmd.args(["sh", "-ec", script]),
             Some(_) => cmd
