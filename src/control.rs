@@ -71,11 +71,12 @@ pub fn listen(
     let _ = std::fs::remove_file(dir.join(SOCKET));
     let listener =
         UnixListener::bind(&path).with_context(|| format!("listen on {}", dir.display()))?;
+    let upper = dir.join("upper");
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let _ = answer(conn, &quota, &unmount);
+                let _ = answer(conn, &quota, &upper, &unmount);
             }
         })?;
     Ok(())
@@ -84,17 +85,23 @@ pub fn listen(
 fn answer(
     conn: UnixStream,
     quota: &Quota,
+    upper: &Path,
     unmount: &impl Fn() -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
     let reply = match line.trim() {
-        "status" => serde_json::to_string(&Status {
-            pid: std::process::id(),
-            used: quota.used(),
-            limit: quota.limit(),
-        }),
+        "status" => {
+            // What the filesystem allocated on its own since (at writeback) counts too; with a
+            // change running right now, that is left to the next status or background pass.
+            let _ = quota.reconcile_if_unsettled(upper);
+            serde_json::to_string(&Status {
+                pid: std::process::id(),
+                used: quota.used(),
+                limit: quota.limit(),
+            })
+        }
         "stop" => serde_json::to_string(&match unmount() {
             Ok(()) => Stopped {
                 stopped: true,

@@ -40,13 +40,15 @@ impl Overlay {
             .find(|d| d.layer == top)
             .map(|d| d.fd.clone())
             .ok_or_else(|| sys::err(libc::ENOENT))?;
+        // From the parent's first measurement to the settling (see `Quota::reconcile`).
+        let busy = self.quota.as_ref().map(|q| q.busy());
         let pst = sys::fstat(pupper.as_raw_fd())?;
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
         // The copy costs what the lower object takes (a 1-byte write to a big file costs the
         // whole file): reserve that first, then charge what the copy and the parent's new
         // entry really took.
-        let reserved = match &self.quota {
+        let reserved = match &busy {
             Some(q) => {
                 let need = match sys::stat_at(src_dir.as_raw_fd(), &name)? {
                     _ if is_dir => self.block, // the copy is an empty directory
@@ -70,7 +72,7 @@ impl Overlay {
             sys::utimens_at(pupper.as_raw_fd(), &name, &times_of(&st))?;
             Ok(st)
         });
-        if let Some(q) = &self.quota {
+        if let Some(q) = &busy {
             let took = match &placed {
                 Ok(_) => {
                     charged_at(pupper.as_raw_fd(), &name) + blocks_of(pupper.as_raw_fd())

@@ -146,6 +146,9 @@ fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Sess
     memory::map_big_buffers();
     let notifier = Arc::new(OnceLock::new());
     let ov = overlay::Overlay::new(cfg, notifier.clone())?;
+    if let (Some(q), Some(upper)) = (&cfg.quota, &cfg.upperdir) {
+        quota::reconcile_while_changing(Arc::downgrade(q), upper.clone());
+    }
     let s = fuser::Session::new(ops::Fs::new(ov), mountpoint, &cfg.mount_config())
         .with_context(|| format!("mount {}", mountpoint.display()))?;
     let _ = notifier.set(s.notifier());

@@ -300,8 +300,9 @@ impl Overlay {
         let upper = self.upper_dir(parent)?;
         let fd = upper.as_raw_fd();
         let kept = self.kept_while_open(fd, name, found.ino);
-        self.charged(
+        self.charged_keeping(
             || blocks_of(fd) + charged_at(fd, name),
+            kept,
             || {
                 if self.is_upper(found.layer) {
                     if is_dir {
@@ -316,10 +317,7 @@ impl Overlay {
                 Ok(())
             },
         )
-        .inspect(|()| {
-            self.charge(kept);
-            self.nodes.unlinked(found.ino, parent, name);
-        })
+        .inspect(|()| self.nodes.unlinked(found.ino, parent, name))
     }
 
     pub fn rename(
@@ -389,7 +387,7 @@ impl Overlay {
         let kept = dst
             .as_ref()
             .map_or(0, |d| self.kept_while_open(dfd, newname, d.ino));
-        self.charged(measure, || {
+        self.charged_keeping(measure, kept, || {
             self.move_entry(
                 name,
                 &src,
@@ -401,7 +399,6 @@ impl Overlay {
                 &dupper,
             )
         })?;
-        self.charge(kept);
         if let Some(d) = &dst {
             self.nodes.unlinked(d.ino, newparent, newname);
         }

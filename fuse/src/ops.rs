@@ -539,9 +539,10 @@ impl Filesystem for Fs {
     ) {
         self.ov.io.release(ino.0);
         if self.ov.track_fd(ino.0, fh.0 as RawFd, false) {
-            self.ov.closed(fh.0 as RawFd);
+            self.ov.close_last(fh.0 as RawFd);
+        } else {
+            sys::close(fh.0 as RawFd);
         }
-        sys::close(fh.0 as RawFd);
         reply.ok();
     }
 

@@ -4,6 +4,11 @@
 //! once). Every change that can allocate is measured before and after (`st_blocks`), and
 //! anything that may grow first reserves its worst case, so concurrent writers cannot overshoot
 //! the limit together. Past the limit calls fail with EDQUOT, as XFS project quotas do.
+//!
+//! The filesystem also allocates on its own, after the change that caused it (ext4's extent-tree
+//! blocks at writeback): [`Quota::reconcile`] compares the counter with the upper dir itself
+//! while no change runs; a background pass does so while the upper dir keeps changing, and the
+//! control socket before every `stats`.
 
 use std::collections::HashSet;
 use std::ffi::CStr;
@@ -12,7 +17,8 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use crate::sys;
 
@@ -20,12 +26,34 @@ use crate::sys;
 /// same inode's blocks around their writes would count the growth twice.
 const STRIPES: usize = 64;
 
+/// How long after its last change an upper dir is still reconciled in the background: the
+/// kernel writes dirty data back within 30 s (`dirty_expire_centisecs`) plus a flusher period.
+const SETTLING: Duration = Duration::from_secs(60);
+/// The background pass's period at least; more for big upper dirs (see `reconcile_while_changing`).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 pub struct Quota {
     /// Bytes the upper dir may hold; 0 means no limit (usage is still counted).
     limit: u64,
     used: AtomicU64,
     stripes: [Mutex<()>; STRIPES],
+    /// Changes between their first measurement and their settling (see [`Busy`]).
+    busy: AtomicU64,
+    /// Settled changes so far: a reconcile that saw this move is void.
+    settled: AtomicU64,
+    /// `settled` at the last reconcile, and when it was last seen to move.
+    reconciled: Mutex<(u64, Instant)>,
+}
+
+/// A change of the upper dir in progress, from its first measurement to its settling. Only
+/// through one can usage be reserved or settled, so a reconcile knows when none runs.
+pub(crate) struct Busy<'a>(&'a Quota);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Quota {
@@ -35,7 +63,16 @@ impl Quota {
             limit,
             used: AtomicU64::new(used),
             stripes: std::array::from_fn(|_| Mutex::new(())),
+            busy: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            reconciled: Mutex::new((0, Instant::now())),
         }
+    }
+
+    /// Marks a change of the upper dir as running until the guard drops.
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(self)
     }
 
     pub fn used(&self) -> u64 {
@@ -46,17 +83,116 @@ impl Quota {
         self.limit
     }
 
+    pub(crate) fn file_lock(&self, ino: u64) -> MutexGuard<'_, ()> {
+        self.stripes[(ino as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the counter to what the upper dir `upper` really holds (`du` of it, plus files
+    /// this process holds open that have no name left), unless a change ran meanwhile. Returns
+    /// the correction made, or None when a change got in the way.
+    pub fn reconcile(&self, upper: &Path) -> io::Result<Option<i64>> {
+        let mut last = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
+        let settled = self.settled.load(Ordering::SeqCst);
+        let used = self.used();
+        if self.busy.load(Ordering::SeqCst) > 0 {
+            return Ok(None);
+        }
+        let dev = std::fs::symlink_metadata(upper)?.dev();
+        let measure = || io::Result::Ok(allocated_bytes(upper)? + open_nameless_bytes(dev));
+        let truth = measure()?;
+        // Writeback moves a file's blocks from reserved to allocated, and a stat in between
+        // reads a passing value: only a second walk that agrees counts.
+        if truth != used && measure()? != truth {
+            return Ok(None);
+        }
+        if self.busy.load(Ordering::SeqCst) > 0 || self.settled.load(Ordering::SeqCst) != settled {
+            return Ok(None);
+        }
+        // A change that starts from here on measured the tree just walked: its settling adds
+        // to `truth` what it changes. One that already reserved or settled fails the swap.
+        if self
+            .used
+            .compare_exchange(used, truth, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        if last.0 != settled {
+            *last = (settled, Instant::now());
+        }
+        Ok(Some(truth as i64 - used as i64))
+    }
+
+    /// Whether the upper dir changed since the last reconcile, or recently enough that the
+    /// filesystem may still be allocating for it.
+    fn unsettled(&self) -> bool {
+        let (settled, at) = *self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
+        settled != self.settled.load(Ordering::SeqCst) || at.elapsed() < SETTLING
+    }
+
+    /// [`Self::reconcile`], when it may find anything.
+    pub fn reconcile_if_unsettled(&self, upper: &Path) -> io::Result<Option<i64>> {
+        if !self.unsettled() {
+            return Ok(Some(0));
+        }
+        self.reconcile(upper)
+    }
+}
+
+/// Reconciles `quota` with `upper` in the background while it is unsettled, until the quota is
+/// dropped. A pass walks the whole upper dir: the period grows with the walk's time, so the
+/// walks take at most 2% of a CPU.
+pub(crate) fn reconcile_while_changing(quota: Weak<Quota>, upper: std::path::PathBuf) {
+    let shown = upper.display().to_string();
+    let spawned = std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || {
+            let mut period = RECONCILE_EVERY;
+            loop {
+                std::thread::sleep(period);
+                let Some(q) = quota.upgrade() else { return };
+                let start = Instant::now();
+                if let Err(e) = q.reconcile_if_unsettled(&upper) {
+                    tracing::warn!("reconcile the usage of {}: {e}", upper.display());
+                }
+                period = RECONCILE_EVERY.max(start.elapsed() * 50);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no background reconcile of {shown}: {e}");
+    }
+}
+
+/// Allocated bytes of the regular files on device `dev` this process holds open that have no
+/// name left (a quota still charges them; `du` cannot see them).
+fn open_nameless_bytes(dev: u64) -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut seen = HashSet::new();
+    fds.flatten()
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .filter(|md| md.is_file() && md.nlink() == 0 && md.dev() == dev)
+        .filter(|md| seen.insert(md.ino()))
+        .map(|md| md.blocks() * 512)
+        .sum()
+}
+
+impl Busy<'_> {
     /// Reserves up to `want` bytes of headroom and returns how many it got (all of `want`
     /// without a limit).
     pub(crate) fn reserve_up_to(&self, want: u64) -> u64 {
         let mut got = 0;
         let _ = self
+            .0
             .used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                got = if self.limit == 0 {
+                got = if self.0.limit == 0 {
                     want
                 } else {
-                    want.min(self.limit.saturating_sub(used))
+                    want.min(self.0.limit.saturating_sub(used))
                 };
                 Some(used + got)
             });
@@ -65,7 +201,7 @@ impl Quota {
 
     /// Reserves `bytes` or fails with EDQUOT.
     pub(crate) fn reserve(&self, bytes: u64) -> io::Result<()> {
-        if self.limit > 0 && self.used() + bytes > self.limit {
+        if self.0.limit > 0 && self.0.used() + bytes > self.0.limit {
             return Err(sys::err(libc::EDQUOT));
         }
         let got = self.reserve_up_to(bytes);
@@ -79,16 +215,12 @@ impl Quota {
     /// Replaces a reservation by what the change really allocated (negative: freed).
     pub(crate) fn settle(&self, reserved: u64, actual: i64) {
         let _ = self
+            .0
             .used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 Some((used as i64 - reserved as i64 + actual).max(0) as u64)
             });
-    }
-
-    pub(crate) fn file_lock(&self, ino: u64) -> MutexGuard<'_, ()> {
-        self.stripes[(ino as usize) % STRIPES]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.0.settled.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -153,12 +285,25 @@ impl crate::overlay::Overlay {
         measure: impl Fn() -> i64,
         op: impl FnOnce() -> io::Result<T>,
     ) -> io::Result<T> {
+        self.charged_keeping(measure, 0, op)
+    }
+
+    /// [`Self::charged`], leaving `kept` bytes charged if `op` succeeds: what removing a name
+    /// freed of a file still open (see [`Self::kept_while_open`]).
+    pub(crate) fn charged_keeping<T>(
+        &self,
+        measure: impl Fn() -> i64,
+        kept: i64,
+        op: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
         let Some(q) = &self.quota else {
             return op();
         };
+        let busy = q.busy();
         let before = measure();
         let r = op();
-        q.settle(0, measure() - before);
+        let kept = if r.is_ok() { kept } else { 0 };
+        busy.settle(0, measure() - before + kept);
         r
     }
 
@@ -175,17 +320,12 @@ impl crate::overlay::Overlay {
             return op();
         };
         let _g = q.file_lock(ino);
-        q.reserve(reserve)?;
+        let busy = q.busy();
+        busy.reserve(reserve)?;
         let before = blocks_of(fd);
         let r = op();
-        q.settle(reserve, blocks_of(fd) - before);
+        busy.settle(reserve, blocks_of(fd) - before);
         r
-    }
-
-    pub(crate) fn charge(&self, bytes: i64) {
-        if let Some(q) = &self.quota {
-            q.settle(0, bytes);
-        }
     }
 
     /// What removing `name` (node `ino`) must not uncharge yet: a file still open keeps its
@@ -198,14 +338,16 @@ impl crate::overlay::Overlay {
         }
     }
 
-    /// The last fd of a node is being closed: if its file has no name left, its space is free.
-    pub(crate) fn closed(&self, fd: RawFd) {
-        if let Some(q) = &self.quota
+    /// Closes the last fd of a node: if its file has no name left, its space is free.
+    pub(crate) fn close_last(&self, fd: RawFd) {
+        let busy = self.quota.as_ref().map(|q| q.busy());
+        if let Some(busy) = &busy
             && let Ok(st) = sys::fstat(fd)
             && st.st_nlink == 0
         {
-            q.settle(0, -(st.st_blocks * 512));
+            busy.settle(0, -(st.st_blocks * 512));
         }
+        sys::close(fd);
     }
 
     /// The bytes a change of `off..end` may newly allocate in the file `st` describes.
@@ -234,9 +376,10 @@ impl crate::overlay::Overlay {
             return write(len);
         };
         let _g = q.file_lock(ino);
+        let busy = q.busy();
         let st = sys::fstat(fd)?;
         let need = self.growth(&st, off, off + len as u64);
-        let got = q.reserve_up_to(need);
+        let got = busy.reserve_up_to(need);
         let len = if got >= need {
             len
         } else {
@@ -245,11 +388,11 @@ impl crate::overlay::Overlay {
             (fits.saturating_sub(off) as usize).min(len)
         };
         if len == 0 {
-            q.settle(got, 0);
+            busy.settle(got, 0);
             return Err(sys::err(libc::EDQUOT));
         }
         let r = write(len);
-        q.settle(got, blocks_of(fd) - st.st_blocks * 512);
+        busy.settle(got, blocks_of(fd) - st.st_blocks * 512);
         r
     }
 }
@@ -264,40 +407,43 @@ mod tests {
 
     #[test]
     fn reservations_past_the_limit_fail_and_take_nothing() {
-        let q = Quota::new(10_000, 4_000);
+        let quota = Quota::new(10_000, 4_000);
+        let q = quota.busy();
         q.reserve(6_000).unwrap();
-        assert_eq!(q.used(), 10_000);
+        assert_eq!(quota.used(), 10_000);
         assert!(edquot(q.reserve(1)));
-        assert_eq!(q.used(), 10_000, "a refused reservation takes nothing");
+        assert_eq!(quota.used(), 10_000, "a refused reservation takes nothing");
         // What a change did replaces what it reserved: it allocated 2000 of the 6000.
         q.settle(6_000, 2_000);
-        assert_eq!(q.used(), 6_000);
+        assert_eq!(quota.used(), 6_000);
     }
 
     #[test]
     fn partial_reservations_get_what_is_left() {
-        let q = Quota::new(10_000, 9_000);
+        let quota = Quota::new(10_000, 9_000);
+        let q = quota.busy();
         assert_eq!(q.reserve_up_to(4_096), 1_000);
-        assert_eq!(q.used(), 10_000);
+        assert_eq!(quota.used(), 10_000);
         assert_eq!(q.reserve_up_to(4_096), 0);
         q.settle(1_000, 0);
-        assert_eq!(q.used(), 9_000);
+        assert_eq!(quota.used(), 9_000);
     }
 
     #[test]
     fn frees_never_take_usage_below_zero() {
         let q = Quota::new(0, 4_096);
-        q.settle(0, -8_192);
+        q.busy().settle(0, -8_192);
         assert_eq!(q.used(), 0);
     }
 
     #[test]
     fn without_a_limit_everything_is_granted_and_counted() {
-        let q = Quota::new(0, 0);
+        let quota = Quota::new(0, 0);
+        let q = quota.busy();
         assert_eq!(q.reserve_up_to(1 << 40), 1 << 40);
         q.reserve(1 << 40).unwrap();
-        assert_eq!(q.used(), 2 << 40);
-        assert_eq!(q.limit(), 0);
+        assert_eq!(quota.used(), 2 << 40);
+        assert_eq!(quota.limit(), 0);
     }
 
     /// Writers racing for the last blocks together get exactly the room there was.
@@ -309,7 +455,7 @@ mod tests {
                 let q = q.clone();
                 std::thread::spawn(move || {
                     (0..200)
-                        .filter(|_| q.reserve(4_096).is_ok())
+                        .filter(|_| q.busy().reserve(4_096).is_ok())
                         .map(|_| 4_096)
                         .sum::<u64>()
                 })
@@ -320,5 +466,67 @@ mod tests {
             .sum();
         assert_eq!(granted, 1 << 20);
         assert_eq!(q.used(), 1 << 20);
+    }
+
+    fn upper_with(files: &[(&str, usize)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, len) in files {
+            std::fs::write(dir.path().join(name), vec![b'x'; *len]).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_reconcile_sets_the_counter_to_what_the_upper_dir_holds() {
+        let dir = upper_with(&[("a", 10_000), ("b", 1)]);
+        let truth = allocated_bytes(dir.path()).unwrap();
+        let q = Quota::new(0, truth - 4_096);
+        assert_eq!(q.reconcile(dir.path()).unwrap(), Some(4_096));
+        assert_eq!(q.used(), truth);
+        assert_eq!(q.reconcile(dir.path()).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn a_reconcile_counts_open_files_without_a_name() {
+        let dir = upper_with(&[("gone", 100_000)]);
+        let named = allocated_bytes(dir.path()).unwrap();
+        let f = std::fs::File::open(dir.path().join("gone")).unwrap();
+        std::fs::remove_file(dir.path().join("gone")).unwrap();
+        let q = Quota::new(0, 0);
+        q.reconcile(dir.path()).unwrap();
+        assert_eq!(q.used(), named, "the open file still takes its blocks");
+        drop(f);
+        q.reconcile(dir.path()).unwrap();
+        assert_eq!(q.used(), allocated_bytes(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_reconcile_leaves_the_counter_alone_while_a_change_runs() {
+        let dir = upper_with(&[("a", 10_000)]);
+        let q = Quota::new(0, 0);
+        let busy = q.busy();
+        busy.reserve(4_096).unwrap();
+        assert_eq!(q.reconcile(dir.path()).unwrap(), None);
+        assert_eq!(q.used(), 4_096, "the reservation stands");
+        busy.settle(4_096, 0);
+        drop(busy);
+        assert!(q.reconcile(dir.path()).unwrap().is_some());
+        assert_eq!(q.used(), allocated_bytes(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn an_unchanged_settled_upper_dir_is_not_walked_again() {
+        let dir = upper_with(&[("a", 10_000)]);
+        let q = Quota::new(0, 0);
+        *q.reconciled.lock().unwrap() = (0, Instant::now() - SETTLING);
+        assert_eq!(q.reconcile_if_unsettled(dir.path()).unwrap(), Some(0));
+        assert_eq!(
+            q.used(),
+            0,
+            "nothing changed since the last reconcile: no walk"
+        );
+        q.busy().settle(0, 1);
+        assert!(q.reconcile_if_unsettled(dir.path()).unwrap().is_some());
+        assert_eq!(q.used(), allocated_bytes(dir.path()).unwrap());
     }
 }
