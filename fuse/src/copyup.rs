@@ -7,15 +7,14 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::meta::{self, Meta};
-use crate::overlay::{Overlay, UPPER, remove_tree};
+use crate::overlay::{Changes, Overlay, UPPER, remove_tree};
 use crate::quota::{blocks_of, charged_at};
 use crate::sys::{self, Stat};
 use crate::xattr_names;
 
 impl Overlay {
     /// Copies node `ino` (and its parents) up unless it is already in the upper dir.
-    /// Callers hold the change lock.
-    pub fn copy_up(&self, ino: u64) -> io::Result<()> {
+    pub fn copy_up(&self, ch: &Changes, ino: u64) -> io::Result<()> {
         self.writable()?;
         let (parent, name, top, is_dir) = {
             let nodes = self.nodes.lock();
@@ -28,17 +27,12 @@ impl Overlay {
         if ino == crate::node::ROOT {
             return Ok(());
         }
-        self.copy_up(parent)?;
-        let pdirs = self.dirs_of(parent)?;
-        let pupper = pdirs
-            .iter()
-            .find(|d| d.layer == UPPER)
-            .map(|d| d.fd.clone())
-            .ok_or_else(|| sys::err(libc::EIO))?;
-        let src_dir = pdirs
-            .iter()
+        let pupper = self.upper_dir(ch, parent)?;
+        let src_dir = self
+            .dirs_of(parent)?
+            .into_iter()
             .find(|d| d.layer == top)
-            .map(|d| d.fd.clone())
+            .map(|d| d.fd)
             .ok_or_else(|| sys::err(libc::ENOENT))?;
         let pst = sys::fstat(pupper.as_raw_fd())?;
         let work = self.work_fd()?;

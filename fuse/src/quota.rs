@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::overlay::Changes;
 use crate::sys;
 
 /// Serialises measured changes to one file (writes, truncates): two writers measuring the
@@ -146,10 +147,11 @@ impl crate::overlay::Overlay {
         }
     }
 
-    /// Runs a namespace change (callers hold the change lock) and charges what `measure`,
-    /// taken before and after, says it allocated or freed.
+    /// Runs a namespace change and charges what `measure`, taken before and after, says it
+    /// allocated or freed.
     pub(crate) fn charged<T>(
         &self,
+        _: &Changes,
         measure: impl Fn() -> i64,
         op: impl FnOnce() -> io::Result<T>,
     ) -> io::Result<T> {
