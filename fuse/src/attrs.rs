@@ -91,11 +91,7 @@ impl Overlay {
             mtime,
             fh,
         } = *a;
-        {
-            let ch = self.lock_changes();
-            self.writable()?;
-            self.copy_up(&ch, ino)?;
-        }
+        drop(self.copied_up(ino)?);
         let t = self.upper_target(ino)?;
         if (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None) {
             // chown(-1, -1), or set-id bits that turned out to stay: the kernel's chown still
@@ -187,14 +183,13 @@ impl Overlay {
 
     pub fn setxattr(&self, ino: u64, key: &CStr, value: Option<(&[u8], i32)>) -> io::Result<()> {
         let key = CString::new(xattr_names::real_xattr(key.to_bytes())).expect("from a CStr");
-        let ch = self.lock_changes();
         self.writable()?;
         // As overlayfs: removing an attribute the lower file lacks fails without a copy-up
         // (which would also split a lower hard link).
         if value.is_none() && !self.in_upper(ino) {
             sys::lgetxattr(&self.target(ino)?.xattr_path(), &key)?;
         }
-        self.copy_up(&ch, ino)?;
+        let ch = self.copied_up(ino)?;
         if value.is_some() {
             self.need(0)?;
         }

@@ -246,9 +246,7 @@ impl Overlay {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &CStr) -> io::Result<FileAttr> {
-        let ch = self.lock_changes();
-        self.writable()?;
-        self.copy_up(&ch, ino)?;
+        let ch = self.copied_up(ino)?;
         let Target::Entry(sdir, sname) = self.upper_target(ino)? else {
             return Err(sys::err(libc::EPERM));
         };

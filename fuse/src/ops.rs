@@ -261,7 +261,7 @@ impl Filesystem for Fs {
         let fh = fh.map(|f| f.0).filter(|f| *f > 0);
         // Truncating a file whose open files read its lower copy: see `open`.
         if size.is_some() && fh.is_none() && self.ov.io.backs_lower(ino.0) {
-            let ch = self.ov.lock_changes();
+            let ch = tryr!(reply, self.ov.copied_up(ino.0).map_err(E::from));
             tryr!(reply, self.ov.split(&ch, ino.0).map_err(E::from));
             return reply.error(Errno::ESTALE);
         }
@@ -413,9 +413,14 @@ impl Filesystem for Fs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (ino, flags) = (ino.0, flags.0);
-        // Both paths hold the change lock: a write open copies up; a read-only open of a lower
-        // file must be tracked before any copy-up can slip in (see `redirect_lower_fds`).
-        let ch = (wants_write(flags) || !self.ov.in_upper(ino)).then(|| self.ov.lock_changes());
+        // Both paths hold the change lock: a write open copies up (the data before it takes the
+        // lock, see `copied_up`); a read-only open of a lower file must be tracked before any
+        // copy-up can slip in (see `redirect_lower_fds`).
+        let ch = if wants_write(flags) {
+            Some(tryr!(reply, self.ov.copied_up(ino).map_err(E::from)))
+        } else {
+            (!self.ov.in_upper(ino)).then(|| self.ov.lock_changes())
+        };
         // The name of a split node belongs to another now; the kernel looks it up again and
         // retries the open when told its entry is stale.
         if self.ov.is_split(ino) {
@@ -427,7 +432,6 @@ impl Filesystem for Fs {
                     tryr!(reply, self.ov.split(ch, ino).map_err(E::from));
                     return reply.error(Errno::ESTALE);
                 }
-                tryr!(reply, self.ov.copy_up(ch, ino).map_err(E::from));
                 self.ov.upper_target(ino)
             }
             _ => self.ov.target(ino),

@@ -41,6 +41,8 @@ pub struct Overlay {
     /// Serialises changes to the namespace (and copy-ups), so no two of them interleave: see
     /// [`Changes`].
     mutate: Mutex<()>,
+    /// Copy-ups under way without the change lock (see [`crate::copyup`]).
+    pub(crate) copy_ups: crate::copyup::CopyUps,
     pub tmp_seq: AtomicU64,
     pub origin_key: &'static CStr,
     pub ttl: Duration,
@@ -184,6 +186,7 @@ impl Overlay {
             admin,
             nodes: Table::default(),
             mutate: Mutex::new(()),
+            copy_ups: Default::default(),
             tmp_seq: AtomicU64::new(0),
             origin_key: upper.origin_key,
             ttl: Duration::from_secs(86400),
