@@ -335,9 +335,19 @@ impl Overlay {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        let ch = self.lock_changes();
         self.writable()?;
         check_name(self.style, newname)?;
+        // A lower file is copied up first, its data without the change lock (see `copied_up`).
+        // Not one with several names: copying one name splits it off, which is for the code
+        // below to meet, after it resolved the name under the lock.
+        if let Ok(src) = self.dirs_of(parent).and_then(|d| self.resolve(&d, name))
+            && src.st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && src.st.st_nlink == 1
+            && !self.is_upper(src.layer)
+        {
+            drop(self.copied_up(src.ino)?);
+        }
+        let ch = self.lock_changes();
         let sdirs = self.dirs_of(parent)?;
         let ddirs = self.dirs_of(newparent)?;
         let src = self.resolve(&sdirs, name)?;
