@@ -18,6 +18,7 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/nestfs-copyup-bench-XXXXXX")
 
 cleanup() {
+    if [ -n "${measuring:-}" ]; then kill "$measuring" 2>/dev/null && wait "$measuring" || true; fi
     if mountpoint -q "$tmp/mnt"; then umount "$tmp/mnt" || umount -l "$tmp/mnt"; fi
     rm -rf "$tmp"
 }
@@ -29,8 +30,9 @@ head -c 1G /dev/zero >"$tmp/lower/big"
 for i in $(seq "$runs"); do echo small >"$tmp/lower/small$i"; done
 
 # One run: copy-up in a thread; once its copy has data in the work dir, time the other open.
+# Run as a job of its own (`exec`: its pid is python's), so a trap can stop it.
 measure() {
-    python3 - "$tmp/mnt" "$tmp/work" "$1" <<'EOF'
+    exec python3 - "$tmp/mnt" "$tmp/work" "$1" <<'EOF'
 import glob, os, sys, threading, time
 
 mnt, work, small = sys.argv[1:]
@@ -78,9 +80,13 @@ for bin in "$@"; do
         rm -rf "$tmp/upper" "$tmp/work"
         mkdir -p "$tmp/upper" "$tmp/work"
         "$bin" -o "lowerdir=$tmp/lower,upperdir=$tmp/upper,workdir=$tmp/work" "$tmp/mnt"
-        out=$(measure "small$i")
+        measure "small$i" >"$tmp/out" &
+        measuring=$!
+        wait "$measuring"
+        measuring=''
         umount "$tmp/mnt"
-        opens+="${out% *}"$'\n' copies+="${out#* }"$'\n'
+        read -r ms secs <"$tmp/out"
+        opens+=$ms$'\n' copies+=$secs$'\n'
     done
     printf '%s: open+read during a 1 GiB copy-up: median %s ms, max %s ms (%d runs; copy-up median %s s)\n' \
         "$bin" "$(printf %s "$opens" | median)" "$(printf %s "$opens" | sort -g | tail -1)" "$runs" \
