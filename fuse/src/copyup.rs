@@ -110,8 +110,8 @@ impl Overlay {
         drop(ch);
         let (staged, st) = self.stage(&src, ino)?;
         let ch = self.lock_changes();
-        // Changes made meanwhile: a rename or link copied the node up, or an unlink (or a
-        // copy-up of another name of a hard link) took the name.
+        // Meanwhile a change under the lock may have copied the node up (an exchange of names)
+        // or taken its name (an unlink, a rename of a hard link's name).
         if self.in_upper(ino) {
             return Ok(ch);
         }

@@ -38,8 +38,8 @@ pub struct Overlay {
     /// Whether the daemon may write `trusted.*` xattrs (see [`crate::caps::admin_in_initial_ns`]).
     pub admin: bool,
     pub nodes: Table,
-    /// Serialises changes to the namespace (and copy-ups), so no two of them interleave: see
-    /// [`Changes`].
+    /// Serialises changes to the namespace (and copy-ups, but for copying a file's data), so no
+    /// two of them interleave: see [`Changes`].
     mutate: Mutex<()>,
     /// Copy-ups under way without the change lock (see [`crate::copyup`]).
     pub(crate) copy_ups: crate::copyup::CopyUps,
