@@ -9,11 +9,11 @@
 # gets one line: median and max of the open, and how long the copy-up took. The data is
 # generated in a temp dir, removed on exit with every mount under it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 runs=${RUNS:-5}
 if [ $# -eq 0 ]; then
-    cargo build --release -q -p nestfs-fuse --bin nestfs-overlay
-    set -- "$PWD/target/release/nestfs-overlay"
+    repo=$(realpath "$(dirname "$0")/..")
+    (cd "$repo" && cargo build --release -q -p nestfs-fuse --bin nestfs-overlay)
+    set -- "$repo/target/release/nestfs-overlay"
 fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/nestfs-copyup-bench-XXXXXX")
 
