@@ -340,6 +340,35 @@ fn copy_up_of_a_large_lower_file_costs_the_whole_file() {
     assert_eq!(excl, du(&upper(&s, "roomy")));
 }
 
+/// Writers racing to copy up one lower file reserve its size once (one copy-up of a node at a
+/// time, the others wait for it), and the count ends equal to `du`.
+#[test]
+fn writers_racing_to_copy_up_one_file_reserve_it_once() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[("big", 8 * MIB as usize)]);
+    // Room for one copy, not two.
+    let rootfs = create_excl(&s, &image, "once", 12 * MIB);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (big, start) = (rootfs.join("big"), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                OpenOptions::new().append(true).open(big)?.write_all(b"!")
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap().unwrap();
+    }
+    let len = std::fs::metadata(rootfs.join("big")).unwrap().len();
+    assert_eq!(len, 8 * MIB + 4);
+    let (excl, _, _) = stats(&s, "once");
+    assert!(excl >= 8 * MIB, "{excl}");
+    assert_eq!(excl, du(&upper(&s, "once")));
+}
+
 #[test]
 fn hardlinks_count_once_and_stats_match_du_across_a_daemon_restart() {
     require_root_fuse!();

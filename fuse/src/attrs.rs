@@ -91,11 +91,7 @@ impl Overlay {
             mtime,
             fh,
         } = *a;
-        {
-            let _g = self.lock_changes();
-            self.writable()?;
-            self.copy_up(ino)?;
-        }
+        drop(self.copied_up(ino)?);
         let t = self.upper_target(ino)?;
         if (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None) {
             // chown(-1, -1), or set-id bits that turned out to stay: the kernel's chown still
@@ -187,16 +183,13 @@ impl Overlay {
 
     pub fn setxattr(&self, ino: u64, key: &CStr, value: Option<(&[u8], i32)>) -> io::Result<()> {
         let key = CString::new(xattr_names::real_xattr(key.to_bytes())).expect("from a CStr");
-        {
-            let _g = self.lock_changes();
-            self.writable()?;
-            // As overlayfs: removing an attribute the lower file lacks fails without a copy-up
-            // (which would also split a lower hard link).
-            if value.is_none() && !self.in_upper(ino) {
-                sys::lgetxattr(&self.target(ino)?.xattr_path(), &key)?;
-            }
-            self.copy_up(ino)?;
+        self.writable()?;
+        // As overlayfs: removing an attribute the lower file lacks fails without a copy-up
+        // (which would also split a lower hard link).
+        if value.is_none() && !self.in_upper(ino) {
+            sys::lgetxattr(&self.target(ino)?.xattr_path(), &key)?;
         }
+        let ch = self.copied_up(ino)?;
         if value.is_some() {
             self.need(0)?;
         }
@@ -206,7 +199,7 @@ impl Overlay {
         // (The same inode before and after, so its growth counts once however many names.)
         let measure = || t.stat().map_or(0, |st| st.st_blocks * 512);
         let _g = self.quota.as_ref().map(|q| q.file_lock(ino));
-        self.charged(measure, || match value {
+        self.charged(&ch, measure, || match value {
             Some((v, flags)) => sys::lsetxattr(&path, &key, v, flags),
             None => sys::lremovexattr(&path, &key),
         })

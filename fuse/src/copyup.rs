@@ -1,57 +1,172 @@
 //! Copy-up: the first change to an object from a lower layer copies it (data, owner, mode,
 //! xattrs, times) into the upper dir, parents first. The copy is built in the work dir and
 //! renamed into place, so the upper dir never holds a half-copied file.
+//!
+//! A file's data can take long to copy, so [`Overlay::copied_up`] copies it without the change
+//! lock, as overlayfs does (ovl_copy_up_start/end): copy-ups of one node wait for each other,
+//! other changes and opens go on. Only the rename into place takes the lock.
 
-use std::ffi::CStr;
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::meta::{self, Meta};
-use crate::overlay::{Overlay, UPPER, remove_tree};
-use crate::quota::{blocks_of, charged_at};
+use crate::overlay::{Changes, Overlay, UPPER, remove_tree};
+use crate::quota::{Busy, blocks_of, charged_at};
 use crate::sys::{self, Stat};
 use crate::xattr_names;
 
+/// Nodes that [`Overlay::copied_up`] is copying, to copy each once.
+#[derive(Default)]
+pub struct CopyUps {
+    nodes: Mutex<HashSet<u64>>,
+    ended: Condvar,
+}
+
+impl CopyUps {
+    /// Waits until no copy-up of `ino` is under way, then starts one (until the guard drops).
+    fn begin(&self, ino: u64) -> CopyingUp<'_> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        while !nodes.insert(ino) {
+            nodes = self.ended.wait(nodes).unwrap_or_else(|e| e.into_inner());
+        }
+        CopyingUp { all: self, ino }
+    }
+}
+
+struct CopyingUp<'a> {
+    all: &'a CopyUps,
+    ino: u64,
+}
+
+impl Drop for CopyingUp<'_> {
+    fn drop(&mut self) {
+        let mut nodes = self.all.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.remove(&self.ino);
+        self.all.ended.notify_all();
+    }
+}
+
+/// Where a node's object is copied up from.
+struct Source {
+    parent: u64,
+    name: CString,
+    layer: usize,
+    is_dir: bool,
+    /// The parent's directory in `layer`.
+    dir: Arc<OwnedFd>,
+}
+
+/// A copy built in the work dir. Dropped before it is placed, it is removed and its space
+/// reservation returned.
+struct Staged<'a> {
+    ov: &'a Overlay,
+    tmp: CString,
+    /// The copy-up counts as a running change from its reservation to its settling.
+    busy: Option<Busy<'a>>,
+    reserved: u64,
+    placed: bool,
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if self.placed {
+            return;
+        }
+        if let Ok(work) = self.ov.work_fd() {
+            let _ = remove_tree(work, &self.tmp);
+        }
+        if let Some(busy) = &self.busy {
+            busy.settle(self.reserved, 0);
+        }
+    }
+}
+
 impl Overlay {
-    /// Copies node `ino` (and its parents) up unless it is already in the upper dir.
-    /// Callers hold the change lock.
-    pub fn copy_up(&self, ino: u64) -> io::Result<()> {
+    /// Copies node `ino` (and its parents) up unless it is already in the upper dir, all under
+    /// the change lock.
+    pub fn copy_up(&self, ch: &Changes, ino: u64) -> io::Result<()> {
+        let Some(src) = self.source(ch, ino)? else {
+            return Ok(());
+        };
+        let (staged, st) = self.stage(&src, ino)?;
+        self.place(ch, ino, &src, staged, &st)
+    }
+
+    /// Copies node `ino` up as [`Self::copy_up`] does, but a non-directory without the change
+    /// lock until its copy is built; returns the lock, held with the node copied up. ESTALE if
+    /// its name went meanwhile: the kernel looks the name up again.
+    pub fn copied_up(&self, ino: u64) -> io::Result<Changes<'_>> {
+        let _one = self.copy_ups.begin(ino);
+        let ch = self.lock_changes();
+        let src = match self.source(&ch, ino)? {
+            Some(src) if !src.is_dir => src,
+            // Copied up already, or a directory: its copy is cheap.
+            _ => return self.copy_up(&ch, ino).map(|()| ch),
+        };
+        if !self.still_names(&src, ino) {
+            return Err(sys::err(libc::ESTALE));
+        }
+        drop(ch);
+        let (staged, st) = self.stage(&src, ino)?;
+        let ch = self.lock_changes();
+        // Meanwhile a change under the lock may have copied the node up (an exchange of names)
+        // or taken its name (an unlink, a rename of a hard link's name).
+        if self.in_upper(ino) {
+            return Ok(ch);
+        }
+        if !self.still_names(&src, ino) {
+            return Err(sys::err(libc::ESTALE));
+        }
+        self.place(&ch, ino, &src, staged, &st)?;
+        Ok(ch)
+    }
+
+    /// Where node `ino` is copied up from, its parents copied up; None if it needs no copy.
+    fn source(&self, ch: &Changes, ino: u64) -> io::Result<Option<Source>> {
         self.writable()?;
-        let (parent, name, top, is_dir) = {
+        let (parent, name, layer, is_dir) = {
             let nodes = self.nodes.lock();
             let n = nodes.get(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
             (n.parent, n.name.clone(), n.top_layer(), n.is_dir())
         };
-        if self.is_upper(top) {
-            return Ok(());
+        if self.is_upper(layer) || ino == crate::node::ROOT {
+            return Ok(None);
         }
-        if ino == crate::node::ROOT {
-            return Ok(());
-        }
-        self.copy_up(parent)?;
-        let pdirs = self.dirs_of(parent)?;
-        let pupper = pdirs
-            .iter()
-            .find(|d| d.layer == UPPER)
-            .map(|d| d.fd.clone())
-            .ok_or_else(|| sys::err(libc::EIO))?;
-        let src_dir = pdirs
-            .iter()
-            .find(|d| d.layer == top)
-            .map(|d| d.fd.clone())
+        self.upper_dir(ch, parent)?;
+        let dir = self
+            .dirs_of(parent)?
+            .into_iter()
+            .find(|d| d.layer == layer)
+            .map(|d| d.fd)
             .ok_or_else(|| sys::err(libc::ENOENT))?;
-        // From the parent's first measurement to the settling (see `Quota::reconcile`).
+        Ok(Some(Source {
+            parent,
+            name,
+            layer,
+            is_dir,
+            dir,
+        }))
+    }
+
+    /// Whether the name `src` was taken from still shows node `ino` from the same layer.
+    fn still_names(&self, src: &Source, ino: u64) -> bool {
+        self.dirs_of(src.parent)
+            .and_then(|dirs| self.resolve(&dirs, &src.name))
+            .is_ok_and(|f| f.ino == ino && f.layer == src.layer)
+    }
+
+    /// Builds a copy of `src` in the work dir. It costs what the lower object takes (a 1-byte
+    /// write to a big file costs the whole file): that is reserved first.
+    fn stage(&self, src: &Source, ino: u64) -> io::Result<(Staged<'_>, Stat)> {
+        let dir = src.dir.as_raw_fd();
         let busy = self.quota.as_ref().map(|q| q.busy());
-        let pst = sys::fstat(pupper.as_raw_fd())?;
-        let work = self.work_fd()?;
-        let tmp = self.tmp_name();
-        // The copy costs what the lower object takes (a 1-byte write to a big file costs the
-        // whole file): reserve that first, then charge what the copy and the parent's new
-        // entry really took.
         let reserved = match &busy {
             Some(q) => {
-                let need = match sys::stat_at(src_dir.as_raw_fd(), &name)? {
-                    _ if is_dir => self.block, // the copy is an empty directory
+                let need = match sys::stat_at(dir, &src.name)? {
+                    _ if src.is_dir => self.block, // the copy is an empty directory
                     st => st.st_blocks as u64 * 512,
                 };
                 q.reserve(need)?;
@@ -59,64 +174,72 @@ impl Overlay {
             }
             None => 0,
         };
-        let built = self.build_copy(src_dir.as_raw_fd(), &name, work, &tmp, ino, top);
-        let placed = built.and_then(|st| {
-            sys::rename_at(
-                work,
-                &tmp,
-                pupper.as_raw_fd(),
-                &name,
-                libc::RENAME_NOREPLACE,
-            )?;
-            // Moving a directory rewrites its `..`, which touches its times: set them last.
-            sys::utimens_at(pupper.as_raw_fd(), &name, &times_of(&st))?;
-            Ok(st)
-        });
-        if let Some(q) = &busy {
-            let took = match &placed {
-                Ok(_) => {
-                    charged_at(pupper.as_raw_fd(), &name) + blocks_of(pupper.as_raw_fd())
-                        - pst.st_blocks * 512
-                }
-                Err(_) => 0,
-            };
-            q.settle(reserved, took);
-        }
-        let st = match placed {
-            Ok(st) => st,
-            Err(e) => {
-                let _ = remove_tree(work, &tmp);
-                return Err(e);
-            }
+        let staged = Staged {
+            ov: self,
+            tmp: self.tmp_name(),
+            busy,
+            reserved,
+            placed: false,
         };
+        let st = self.build_copy(dir, &src.name, self.work_fd()?, &staged.tmp, ino, src.layer)?;
+        Ok((staged, st))
+    }
+
+    /// Renames a copy of node `ino` (its lower object is `st`) into place, charges what it and
+    /// the parent's new entry took, and points the node and its open files at it.
+    fn place(
+        &self,
+        ch: &Changes,
+        ino: u64,
+        src: &Source,
+        mut staged: Staged,
+        st: &Stat,
+    ) -> io::Result<()> {
+        let pupper = self.upper_dir(ch, src.parent)?;
+        let (pfd, name) = (pupper.as_raw_fd(), src.name.as_c_str());
+        let pst = sys::fstat(pfd)?;
+        sys::rename_at(
+            self.work_fd()?,
+            &staged.tmp,
+            pfd,
+            name,
+            libc::RENAME_NOREPLACE,
+        )?;
+        staged.placed = true;
+        if let Some(busy) = &staged.busy {
+            let took = charged_at(pfd, name) + blocks_of(pfd) - pst.st_blocks * 512;
+            busy.settle(staged.reserved, took);
+        }
+        // Moving a directory rewrites its `..`, which touches its times: set them last.
+        sys::utimens_at(pfd, name, &times_of(st))?;
         // Adding the entry changed the parent's times; overlayfs hides that, and so do we.
-        let _ = sys::futimens(pupper.as_raw_fd(), &times_of(&pst));
+        let _ = sys::futimens(pfd, &times_of(&pst));
         let mut nodes = self.nodes.lock();
         if let Some(n) = nodes.get_mut(&ino) {
-            if is_dir {
-                let d = self.layer_dir(UPPER, sys::open_dir_path(pupper.as_raw_fd(), &name)?);
+            if src.is_dir {
+                let d = self.layer_dir(UPPER, sys::open_dir_path(pfd, name)?);
                 n.dirs.insert(0, d);
-            } else if splits_hardlink(&st) {
+            } else if splits_hardlink(st) {
                 // Copying up one name of a lower hardlink makes a new file (as overlayfs does
                 // without an index): the node stays with the other names; the kernel must look
                 // this name up again to meet the copy.
                 drop(nodes);
-                self.forget_entry_later(parent, &name);
+                self.forget_entry_later(src.parent, name);
                 return Ok(());
             } else {
                 n.layer = UPPER;
                 drop(nodes);
                 if st.st_nlink > 1 {
-                    let ust = sys::stat_at(pupper.as_raw_fd(), &name)?;
+                    let ust = sys::stat_at(pfd, name)?;
                     let mut kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
                     kept.insert(ust.st_ino, ino);
                 }
-                self.redirect_lower_fds(ino, pupper.as_raw_fd(), &name);
+                self.redirect_lower_fds(ino, pfd, name);
                 return Ok(());
             }
         }
         drop(nodes);
-        if is_dir {
+        if src.is_dir {
             // A directory that gained an upper copy is merged now: nlink and ino as overlayfs.
             self.forget_attrs(ino);
         }

@@ -1,6 +1,6 @@
 //! Changes to the namespace: create, mkdir, mknod, symlink, link, unlink, rmdir, rename,
 //! exchange, and the whiteouts they leave. Each copies up what it touches and runs under the
-//! change lock. (Attribute changes are in [`crate::attrs`].)
+//! change lock ([`Changes`]). (Attribute changes are in [`crate::attrs`].)
 
 use std::ffi::CStr;
 use std::io;
@@ -11,7 +11,7 @@ use fuser::FileAttr;
 
 use crate::dir;
 use crate::meta::{self, Meta};
-use crate::overlay::{Found, Overlay, Target, UPPER};
+use crate::overlay::{Changes, Found, Overlay, Target, UPPER};
 use crate::quota::{blocks_of, charged_at};
 use crate::sys;
 use crate::whiteout::{self, Style};
@@ -47,7 +47,12 @@ fn check_name(style: Style, name: &CStr) -> io::Result<()> {
 impl Overlay {
     /// Makes room for a new `name` in `parent`: EEXIST if it is visible, otherwise the
     /// parent's upper copy, with any whiteout for the name removed (reported in the bool).
-    fn prepare_new(&self, parent: u64, name: &CStr) -> io::Result<(Arc<OwnedFd>, bool)> {
+    fn prepare_new(
+        &self,
+        ch: &Changes,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<(Arc<OwnedFd>, bool)> {
         self.writable()?;
         check_name(self.style, name)?;
         let dirs = self.dirs_of(parent)?;
@@ -56,7 +61,7 @@ impl Overlay {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        let upper = self.upper_dir(parent)?;
+        let upper = self.upper_dir(ch, parent)?;
         let had = whiteout::remove_whiteout(upper.as_raw_fd(), name, self.oci_markers(UPPER))?;
         Ok((upper, had))
     }
@@ -153,18 +158,18 @@ impl Overlay {
         kind: NewKind,
         who: Caller,
     ) -> io::Result<FileAttr> {
-        let _g = self.lock_changes();
+        let ch = self.lock_changes();
         // Any new entry may grow its directory by a block (XFS refuses an entry that would
         // take its directory past the limit); a directory takes a block of its own too.
         self.need(match kind {
             NewKind::Dir(_) => 2 * self.block,
             _ => self.block,
         })?;
-        let (upper, had_whiteout) = self.prepare_new(parent, name)?;
+        let (upper, had_whiteout) = self.prepare_new(&ch, parent, name)?;
         let fd = upper.as_raw_fd();
         let measure = || blocks_of(fd) + charged_at(fd, name);
         let made = self
-            .charged(measure, || match kind {
+            .charged(&ch, measure, || match kind {
                 NewKind::Dir(mode) => sys::mkdir_at(fd, name, mode & 0o7777).and_then(|()| {
                     self.own(&upper, name, who, Some(mode & 0o7777))?;
                     // A directory made where a lower one was deleted must not show its old entries.
@@ -192,7 +197,7 @@ impl Overlay {
             .inspect_err(|_| {
                 let _ = crate::overlay::remove_tree(fd, name);
                 if had_whiteout {
-                    let _ = self.write_whiteout(fd, name);
+                    let _ = self.write_whiteout(&ch, fd, name);
                 }
             });
         made?;
@@ -208,22 +213,22 @@ impl Overlay {
         flags: i32,
         who: Caller,
     ) -> io::Result<(FileAttr, OwnedFd)> {
-        let _g = self.lock_changes();
+        let ch = self.lock_changes();
         // Room for the directory to grow by a block, as `make` says.
         self.need(self.block)?;
-        let (upper, had_whiteout) = self.prepare_new(parent, name)?;
+        let (upper, had_whiteout) = self.prepare_new(&ch, parent, name)?;
         let dfd = upper.as_raw_fd();
         let oflags = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
             | libc::O_CREAT
             | libc::O_EXCL;
         let measure = || blocks_of(dfd) + charged_at(dfd, name);
-        let file = self.charged(measure, || {
+        let file = self.charged(&ch, measure, || {
             sys::open_at(dfd, name, oflags, mode & 0o7777)
                 .and_then(|f| self.own(&upper, name, who, Some(mode & 0o7777)).map(|()| f))
                 .inspect_err(|_| {
                     let _ = sys::unlink_at(dfd, name, false);
                     if had_whiteout {
-                        let _ = self.write_whiteout(dfd, name);
+                        let _ = self.write_whiteout(&ch, dfd, name);
                     }
                 })
         })?;
@@ -241,23 +246,22 @@ impl Overlay {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &CStr) -> io::Result<FileAttr> {
-        let _g = self.lock_changes();
-        self.writable()?;
-        self.copy_up(ino)?;
+        let ch = self.copied_up(ino)?;
         let Target::Entry(sdir, sname) = self.upper_target(ino)? else {
             return Err(sys::err(libc::EPERM));
         };
         self.need(self.block)?;
-        let (upper, had_whiteout) = self.prepare_new(newparent, newname)?;
+        let (upper, had_whiteout) = self.prepare_new(&ch, newparent, newname)?;
         let dfd = upper.as_raw_fd();
         // A new name costs directory space only: the file is charged once, whatever its names.
         let linked = self.charged(
+            &ch,
             || blocks_of(dfd),
             || sys::link_at(sdir.as_raw_fd(), &sname, dfd, newname),
         );
         if let Err(e) = linked {
             if had_whiteout {
-                let _ = self.write_whiteout(dfd, newname);
+                let _ = self.write_whiteout(&ch, dfd, newname);
             }
             return Err(e);
         }
@@ -267,7 +271,7 @@ impl Overlay {
     /// Writes a whiteout for `name` beneath `dir`: as overlayfs does, a hard link to one
     /// whiteout kept in the work dir (no inode per whiteout, about half the cost of an rm -rf
     /// of lower files), or a whiteout of its own where linking fails.
-    pub fn write_whiteout(&self, dir: RawFd, name: &CStr) -> io::Result<()> {
+    pub fn write_whiteout(&self, _: &Changes, dir: RawFd, name: &CStr) -> io::Result<()> {
         let entry = self.style.entry(name);
         if let Some(work) = &self.work {
             let w = work.as_raw_fd();
@@ -287,7 +291,7 @@ impl Overlay {
     }
 
     pub fn unlink(&self, parent: u64, name: &CStr, is_dir: bool) -> io::Result<()> {
-        let _g = self.lock_changes();
+        let ch = self.lock_changes();
         self.writable()?;
         let dirs = self.dirs_of(parent)?;
         let found = self.resolve(&dirs, name)?;
@@ -297,10 +301,11 @@ impl Overlay {
             (true, true) if !dir::is_empty(&found.dirs)? => return Err(sys::err(libc::ENOTEMPTY)),
             _ => {}
         }
-        let upper = self.upper_dir(parent)?;
+        let upper = self.upper_dir(&ch, parent)?;
         let fd = upper.as_raw_fd();
         let kept = self.kept_while_open(fd, name, found.ino);
         self.charged_keeping(
+            &ch,
             || blocks_of(fd) + charged_at(fd, name),
             kept,
             || {
@@ -312,7 +317,7 @@ impl Overlay {
                 }
                 // What was found in a lower layer needs hiding; an upper copy may hide one.
                 if !self.is_upper(found.layer) || dir::in_lower(&dirs, Some(UPPER), name) {
-                    self.write_whiteout(fd, name)?;
+                    self.write_whiteout(&ch, fd, name)?;
                 }
                 Ok(())
             },
@@ -328,9 +333,19 @@ impl Overlay {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        let _g = self.lock_changes();
         self.writable()?;
         check_name(self.style, newname)?;
+        // A lower file is copied up first, its data without the change lock (see `copied_up`).
+        // Not one with several names: copying one name splits it off, which is for the code
+        // below to meet, after it resolved the name under the lock.
+        if let Ok(src) = self.dirs_of(parent).and_then(|d| self.resolve(&d, name))
+            && src.st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && src.st.st_nlink == 1
+            && !self.is_upper(src.layer)
+        {
+            drop(self.copied_up(src.ino)?);
+        }
+        let ch = self.lock_changes();
         let sdirs = self.dirs_of(parent)?;
         let ddirs = self.dirs_of(newparent)?;
         let src = self.resolve(&sdirs, name)?;
@@ -350,6 +365,7 @@ impl Overlay {
                 return Err(sys::err(libc::EXDEV));
             }
             return self.exchange(
+                &ch,
                 (parent, name, &src, &sdirs),
                 (newparent, newname, &dst, &ddirs),
             );
@@ -370,9 +386,9 @@ impl Overlay {
                 _ => {}
             }
         }
-        self.copy_up(src.ino)?;
-        let supper = self.upper_dir(parent)?;
-        let dupper = self.upper_dir(newparent)?;
+        self.copy_up(&ch, src.ino)?;
+        let supper = self.upper_dir(&ch, parent)?;
+        let dupper = self.upper_dir(&ch, newparent)?;
         let (sfd, dfd) = (supper.as_raw_fd(), dupper.as_raw_fd());
         // Both names and both parents, before and after: a replaced file is freed.
         let measure = || {
@@ -387,8 +403,9 @@ impl Overlay {
         let kept = dst
             .as_ref()
             .map_or(0, |d| self.kept_while_open(dfd, newname, d.ino));
-        self.charged_keeping(measure, kept, || {
+        self.charged_keeping(&ch, measure, kept, || {
             self.move_entry(
+                &ch,
                 name,
                 &src,
                 &sdirs,
@@ -416,6 +433,7 @@ impl Overlay {
     #[allow(clippy::too_many_arguments)]
     fn move_entry(
         &self,
+        ch: &Changes,
         name: &CStr,
         src: &Found,
         sdirs: &[crate::node::LayerDir],
@@ -447,11 +465,11 @@ impl Overlay {
                 rename_whiteout: true,
                 ..
             } => sys::rename_at(sfd, name, dfd, newname, libc::RENAME_WHITEOUT)?,
-            Style::Overlay { .. } => self.rename_via_work(sfd, name, dfd, newname)?,
+            Style::Overlay { .. } => self.rename_via_work(ch, sfd, name, dfd, newname)?,
             // An OCI whiteout has a name of its own and hides only the layers below, so it
             // goes first, for the same effect; a failed rename takes it back.
             Style::Oci => {
-                self.write_whiteout(sfd, name)?;
+                self.write_whiteout(ch, sfd, name)?;
                 if let Err(e) = sys::rename_at(sfd, name, dfd, newname, 0) {
                     let _ = sys::unlink_at(sfd, &whiteout::oci_name(name), false);
                     return Err(e);
@@ -472,6 +490,7 @@ impl Overlay {
     /// source back.
     fn rename_via_work(
         &self,
+        ch: &Changes,
         sfd: RawFd,
         name: &CStr,
         dfd: RawFd,
@@ -479,7 +498,7 @@ impl Overlay {
     ) -> io::Result<()> {
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
-        self.write_whiteout(work, &tmp)?;
+        self.write_whiteout(ch, work, &tmp)?;
         if let Err(e) = sys::rename_at(work, &tmp, sfd, name, libc::RENAME_EXCHANGE) {
             let _ = sys::unlink_at(work, &tmp, false);
             return Err(e);
@@ -492,15 +511,16 @@ impl Overlay {
     }
 
     /// RENAME_EXCHANGE of two entries that have no lower directories.
-    fn exchange(&self, a: ExchangeSide, b: ExchangeSide) -> io::Result<()> {
+    fn exchange(&self, ch: &Changes, a: ExchangeSide, b: ExchangeSide) -> io::Result<()> {
         let ((parent, name, src, sdirs), (newparent, newname, dst, ddirs)) = (a, b);
-        self.copy_up(src.ino)?;
-        self.copy_up(dst.ino)?;
-        let supper = self.upper_dir(parent)?;
-        let dupper = self.upper_dir(newparent)?;
+        self.copy_up(ch, src.ino)?;
+        self.copy_up(ch, dst.ino)?;
+        let supper = self.upper_dir(ch, parent)?;
+        let dupper = self.upper_dir(ch, newparent)?;
         let (sfd, dfd) = (supper.as_raw_fd(), dupper.as_raw_fd());
         // Swapping names can grow either directory (a longer name); nothing is freed.
         self.charged(
+            ch,
             || {
                 blocks_of(sfd)
                     + if parent == newparent {

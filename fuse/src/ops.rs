@@ -261,8 +261,8 @@ impl Filesystem for Fs {
         let fh = fh.map(|f| f.0).filter(|f| *f > 0);
         // Truncating a file whose open files read its lower copy: see `open`.
         if size.is_some() && fh.is_none() && self.ov.io.backs_lower(ino.0) {
-            let _g = self.ov.lock_changes();
-            tryr!(reply, self.ov.split(ino.0).map_err(E::from));
+            let ch = tryr!(reply, self.ov.copied_up(ino.0).map_err(E::from));
+            tryr!(reply, self.ov.split(&ch, ino.0).map_err(E::from));
             return reply.error(Errno::ESTALE);
         }
         // A setattr that changes nothing is the kernel asking to clear set-id bits after an
@@ -413,23 +413,28 @@ impl Filesystem for Fs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (ino, flags) = (ino.0, flags.0);
-        // Both paths hold the change lock: a write open copies up; a read-only open of a lower
-        // file must be tracked before any copy-up can slip in (see `redirect_lower_fds`).
-        let _g = (wants_write(flags) || !self.ov.in_upper(ino)).then(|| self.ov.lock_changes());
+        // Both paths hold the change lock: a write open copies up (the data before it takes the
+        // lock, see `copied_up`); a read-only open of a lower file must be tracked before any
+        // copy-up can slip in (see `redirect_lower_fds`).
+        let ch = if wants_write(flags) {
+            Some(tryr!(reply, self.ov.copied_up(ino).map_err(E::from)))
+        } else {
+            (!self.ov.in_upper(ino)).then(|| self.ov.lock_changes())
+        };
         // The name of a split node belongs to another now; the kernel looks it up again and
         // retries the open when told its entry is stale.
         if self.ov.is_split(ino) {
             return reply.error(Errno::ESTALE);
         }
-        if wants_write(flags) && self.ov.io.backs_lower(ino) {
-            tryr!(reply, self.ov.split(ino).map_err(E::from));
-            return reply.error(Errno::ESTALE);
-        }
-        let t = if wants_write(flags) {
-            tryr!(reply, self.ov.copy_up(ino).map_err(E::from));
-            self.ov.upper_target(ino)
-        } else {
-            self.ov.target(ino)
+        let t = match &ch {
+            Some(ch) if wants_write(flags) => {
+                if self.ov.io.backs_lower(ino) {
+                    tryr!(reply, self.ov.split(ch, ino).map_err(E::from));
+                    return reply.error(Errno::ESTALE);
+                }
+                self.ov.upper_target(ino)
+            }
+            _ => self.ov.target(ino),
         };
         let Target::Entry(d, n) = tryr!(reply, t.map_err(E::from)) else {
             return reply.error(Errno::EISDIR);

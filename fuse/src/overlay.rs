@@ -38,8 +38,11 @@ pub struct Overlay {
     /// Whether the daemon may write `trusted.*` xattrs (see [`crate::caps::admin_in_initial_ns`]).
     pub admin: bool,
     pub nodes: Table,
-    /// Serialises changes to the namespace (and copy-ups), so no two of them interleave.
+    /// Serialises changes to the namespace (and copy-ups, but for copying a file's data), so no
+    /// two of them interleave: see [`Changes`].
     mutate: Mutex<()>,
+    /// Copy-ups under way without the change lock (see [`crate::copyup`]).
+    pub(crate) copy_ups: crate::copyup::CopyUps,
     pub tmp_seq: AtomicU64,
     pub origin_key: &'static CStr,
     pub ttl: Duration,
@@ -67,6 +70,12 @@ pub struct Overlay {
     /// Origin inode -> inode shown for upper copies made while the kernel read the lower
     /// file through passthrough (see [`Overlay::split`]).
     pub split_inos: Mutex<HashMap<u64, u64>>,
+}
+
+/// Proof that the caller holds the change lock ([`Overlay::lock_changes`]): what needs the
+/// lock takes one.
+pub struct Changes<'a> {
+    _held: MutexGuard<'a, ()>,
 }
 
 /// What a name resolved to.
@@ -177,6 +186,7 @@ impl Overlay {
             admin,
             nodes: Table::default(),
             mutate: Mutex::new(()),
+            copy_ups: Default::default(),
             tmp_seq: AtomicU64::new(0),
             origin_key: upper.origin_key,
             ttl: Duration::from_secs(86400),
@@ -220,8 +230,10 @@ impl Overlay {
         Ok(ov)
     }
 
-    pub fn lock_changes(&self) -> MutexGuard<'_, ()> {
-        self.mutate.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn lock_changes(&self) -> Changes<'_> {
+        Changes {
+            _held: self.mutate.lock().unwrap_or_else(|e| e.into_inner()),
+        }
     }
 
     pub fn is_upper(&self, layer: usize) -> bool {
@@ -536,9 +548,9 @@ impl Overlay {
     }
 
     /// The upper copy of a directory node, copying it up first.
-    pub fn upper_dir(&self, ino: u64) -> io::Result<Arc<OwnedFd>> {
+    pub fn upper_dir(&self, ch: &Changes, ino: u64) -> io::Result<Arc<OwnedFd>> {
         self.writable()?;
-        self.copy_up(ino)?;
+        self.copy_up(ch, ino)?;
         self.dirs_of(ino)?
             .into_iter()
             .find(|d| d.layer == UPPER)

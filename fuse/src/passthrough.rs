@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::BackingId;
 
-use crate::overlay::{Overlay, Target, UPPER};
+use crate::overlay::{Changes, Overlay, Target, UPPER};
 use crate::sys;
 
 /// How the kernel does I/O for the open files of one node.
@@ -140,8 +140,8 @@ impl Overlay {
     /// Gives the name of `ino` (a lower file whose open files the kernel reads directly) a
     /// node of its own for its upper copy: lookups answer the copy's inode number from now on,
     /// and the kernel forgets the name, so later opens and changes reach the new node.
-    pub fn split(&self, ino: u64) -> io::Result<()> {
-        self.copy_up(ino)?;
+    pub fn split(&self, ch: &Changes, ino: u64) -> io::Result<()> {
+        self.copy_up(ch, ino)?;
         let Target::Entry(dir, name) = self.upper_target(ino)? else {
             return Err(sys::err(libc::EISDIR));
         };

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::overlay::Changes;
 use crate::sys;
 
 /// Serialises measured changes to one file (writes, truncates): two writers measuring the
@@ -278,20 +279,22 @@ impl crate::overlay::Overlay {
         }
     }
 
-    /// Runs a namespace change (callers hold the change lock) and charges what `measure`,
-    /// taken before and after, says it allocated or freed.
+    /// Runs a namespace change and charges what `measure`, taken before and after, says it
+    /// allocated or freed.
     pub(crate) fn charged<T>(
         &self,
+        ch: &Changes,
         measure: impl Fn() -> i64,
         op: impl FnOnce() -> io::Result<T>,
     ) -> io::Result<T> {
-        self.charged_keeping(measure, 0, op)
+        self.charged_keeping(ch, measure, 0, op)
     }
 
     /// [`Self::charged`], leaving `kept` bytes charged if `op` succeeds: what removing a name
     /// freed of a file still open (see [`Self::kept_while_open`]).
     pub(crate) fn charged_keeping<T>(
         &self,
+        _: &Changes,
         measure: impl Fn() -> i64,
         kept: i64,
         op: impl FnOnce() -> io::Result<T>,
