@@ -231,8 +231,7 @@ impl Overlay {
                 drop(nodes);
                 if st.st_nlink > 1 {
                     let ust = sys::stat_at(pfd, name)?;
-                    let mut kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
-                    kept.insert(ust.st_ino, ino);
+                    self.identity.keep(ust.st_ino, ino);
                 }
                 self.redirect_lower_fds(ino, pfd, name);
                 return Ok(());

@@ -14,6 +14,7 @@ mod attrs;
 pub mod caps;
 mod copyup;
 mod dir;
+mod identity;
 pub mod ids;
 mod memory;
 pub mod meta;

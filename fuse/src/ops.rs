@@ -423,7 +423,7 @@ impl Filesystem for Fs {
         };
         // The name of a split node belongs to another now; the kernel looks it up again and
         // retries the open when told its entry is stale.
-        if self.ov.is_split(ino) {
+        if self.ov.identity.is_split(ino) {
             return reply.error(Errno::ESTALE);
         }
         let t = match &ch {
@@ -463,7 +463,7 @@ impl Filesystem for Fs {
                 tryr!(reply, self.ov.chmod_upper(ino, kept).map_err(E::from));
             }
         }
-        let _ = self.ov.track_fd(ino, fd.as_raw_fd(), true);
+        let _ = self.ov.identity.track_fd(ino, fd.as_raw_fd(), true);
         let fresh = self.passthrough_for(ino, flags, &fd);
         match self.ov.io.open(ino, fresh, || reply.open_backing(&fd)) {
             Open::Passthrough(b) => reply.opened_passthrough(
@@ -543,7 +543,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         self.ov.io.release(ino.0);
-        if self.ov.track_fd(ino.0, fh.0 as RawFd, false) {
+        if self.ov.identity.track_fd(ino.0, fh.0 as RawFd, false) {
             self.ov.close_last(fh.0 as RawFd);
         } else {
             sys::close(fh.0 as RawFd);
@@ -773,7 +773,7 @@ impl Filesystem for Fs {
                 .create(parent.0, &name, mode, flags, caller(req))
                 .map_err(E::from)
         );
-        let _ = self.ov.track_fd(attr.ino.0, fd.as_raw_fd(), true);
+        let _ = self.ov.identity.track_fd(attr.ino.0, fd.as_raw_fd(), true);
         // A new file is in the upper dir: see `passthrough_for`.
         let fresh = (self.ov.io.enabled() && self.ov.quota.is_none()).then_some(false);
         let ttl = self.ov.ttl_of(&attr);

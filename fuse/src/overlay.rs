@@ -1,7 +1,6 @@
 //! The overlay's state and its read side: resolving a name through the layers, attributes and
 //! inode numbers.
 
-use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -14,6 +13,7 @@ use anyhow::{Context, bail};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::OverlayConfig;
+use crate::identity::Identities;
 use crate::meta;
 use crate::node::{LayerDir, Node, ROOT, Table};
 use crate::sys::{self, Stat};
@@ -29,47 +29,39 @@ pub struct Layer {
 }
 
 pub struct Overlay {
-    pub layers: Vec<Layer>,
-    pub has_upper: bool,
-    pub work: Option<OwnedFd>,
-    pub style: Style,
+    pub(crate) layers: Vec<Layer>,
+    has_upper: bool,
+    pub(crate) work: Option<OwnedFd>,
+    pub(crate) style: Style,
     /// Whether the daemon may chown and mknod devices (root in its user namespace).
-    pub privileged: bool,
+    pub(crate) privileged: bool,
     /// Whether the daemon may write `trusted.*` xattrs (see [`crate::caps::admin_in_initial_ns`]).
-    pub admin: bool,
-    pub nodes: Table,
+    pub(crate) admin: bool,
+    pub(crate) nodes: Table,
     /// Serialises changes to the namespace (and copy-ups, but for copying a file's data), so no
     /// two of them interleave: see [`Changes`].
     mutate: Mutex<()>,
     /// Copy-ups under way without the change lock (see [`crate::copyup`]).
     pub(crate) copy_ups: crate::copyup::CopyUps,
-    pub tmp_seq: AtomicU64,
-    pub origin_key: &'static CStr,
-    pub ttl: Duration,
+    tmp_seq: AtomicU64,
+    origin_key: &'static CStr,
+    pub(crate) ttl: Duration,
     /// Tells the kernel when an object changed identity behind a cached entry (set once the
     /// session exists).
-    pub notifier: Arc<OnceLock<fuser::Notifier>>,
-    /// Open file fds, by node. A copy-up points them (all read-only on the lower file then) at
-    /// the upper copy, so a file opened before it reads what later writes made (as overlayfs
-    /// does); an open file whose name is gone still answers getattr through them.
-    pub open_fds: Mutex<HashMap<u64, Vec<RawFd>>>,
-    /// Upper inode -> shown inode, for copies that keep their lower identity for this mount
-    /// only (special files that had several names; see `copy_up`).
-    pub kept_ino: Mutex<HashMap<u64, u64>>,
+    notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Open fds, kept and split inode numbers (see [`crate::identity`]).
+    pub(crate) identity: Identities,
     /// Counts the upper dir's allocation and enforces its limit, when the mount has one.
-    pub quota: Option<Arc<crate::Quota>>,
+    pub(crate) quota: Option<Arc<crate::Quota>>,
     /// The upper filesystem's block size: the unit space is allocated in.
-    pub block: u64,
-    pub ids: Option<crate::ids::IdMap>,
+    pub(crate) block: u64,
+    pub(crate) ids: Option<crate::ids::IdMap>,
     /// See [`crate::meta`].
-    pub meta_xattrs: bool,
+    pub(crate) meta_xattrs: bool,
     /// Which open files the kernel serves itself (see [`crate::passthrough`]).
-    pub io: crate::passthrough::Passthrough,
+    pub(crate) io: crate::passthrough::Passthrough,
     /// Wanted by the configuration (the kernel has the last word, at init).
-    pub want_passthrough: bool,
-    /// Origin inode -> inode shown for upper copies made while the kernel read the lower
-    /// file through passthrough (see [`Overlay::split`]).
-    pub split_inos: Mutex<HashMap<u64, u64>>,
+    pub(crate) want_passthrough: bool,
 }
 
 /// Proof that the caller holds the change lock ([`Overlay::lock_changes`]): what needs the
@@ -191,15 +183,13 @@ impl Overlay {
             origin_key: upper.origin_key,
             ttl: Duration::from_secs(86400),
             notifier,
-            open_fds: Mutex::default(),
-            kept_ino: Mutex::default(),
+            identity: Identities::default(),
             quota: cfg.quota.clone().filter(|_| has_upper),
             ids: cfg.ids.clone(),
             meta_xattrs: cfg.meta_xattrs,
             io: Default::default(),
             // Registering a backing file takes CAP_SYS_ADMIN in the initial namespace.
             want_passthrough: !cfg.no_passthrough && admin,
-            split_inos: Mutex::default(),
             block: layers
                 .first()
                 .and_then(|l| rustix::fs::fstatvfs(&*l.root).ok())
@@ -307,11 +297,7 @@ impl Overlay {
     /// the daemon, so long, except for names of multiply-linked files: the kernel shares one
     /// inode among them, and only a fresh lookup tells the daemon which name is being used.
     pub fn ttl_of(&self, a: &FileAttr) -> Duration {
-        let shared = |ino: u64| {
-            let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
-            !kept.is_empty() && kept.values().any(|v| *v == ino)
-        };
-        if a.kind != FileType::Directory && (a.nlink > 1 || shared(a.ino.0)) {
+        if a.kind != FileType::Directory && (a.nlink > 1 || self.identity.is_kept(a.ino.0)) {
             Duration::ZERO
         } else {
             self.ttl
@@ -325,33 +311,13 @@ impl Overlay {
             .is_some_and(|n| self.is_upper(n.top_layer()))
     }
 
-    /// Records an fd opened or about to be closed; true when `ino` has no open fd left.
-    pub fn track_fd(&self, ino: u64, fd: RawFd, open: bool) -> bool {
-        let mut m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
-        if open {
-            m.entry(ino).or_default().push(fd);
-        } else if let Some(v) = m.get_mut(&ino) {
-            v.retain(|f| *f != fd);
-            if v.is_empty() {
-                m.remove(&ino);
-            }
-        }
-        !m.contains_key(&ino)
-    }
-
-    pub fn is_open(&self, ino: u64) -> bool {
-        let m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
-        m.contains_key(&ino)
-    }
-
     /// Swaps every tracked lower fd of `ino` for one on its new upper copy, in place.
     pub fn redirect_lower_fds(&self, ino: u64, dir: RawFd, name: &CStr) {
-        let m = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
-        for fd in m.get(&ino).into_iter().flatten() {
+        self.identity.each_open_fd(ino, |fd| {
             if let Ok(upper) = sys::open_at(dir, name, libc::O_RDONLY, 0) {
                 let _ = sys::dup_onto(upper.as_raw_fd(), *fd);
             }
-        }
+        });
     }
 
     /// Where a node's upper copy is (callers have copied it up).
@@ -397,7 +363,7 @@ impl Overlay {
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 let ino = if self.is_upper(pd.layer) {
                     self.origin(fd, name)
-                        .map(|o| self.after_split(o))
+                        .map(|o| self.identity.after_split(o))
                         .unwrap_or_else(|| self.upper_ino(st.st_ino))
                 } else {
                     self.present_ino(pd.layer, st.st_ino)
@@ -459,9 +425,8 @@ impl Overlay {
 
     /// The inode number shown for an upper non-directory with no origin in a lower layer.
     pub fn upper_ino(&self, st_ino: u64) -> u64 {
-        let kept = self.kept_ino.lock().unwrap_or_else(|e| e.into_inner());
-        kept.get(&st_ino)
-            .copied()
+        self.identity
+            .kept(st_ino)
             .unwrap_or_else(|| self.present_ino(UPPER, st_ino))
     }
 
@@ -511,10 +476,13 @@ impl Overlay {
             )),
             // An open file whose name is gone (unlinked) still answers through its fd.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // Under the lock: `release` cannot close the fd meanwhile.
-                let fds = self.open_fds.lock().unwrap_or_else(|e| e.into_inner());
-                let fd = fds.get(&ino).and_then(|v| v.first().copied()).ok_or(e)?;
-                let st = self.shown(sys::fstat(fd)?, UPPER, || sys::xattr_path(fd, None));
+                let st = self
+                    .identity
+                    .with_open_fd(ino, |fd| {
+                        let st = sys::fstat(fd)?;
+                        io::Result::Ok(self.shown(st, UPPER, || sys::xattr_path(fd, None)))
+                    })
+                    .ok_or(e)??;
                 Ok(attr(&st, ino, false))
             }
             Err(e) => Err(e),

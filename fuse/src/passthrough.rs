@@ -147,25 +147,11 @@ impl Overlay {
         };
         let st = sys::stat_at(dir.as_raw_fd(), &name)?;
         let new = self.present_ino(UPPER, st.st_ino);
-        self.splits().insert(ino, new);
+        self.identity.split(ino, new);
         if let Some(parent) = self.nodes.lock().get(&ino).map(|n| n.parent) {
             self.forget_entry_later(parent, &name);
         }
         Ok(())
-    }
-
-    fn splits(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
-        self.split_inos.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether `ino` was split: its name now belongs to another node.
-    pub fn is_split(&self, ino: u64) -> bool {
-        self.splits().contains_key(&ino)
-    }
-
-    /// The inode number shown for the upper copy whose origin is `ino`.
-    pub fn after_split(&self, ino: u64) -> u64 {
-        self.splits().get(&ino).copied().unwrap_or(ino)
     }
 }
 

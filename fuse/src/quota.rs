@@ -334,7 +334,7 @@ impl crate::overlay::Overlay {
     /// What removing `name` (node `ino`) must not uncharge yet: a file still open keeps its
     /// blocks until its last close (see `closed`), as with a filesystem quota.
     pub(crate) fn kept_while_open(&self, dir: RawFd, name: &CStr, ino: u64) -> i64 {
-        if self.quota.is_some() && self.is_open(ino) {
+        if self.quota.is_some() && self.identity.is_open(ino) {
             charged_at(dir, name)
         } else {
             0
