@@ -1,6 +1,7 @@
 //! The FUSE request handlers: each turns a request into an [`Overlay`] call and its reply.
-//! File handles are the daemon's own fds (one per open), directory handles index a snapshot
-//! of the merged listing taken at opendir.
+//! File handles are the daemon's own fds (one per open). Directories have no handles: the
+//! kernel opens them without asking (see `opendir`), and a read's offset indexes a snapshot of
+//! the merged listing taken when a read starts at offset 0.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -8,7 +9,6 @@ use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -29,21 +29,24 @@ use crate::sys;
 
 pub struct Fs {
     ov: Overlay,
-    /// Open directory handles: the listing, made on the first read (the kernel caches
-    /// listings, so most opens never read).
-    dirs: Mutex<HashMap<u64, Option<Arc<Vec<Entry>>>>>,
-    next_dir: AtomicU64,
+    /// Listings being read, by directory node: taken by a read at offset 0, dropped by the
+    /// read past the end (or when the node is forgotten). The kernel caches whole listings,
+    /// so a directory is listed again only after it changed.
+    listings: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
     /// The kernel left clearing set-id bits on chown, write and truncate to the daemon.
     clears_setid: bool,
+    /// The kernel opens directories without an OPENDIR (and closes them without a
+    /// RELEASEDIR) once opendir answered ENOSYS.
+    no_opendir: bool,
 }
 
 impl Fs {
     pub fn new(ov: Overlay) -> Fs {
         Fs {
             ov,
-            dirs: Mutex::default(),
-            next_dir: AtomicU64::new(1),
+            listings: Mutex::default(),
             clears_setid: false,
+            no_opendir: false,
         }
     }
 
@@ -96,14 +99,18 @@ impl Fs {
         }
     }
 
-    /// The listing of open directory `fh` (node `ino`), with `.` and `..`.
-    fn listing(&self, fh: FileHandle, ino: u64) -> io::Result<Arc<Vec<Entry>>> {
-        let made = |d: &HashMap<u64, Option<Arc<Vec<Entry>>>>| match d.get(&fh.0) {
-            None => Err(sys::err(libc::EBADF)),
-            Some(l) => Ok(l.clone()),
-        };
-        if let Some(list) = made(&self.dirs.lock().unwrap_or_else(|e| e.into_inner()))? {
-            return Ok(list);
+    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<Entry>>>> {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The listing of directory `ino`, with `.` and `..`, for a read at `offset`: a fresh one
+    /// at offset 0, else the one that read took (a fresh one if it is gone), so that a reader
+    /// sees every name that stayed exactly once even while it removes names as it reads.
+    fn listing(&self, ino: u64, offset: u64) -> io::Result<Arc<Vec<Entry>>> {
+        if offset > 0
+            && let Some(list) = self.listings().get(&ino)
+        {
+            return Ok(list.clone());
         }
         // Listed without the lock: other directories' reads go on meanwhile.
         let mut entries = vec![
@@ -119,13 +126,18 @@ impl Fs {
             },
         ];
         entries.extend(dir::list(&self.ov.dirs_of(ino)?)?);
-        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = made(&dirs)? {
-            return Ok(list); // another read of this handle listed first
-        }
         let list = Arc::new(entries);
-        dirs.insert(fh.0, Some(list.clone()));
+        if (offset as usize) < list.len() {
+            self.listings().insert(ino, list.clone());
+        }
         Ok(list)
+    }
+
+    /// A read at `offset` past the last entry ends its reader's pass over the listing.
+    fn listed(&self, ino: u64, offset: u64, list: &[Entry]) {
+        if offset as usize >= list.len() {
+            self.listings().remove(&ino);
+        }
     }
 }
 
@@ -211,6 +223,9 @@ impl Filesystem for Fs {
                 self.ov.io.enable();
             }
         }
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -232,7 +247,9 @@ impl Filesystem for Fs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.ov.nodes.forget(ino.0, nlookup);
+        if self.ov.nodes.forget(ino.0, nlookup) {
+            self.listings().remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -561,17 +578,17 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
-        let id = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, None);
-        // The kernel may keep listings in its page cache: only this mount changes the layers,
-        // and the kernel drops a directory's cached listing when a change goes through it.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No handle is needed (see `listing`), so the kernel need not ask: ENOSYS makes it
+        // open every directory of the mount itself, with cached listings (FOPEN_CACHE_DIR |
+        // FOPEN_KEEP_CACHE), as answered below where the kernel predates that. Cached
+        // listings are safe: only this mount changes the layers, and the kernel drops a
+        // directory's listing when a change goes through it.
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         reply.opened(
-            FileHandle(id),
+            FileHandle(0),
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
         );
     }
@@ -580,11 +597,12 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = tryr!(reply, self.listing(fh, ino.0).map_err(E::from));
+        let list = tryr!(reply, self.listing(ino.0, offset).map_err(E::from));
+        self.listed(ino.0, offset, &list);
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             // d_ino as a lookup would report it; 1 only if the entry vanished meanwhile.
@@ -612,11 +630,12 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = tryr!(reply, self.listing(fh, ino.0).map_err(E::from));
+        let list = tryr!(reply, self.listing(ino.0, offset).map_err(E::from));
+        self.listed(ino.0, offset, &list);
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             if let Some(d) = self.dot(ino.0, &e.name) {
@@ -638,7 +657,7 @@ impl Filesystem for Fs {
                 continue;
             }
             let Ok(found) = self.ov.resolve_from(&dirs, &e.name, e.at) else {
-                continue; // removed since opendir
+                continue; // removed since the listing was taken
             };
             let attr = crate::overlay::attr(&found.st, found.ino, found.dirs.len() > 1);
             let name = OsStr::from_bytes(e.name.to_bytes());
@@ -655,21 +674,6 @@ impl Filesystem for Fs {
             // The kernel counts every entry it was given as a lookup.
             self.ov.remember(ino.0, &e.name, found);
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
         reply.ok();
     }
 
