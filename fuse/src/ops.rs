@@ -50,6 +50,10 @@ impl Fs {
         }
     }
 
+    fn entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
+        reply.entry_with_ttls(&self.ov.ttl, &self.ov.ttl_of(attr), attr, gen0());
+    }
+
     /// mkdir, mknod and symlink: make the object, answer with its entry.
     fn made(
         &self,
@@ -60,7 +64,7 @@ impl Fs {
         req: &Request,
     ) {
         match self.ov.make(parent, name, kind, caller(req)) {
-            Ok(attr) => reply.entry(&self.ov.ttl_of(&attr), &attr, gen0()),
+            Ok(attr) => self.entry(reply, &attr),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -235,7 +239,7 @@ impl Filesystem for Fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = tryr!(reply, cname(name));
         match self.ov.lookup(parent.0, &name) {
-            Ok(attr) => reply.entry(&self.ov.ttl_of(&attr), &attr, gen0()),
+            Ok(attr) => self.entry(reply, &attr),
             // A negative entry (node 0) the kernel may cache: names only appear through this
             // mount, and the kernel drops the negative entry when one does.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -254,7 +258,7 @@ impl Filesystem for Fs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let attr = tryr!(reply, self.ov.getattr(ino.0).map_err(E::from));
-        reply.attr(&self.ov.ttl_of(&attr), &attr);
+        reply.attr(&self.ov.ttl, &attr);
     }
 
     fn setattr(
@@ -312,7 +316,7 @@ impl Filesystem for Fs {
                 )
                 .map_err(E::from)
         );
-        reply.attr(&self.ov.ttl_of(&attr), &attr);
+        reply.attr(&self.ov.ttl, &attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -425,7 +429,7 @@ impl Filesystem for Fs {
             reply,
             self.ov.link(ino.0, newparent.0, &newname).map_err(E::from)
         );
-        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
+        self.entry(reply, &attr);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

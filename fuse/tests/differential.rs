@@ -520,6 +520,36 @@ diff_case!(hardlinks, base(), |r: &Path, log: &mut Log| {
     log.rec("readlink sym2", ops::readlink(r, "sym2"));
 });
 
+// Each name of a lower file with two links shows its own attributes once a change through one
+// name copies it up (and breaks the link), whichever name was looked up last: the kernel caches
+// their shared inode's attributes, and the lookup of each path walk refreshes them.
+diff_case!(
+    hardlink_attrs_per_name,
+    base(),
+    |r: &Path, log: &mut Log| {
+        for (what, change) in [
+            ("chmod h1", ops::chmod as fn(&Path, &str, u32) -> Res),
+            ("truncate h2", |r: &Path, p: &str, _| ops::truncate(r, p, 3)),
+        ] {
+            let p = if what.ends_with("h1") {
+                "links/h1"
+            } else {
+                "links/h2"
+            };
+            log.rec("stat h1", ops::stat(r, "links/h1"));
+            log.rec("stat h2", ops::stat(r, "links/h2"));
+            log.rec(what, change(r, p, 0o600));
+            for _ in 0..2 {
+                log.rec("stat h2", ops::stat(r, "links/h2"));
+                log.rec("stat h1", ops::stat(r, "links/h1"));
+            }
+        }
+        log.rec("utimes h2", ops::utimes(r, "links/h2", 1_000_000));
+        log.rec("stat h1", ops::stat(r, "links/h1"));
+        log.rec("stat h2", ops::stat(r, "links/h2"));
+    }
+);
+
 fn new_file(r: &Path, p: &str, data: &[u8]) -> Res {
     ops::create(r, p, libc::O_WRONLY, 0o644).and_then(|_| ops::append(r, p, data))
 }
