@@ -50,6 +50,7 @@ impl Fs {
         }
     }
 
+    /// Answers with an entry: its attributes cached long, the name as `ttl_of` says.
     fn entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
         reply.entry_with_ttls(&self.ov.ttl, &self.ov.ttl_of(attr), attr, gen0());
     }
