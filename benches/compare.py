@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA_VERSION = "1"
+DATA_VERSION = "2"
 MiB = 1 << 20
 
 
@@ -88,8 +88,56 @@ def generate(data, scale):
     with tarfile.open(data / "extract.tar", "w") as tar:
         tar.add(src, arcname="x")
     shutil.rmtree(src)
+    layered(data / "layered", rng, n)
     subprocess.run(["sync"], check=True)
     marker.touch()
+
+
+def whiteout(path):
+    """An overlayfs-format whiteout (char device 0/0) at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))
+
+
+def opaque(path):
+    path.mkdir(parents=True, exist_ok=True)
+    os.setxattr(path, "trusted.overlay.opaque", b"y")
+
+
+def layered(root, rng, n):
+    """Three lower layers l0 (top), l1, l2 (base) shaped like an image's: a usr/lib tree of
+    ~20k files (the tar subtree) whose files the middle layer overrides (a tenth) or whites out
+    (one per directory), a whited-out directory, opaque directories in l0 and l1, relative
+    symlinks and hard links: about 41k visible entries at full scale."""
+    l0, l1, l2 = root / "l0", root / "l1", root / "l2"
+    for p in range(n(330)):
+        pkg = f"usr/lib/pkg{p:03}"
+        for f in range(50):
+            write_file(l2 / pkg / f"f{f:02}", rng, rng.randrange(0, 4096))
+        for f in range(10):
+            write_file(l2 / pkg / "sub" / f"g{f:02}", rng, rng.randrange(0, 2048))
+        os.symlink("f00", l2 / pkg / "link")
+        os.symlink("../sub", l2 / pkg / "sub" / "up")
+        if p % 5 == 0:
+            os.link(l2 / pkg / "f01", l2 / pkg / "hard")
+        for f in range(5, 11):  # the middle layer overrides 6 files per package
+            write_file(l1 / pkg / f"f{f:02}", rng, rng.randrange(0, 4096))
+        whiteout(l1 / pkg / "f11")  # and whites out one
+        if p % 10 == 0:  # the top layer overrides one file and whites out another
+            write_file(l0 / pkg / "f20", rng, 100)
+            whiteout(l0 / pkg / "f21")
+    for d in range(n(200)):
+        for f in range(100):
+            write_file(l2 / "usr/share" / f"doc{d:03}" / f"d{f:02}", rng, rng.randrange(0, 1024))
+    for f in range(n(2000)):  # a directory the middle layer removes
+        write_file(l2 / "opt/gone" / f"x{f:04}", rng, 10)
+    whiteout(l1 / "opt/gone")
+    for layer, name in ((l1, "etc"), (l0, "var")):  # opaque over a populated lower directory
+        for f in range(n(500)):
+            write_file(l2 / name / f"old{f:03}", rng, 10)
+        opaque(layer / name)
+        for f in range(n(100)):
+            write_file(layer / name / f"new{f:03}", rng, 10)
 
 
 # ---------------------------------------------------------------- implementations
@@ -127,15 +175,16 @@ class Impl:
     def __init__(self, name, binary=None):
         self.name, self.binary = name, binary
 
-    def mount(self, lowers, upper, work, mnt):
+    def mount(self, lowers, upper, work, mnt, log=None):
+        """`log`: a file for the daemon's debug log (`-d`), which names every request."""
         lowerdir = ":".join(str(p) for p in lowers)
         opts = f"lowerdir={lowerdir},upperdir={upper},workdir={work}"
         if self.binary is None:
             subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mnt)], check=True)
             return None
         # Foreground daemons so the harness owns the process and can read its RSS.
-        proc = subprocess.Popen([self.binary, "-f", "-o", opts, str(mnt)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([self.binary, "-d" if log else "-f", "-o", opts, str(mnt)],
+                                stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
         wait_mounted(mnt, proc)
         return proc
 
@@ -180,7 +229,19 @@ def sh(cmd):
     subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# Set while requests are counted: the daemon's debug log, and the log offsets each timed part
+# started and ended at.
+REQUEST_LOG = None
+WINDOWS = []
+
+
 def timed(fn):
+    if REQUEST_LOG:
+        start = os.fstat(REQUEST_LOG.fileno()).st_size
+        fn()
+        time.sleep(0.1)  # releases and forgets reach the daemon after the call returns
+        WINDOWS.append((start, os.fstat(REQUEST_LOG.fileno()).st_size))
+        return None
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -283,6 +344,23 @@ def w_rss(c):
     return daemon_rss_mib(c.proc)
 
 
+def w_walk_warm(c):
+    """The issue-22 walk: every entry's size, on a mount that has walked the tree once."""
+    sh(f"find {c.mnt} -printf '%s\\n'")
+    return timed(lambda: sh(f"find {c.mnt} -printf '%s\\n'"))
+
+
+def w_tar_warm(c):
+    sh(f"cd {c.mnt}/usr && tar -cf - lib | wc -c")
+    return timed(lambda: sh(f"cd {c.mnt}/usr && tar -cf - lib | wc -c"))
+
+
+# Over the three layered lowers (see `layered`).
+LAYERED_WORKLOADS = [
+    ("walk-warm", "s", w_walk_warm),
+    ("tar-warm", "s", w_tar_warm),
+]
+
 WORKLOADS = [
     ("stat-cold", "s", w_stat_cold),
     ("stat-warm", "s", w_stat_warm),
@@ -304,14 +382,14 @@ class Ctx:
     pass
 
 
-def run_mounted(impl, data, scratch, fn):
+def run_mounted(impl, data, scratch, fn, lowers=("top", "base"), log=None):
     """Mounts the layers with a fresh upper/work, runs fn(ctx), unmounts whatever happens."""
     run = Path(tempfile.mkdtemp(dir=scratch))
     c = Ctx()
     c.data, c.mnt, c.upper = data, run / "mnt", run / "upper"
     for d in ("upper", "work", "mnt"):
         (run / d).mkdir()
-    c.proc = impl.mount([data / "top", data / "base"], run / "upper", run / "work", c.mnt)
+    c.proc = impl.mount([data / l for l in lowers], run / "upper", run / "work", c.mnt, log)
     try:
         return fn(c)
     finally:
@@ -370,6 +448,8 @@ def main():
     ap.add_argument("--data", default="/var/tmp/nestfs-bench", help="where generated layers are cached")
     ap.add_argument("--nestfs", default=str(REPO / "target/release/nestfs-overlay"))
     ap.add_argument("--nestfs-before", help="a second nestfs-overlay binary to compare against")
+    ap.add_argument("--requests", action="store_true",
+                    help="also count the FUSE requests each nestfs build receives per workload (one extra run each)")
     ap.add_argument("--fuse-overlayfs-rs", default=str(REPO / "benches/.tools/bin/fuse-overlayfs"))
     ap.add_argument("--out", default=str(REPO / "target/bench-compare.json"))
     args = ap.parse_args()
@@ -381,7 +461,10 @@ def main():
     generate(data, scale)
     impls = find_impls(args)
     scratch = Path(tempfile.mkdtemp(prefix="nestfs-bench-"))
-    workloads = [(n, u, lambda impl, fn=fn: run_mounted(impl, data, scratch, fn)) for n, u, fn in WORKLOADS]
+    mounted = [(n, u, fn, ("top", "base")) for n, u, fn in WORKLOADS]
+    mounted += [(n, u, fn, ("layered/l0", "layered/l1", "layered/l2")) for n, u, fn in LAYERED_WORKLOADS]
+    workloads = [(n, u, lambda impl, fn=fn, lo=lo: run_mounted(impl, data, scratch, fn, lo))
+                 for n, u, fn, lo in mounted]
     workloads += [
         ("mount-stat-umount", "s", lambda impl: w_mount_latency(impl, data, scratch)),
         ("page-cache-4-mounts", "x", lambda impl: w_page_cache(impl, data, scratch)),
@@ -389,6 +472,7 @@ def main():
     if args.workloads:
         wanted = set(args.workloads.split(","))
         workloads = [w for w in workloads if w[0] in wanted]
+        mounted = [w for w in mounted if w[0] in wanted]
     results = {}
     try:
         for name, unit, fn in workloads:
@@ -400,11 +484,51 @@ def main():
             results[name] = {"unit": unit, "samples": samples}
             print(f"{name}: " + ", ".join(f"{k}={statistics.median(v):.4g}" for k, v in samples.items() if None not in v),
                   file=sys.stderr)
+        counts = count_requests(impls, mounted, data, scratch) if args.requests else {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "results": results}, indent=1))
+    Path(args.out).write_text(json.dumps({"machine": machine(), "results": results, "requests": counts}, indent=1))
     print(table(results, [i.name for i in impls]))
+    for w, per_impl in counts.items():
+        print(f"\n{w}: FUSE requests in the timed part, by opcode\n")
+        print(requests_table(per_impl))
+
+
+def count_requests(impls, mounted, data, scratch):
+    """Runs each workload once more on each nestfs build with its debug log on (untimed: the
+    log slows the daemon) and counts the requests of the timed part by opcode."""
+    global REQUEST_LOG
+    counts = {}
+    for name, _, fn, lowers in mounted:
+        for impl in (i for i in impls if i.name.startswith("nestfs")):
+            with tempfile.TemporaryFile(dir=scratch) as log:
+                REQUEST_LOG = log
+                WINDOWS.clear()
+                try:
+                    run_mounted(impl, data, scratch, fn, lowers, log)
+                finally:
+                    REQUEST_LOG = None
+                per_op = {}
+                for start, end in WINDOWS:
+                    for line in os.pread(log.fileno(), end - start, start).decode(errors="replace").splitlines():
+                        # fuser: "... fuser::request: FUSE(  4) ino 0x...01 GETATTR ..."
+                        words = line.split()
+                        if "fuser::request:" in words and "ino" in words:
+                            op = words[words.index("ino") + 2]
+                            per_op[op] = per_op.get(op, 0) + 1
+            if WINDOWS:
+                counts.setdefault(name, {})[impl.name] = per_op
+    return counts
+
+
+def requests_table(per_impl):
+    names = list(per_impl)
+    ops = sorted({op for c in per_impl.values() for op in c}, key=lambda op: -max(c.get(op, 0) for c in per_impl.values()))
+    lines = ["| opcode | " + " | ".join(names) + " |", "|" + "---|" * (1 + len(names))]
+    lines += [f"| {op} | " + " | ".join(str(per_impl[n].get(op, 0)) for n in names) + " |" for op in ops]
+    lines.append("| total | " + " | ".join(str(sum(per_impl[n].values())) for n in names) + " |")
+    return "\n".join(lines)
 
 
 def machine():

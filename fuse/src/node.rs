@@ -135,17 +135,20 @@ impl Table {
         }
     }
 
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// Drops `n` lookups of `ino`; true when that freed its node.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
         let mut nodes = self.lock();
         if let Some(node) = nodes.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 {
                 nodes.remove(&ino);
+                return true;
             }
         }
+        false
     }
 }
 

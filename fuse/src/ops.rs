@@ -1,6 +1,7 @@
 //! The FUSE request handlers: each turns a request into an [`Overlay`] call and its reply.
-//! File handles are the daemon's own fds (one per open), directory handles index a snapshot
-//! of the merged listing taken at opendir.
+//! File handles are the daemon's own fds (one per open). Directories have no handles: the
+//! kernel opens them without asking (see `opendir`), and a read's offset indexes a snapshot of
+//! the merged listing taken when a read starts at offset 0.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -8,7 +9,6 @@ use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -29,22 +29,30 @@ use crate::sys;
 
 pub struct Fs {
     ov: Overlay,
-    /// Open directory handles: the listing, made on the first read (the kernel caches
-    /// listings, so most opens never read).
-    dirs: Mutex<HashMap<u64, Option<Arc<Vec<Entry>>>>>,
-    next_dir: AtomicU64,
+    /// Listings being read, by directory node: taken by a read at offset 0, dropped by the
+    /// read past the end (or when the node is forgotten). The kernel caches whole listings,
+    /// so a directory is listed again only after it changed.
+    listings: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
     /// The kernel left clearing set-id bits on chown, write and truncate to the daemon.
     clears_setid: bool,
+    /// The kernel opens directories without an OPENDIR (and closes them without a
+    /// RELEASEDIR) once opendir answered ENOSYS.
+    no_opendir: bool,
 }
 
 impl Fs {
     pub fn new(ov: Overlay) -> Fs {
         Fs {
             ov,
-            dirs: Mutex::default(),
-            next_dir: AtomicU64::new(1),
+            listings: Mutex::default(),
             clears_setid: false,
+            no_opendir: false,
         }
+    }
+
+    /// Answers with an entry: its attributes cached long, the name as `ttl_of` says.
+    fn entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
+        reply.entry_with_ttls(&self.ov.ttl, &self.ov.ttl_of(attr), attr, gen0());
     }
 
     /// mkdir, mknod and symlink: make the object, answer with its entry.
@@ -57,7 +65,7 @@ impl Fs {
         req: &Request,
     ) {
         match self.ov.make(parent, name, kind, caller(req)) {
-            Ok(attr) => reply.entry(&self.ov.ttl_of(&attr), &attr, gen0()),
+            Ok(attr) => self.entry(reply, &attr),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -96,14 +104,18 @@ impl Fs {
         }
     }
 
-    /// The listing of open directory `fh` (node `ino`), with `.` and `..`.
-    fn listing(&self, fh: FileHandle, ino: u64) -> io::Result<Arc<Vec<Entry>>> {
-        let made = |d: &HashMap<u64, Option<Arc<Vec<Entry>>>>| match d.get(&fh.0) {
-            None => Err(sys::err(libc::EBADF)),
-            Some(l) => Ok(l.clone()),
-        };
-        if let Some(list) = made(&self.dirs.lock().unwrap_or_else(|e| e.into_inner()))? {
-            return Ok(list);
+    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<Entry>>>> {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The listing of directory `ino`, with `.` and `..`, for a read at `offset`: a fresh one
+    /// at offset 0, else the one that read took (a fresh one if it is gone), so that a reader
+    /// sees every name that stayed exactly once even while it removes names as it reads.
+    fn listing(&self, ino: u64, offset: u64) -> io::Result<Arc<Vec<Entry>>> {
+        if offset > 0
+            && let Some(list) = self.listings().get(&ino)
+        {
+            return Ok(list.clone());
         }
         // Listed without the lock: other directories' reads go on meanwhile.
         let mut entries = vec![
@@ -119,13 +131,18 @@ impl Fs {
             },
         ];
         entries.extend(dir::list(&self.ov.dirs_of(ino)?)?);
-        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = made(&dirs)? {
-            return Ok(list); // another read of this handle listed first
-        }
         let list = Arc::new(entries);
-        dirs.insert(fh.0, Some(list.clone()));
+        if (offset as usize) < list.len() {
+            self.listings().insert(ino, list.clone());
+        }
         Ok(list)
+    }
+
+    /// A read at `offset` past the last entry ends its reader's pass over the listing.
+    fn listed(&self, ino: u64, offset: u64, list: &[Entry]) {
+        if offset as usize >= list.len() {
+            self.listings().remove(&ino);
+        }
     }
 }
 
@@ -211,6 +228,9 @@ impl Filesystem for Fs {
                 self.ov.io.enable();
             }
         }
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -220,7 +240,7 @@ impl Filesystem for Fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = tryr!(reply, cname(name));
         match self.ov.lookup(parent.0, &name) {
-            Ok(attr) => reply.entry(&self.ov.ttl_of(&attr), &attr, gen0()),
+            Ok(attr) => self.entry(reply, &attr),
             // A negative entry (node 0) the kernel may cache: names only appear through this
             // mount, and the kernel drops the negative entry when one does.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -232,12 +252,14 @@ impl Filesystem for Fs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.ov.nodes.forget(ino.0, nlookup);
+        if self.ov.nodes.forget(ino.0, nlookup) {
+            self.listings().remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let attr = tryr!(reply, self.ov.getattr(ino.0).map_err(E::from));
-        reply.attr(&self.ov.ttl_of(&attr), &attr);
+        reply.attr(&self.ov.ttl, &attr);
     }
 
     fn setattr(
@@ -295,7 +317,7 @@ impl Filesystem for Fs {
                 )
                 .map_err(E::from)
         );
-        reply.attr(&self.ov.ttl_of(&attr), &attr);
+        reply.attr(&self.ov.ttl, &attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -408,7 +430,7 @@ impl Filesystem for Fs {
             reply,
             self.ov.link(ino.0, newparent.0, &newname).map_err(E::from)
         );
-        reply.entry(&self.ov.ttl_of(&attr), &attr, gen0());
+        self.entry(reply, &attr);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -567,17 +589,17 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
-        let id = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, None);
-        // The kernel may keep listings in its page cache: only this mount changes the layers,
-        // and the kernel drops a directory's cached listing when a change goes through it.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No handle is needed (see `listing`), so the kernel need not ask: ENOSYS makes it
+        // open every directory of the mount itself, with cached listings (FOPEN_CACHE_DIR |
+        // FOPEN_KEEP_CACHE), as answered below where the kernel predates that. Cached
+        // listings are safe: only this mount changes the layers, and the kernel drops a
+        // directory's listing when a change goes through it.
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         reply.opened(
-            FileHandle(id),
+            FileHandle(0),
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
         );
     }
@@ -586,11 +608,12 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = tryr!(reply, self.listing(fh, ino.0).map_err(E::from));
+        let list = tryr!(reply, self.listing(ino.0, offset).map_err(E::from));
+        self.listed(ino.0, offset, &list);
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             // d_ino as a lookup would report it; 1 only if the entry vanished meanwhile.
@@ -618,11 +641,12 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = tryr!(reply, self.listing(fh, ino.0).map_err(E::from));
+        let list = tryr!(reply, self.listing(ino.0, offset).map_err(E::from));
+        self.listed(ino.0, offset, &list);
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             if let Some(d) = self.dot(ino.0, &e.name) {
@@ -644,7 +668,7 @@ impl Filesystem for Fs {
                 continue;
             }
             let Ok(found) = self.ov.resolve_from(&dirs, &e.name, e.at) else {
-                continue; // removed since opendir
+                continue; // removed since the listing was taken
             };
             let attr = crate::overlay::attr(&found.st, found.ino, found.dirs.len() > 1);
             let name = OsStr::from_bytes(e.name.to_bytes());
@@ -661,21 +685,6 @@ impl Filesystem for Fs {
             // The kernel counts every entry it was given as a lookup.
             self.ov.remember(ino.0, &e.name, found);
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
         reply.ok();
     }
 

@@ -293,9 +293,11 @@ impl Overlay {
         Ok(Target::Entry(dir, node.name.clone()))
     }
 
-    /// How long the kernel may cache an entry and its attributes. Everything changes through
-    /// the daemon, so long, except for names of multiply-linked files: the kernel shares one
-    /// inode among them, and only a fresh lookup tells the daemon which name is being used.
+    /// How long the kernel may cache an entry (and, where a reply carries one TTL only, its
+    /// attributes). Everything changes through the daemon, so long, except for names of
+    /// multiply-linked files: the kernel shares one inode among them, and only a fresh lookup
+    /// tells the daemon which name is being used. Attributes alone stay cached long: that
+    /// lookup, sent on every path walk through such a name, refreshes them for the name used.
     pub fn ttl_of(&self, a: &FileAttr) -> Duration {
         if a.kind != FileType::Directory && (a.nlink > 1 || self.identity.is_kept(a.ino.0)) {
             Duration::ZERO

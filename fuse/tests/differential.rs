@@ -520,6 +520,36 @@ diff_case!(hardlinks, base(), |r: &Path, log: &mut Log| {
     log.rec("readlink sym2", ops::readlink(r, "sym2"));
 });
 
+// Each name of a lower file with two links shows its own attributes once a change through one
+// name copies it up (and breaks the link), whichever name was looked up last: the kernel caches
+// their shared inode's attributes, and the lookup of each path walk refreshes them.
+diff_case!(
+    hardlink_attrs_per_name,
+    base(),
+    |r: &Path, log: &mut Log| {
+        for (what, change) in [
+            ("chmod h1", ops::chmod as fn(&Path, &str, u32) -> Res),
+            ("truncate h2", |r: &Path, p: &str, _| ops::truncate(r, p, 3)),
+        ] {
+            let p = if what.ends_with("h1") {
+                "links/h1"
+            } else {
+                "links/h2"
+            };
+            log.rec("stat h1", ops::stat(r, "links/h1"));
+            log.rec("stat h2", ops::stat(r, "links/h2"));
+            log.rec(what, change(r, p, 0o600));
+            for _ in 0..2 {
+                log.rec("stat h2", ops::stat(r, "links/h2"));
+                log.rec("stat h1", ops::stat(r, "links/h1"));
+            }
+        }
+        log.rec("utimes h2", ops::utimes(r, "links/h2", 1_000_000));
+        log.rec("stat h1", ops::stat(r, "links/h1"));
+        log.rec("stat h2", ops::stat(r, "links/h2"));
+    }
+);
+
 fn new_file(r: &Path, p: &str, data: &[u8]) -> Res {
     ops::create(r, p, libc::O_WRONLY, 0o644).and_then(|_| ops::append(r, p, data))
 }
@@ -832,6 +862,113 @@ diff_case!(longest_names, long_layers(), |r: &Path, log: &mut Log| {
     log.rec("rename longest", ops::rename(r, &longest, "long/short", 0));
     log.rec("readdir end", ops::readdir(r, "long"));
 });
+
+/// A merged directory too big for one getdents or one FUSE read.
+fn many_layers() -> Vec<Layer> {
+    let (mut top, mut bottom) = (Layer::new(), Layer::new());
+    for i in 0..1500 {
+        bottom = bottom.file(&format!("many/a-rather-long-entry-name-{i:04}"), "x");
+    }
+    for i in (0..1500).step_by(7) {
+        top = top.whiteout(&format!("many/a-rather-long-entry-name-{i:04}"));
+    }
+    for i in 0..50 {
+        top = top.file(&format!("many/top-{i:02}"), "t");
+    }
+    vec![top, bottom]
+}
+
+/// The names of one open directory stream of `d`, read to the end, `.` and `..` left out.
+fn stream_names(dir: *mut libc::DIR) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        let e = unsafe { libc::readdir(dir) };
+        if e.is_null() {
+            return names;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        let name = name.to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+}
+
+fn open_stream(r: &Path, d: &str) -> std::io::Result<*mut libc::DIR> {
+    let path = common::layers::cpath(&r.join(d));
+    let dir = unsafe { libc::opendir(path.as_ptr()) };
+    if dir.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dir)
+}
+
+/// Removes every name of `d` as one stream reads it (as `rm -r` may): each name that was
+/// there must come exactly once although the listing changes between the reads.
+fn remove_while_listing(r: &Path, d: &str) -> Res {
+    let dir = open_stream(r, d)?;
+    let mut seen = Vec::new();
+    loop {
+        let e = unsafe { libc::readdir(dir) };
+        if e.is_null() {
+            break;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        let name = name.to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            std::fs::remove_file(r.join(d).join(&name))?;
+            seen.push(name);
+        }
+    }
+    unsafe { libc::closedir(dir) };
+    let n = seen.len();
+    seen.sort();
+    seen.dedup();
+    Ok(format!("{n} removed, {} distinct", seen.len()))
+}
+
+/// A stream rewound after changes through the mount lists them.
+fn rewind_after_changes(r: &Path, d: &str) -> Res {
+    let dir = open_stream(r, d)?;
+    let before = stream_names(dir).len();
+    let p = |n: &str| format!("{d}/{n}");
+    let changed = ops::create(r, &p("created"), libc::O_WRONLY, 0o644)
+        .and_then(|_| ops::unlink(r, &p("top-00")))
+        .and_then(|_| ops::rename(r, &p("top-01"), &p("renamed"), 0));
+    unsafe { libc::rewinddir(dir) };
+    let mut after = stream_names(dir);
+    unsafe { libc::closedir(dir) };
+    changed?;
+    after.sort();
+    let kept: Vec<_> = after.iter().filter(|n| !n.starts_with("a-")).collect();
+    Ok(format!("{before} then {}: {kept:?}", after.len()))
+}
+
+// Listings the kernel caches and the daemon snapshots per directory (no directory handles)
+// stay exact across changes made through the mount.
+diff_case!(
+    listings_across_changes,
+    many_layers(),
+    |r: &Path, log: &mut Log| {
+        log.rec(
+            "readdir many",
+            ops::readdir(r, "many").map(|s| s.len().to_string()),
+        );
+        log.rec("rewind after changes", rewind_after_changes(r, "many"));
+        log.rec(
+            "readdir again",
+            ops::readdir(r, "many").map(|s| s.len().to_string()),
+        );
+        // A change makes the kernel drop its cached listing: the stream reads from the daemon.
+        log.rec(
+            "create",
+            ops::create(r, "many/fresh", libc::O_WRONLY, 0o644),
+        );
+        log.rec("remove while listing", remove_while_listing(r, "many"));
+        log.rec("readdir emptied", ops::readdir(r, "many"));
+        log.rec("rmdir emptied", ops::rmdir(r, "many"));
+    }
+);
 
 /// A read-only fd opened before another fd's write copies the file up.
 fn read_fd_across_copy_up(r: &Path) -> Res {
