@@ -100,8 +100,7 @@ impl Quota {
         if self.busy.load(Ordering::SeqCst) > 0 {
             return Ok(None);
         }
-        let dev = std::fs::symlink_metadata(upper)?.dev();
-        let measure = || io::Result::Ok(allocated_bytes(upper)? + open_nameless_bytes(dev));
+        let measure = || io::Result::Ok(allocated_bytes(upper)? + open_nameless_bytes(upper));
         let truth = measure()?;
         // Writeback moves a file's blocks from reserved to allocated, and a stat in between
         // reads a passing value: only a second walk that agrees counts.
@@ -166,17 +165,25 @@ pub(crate) fn reconcile_while_changing(quota: Weak<Quota>, upper: std::path::Pat
     }
 }
 
-/// Allocated bytes of the regular files on device `dev` this process holds open that have no
+/// Allocated bytes of the files under `upper` that this process holds open and that have no
 /// name left (a quota still charges them; `du` cannot see them).
-fn open_nameless_bytes(dev: u64) -> u64 {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+fn open_nameless_bytes(upper: &Path) -> u64 {
+    let (Ok(upper), Ok(fds)) = (
+        std::fs::canonicalize(upper),
+        std::fs::read_dir("/proc/self/fd"),
+    ) else {
         return 0;
     };
     let mut seen = HashSet::new();
     fds.flatten()
+        .filter(|fd| {
+            // The kernel names an unlinked file by its last path, marked as deleted.
+            std::fs::read_link(fd.path()).is_ok_and(|p| {
+                p.starts_with(&upper) && p.as_os_str().as_encoded_bytes().ends_with(b" (deleted)")
+            })
+        })
         .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .filter(|md| md.is_file() && md.nlink() == 0 && md.dev() == dev)
-        .filter(|md| seen.insert(md.ino()))
+        .filter(|md| md.is_file() && md.nlink() == 0 && seen.insert(md.ino()))
         .map(|md| md.blocks() * 512)
         .sum()
 }
