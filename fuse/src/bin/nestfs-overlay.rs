@@ -129,22 +129,19 @@ fn unmount_on_signal(mnt: PathBuf) {
 }
 
 /// Forks: the parent waits for the child's verdict on the mount and exits with it.
-/// Returns (in the child) where to report it.
+/// Returns (in the child) where to report it. One fork, as libfuse's `fuse_daemonize`: the
+/// child leads a new session (no controlling terminal, and it opens none) and belongs to init
+/// once the parent exited; a second fork would only add its cost to every mount.
 fn daemonize() -> anyhow::Result<Reporter> {
     let (r, w) = std::io::pipe().context("pipe")?;
     match process::fork().context("fork")? {
         Forked::Child => {
             drop(r);
-            // New session, then fork again so the daemon belongs to init, not to our caller.
             let _ = rustix::process::setsid();
-            if let Forked::Parent { .. } = process::fork().context("fork")? {
-                process::exit_now(0);
-            }
             Ok(Reporter::new(w))
         }
-        Forked::Parent { child } => {
+        Forked::Parent { .. } => {
             drop(w);
-            let _ = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty());
             let why = match ready::wait(r, None) {
                 Verdict::Ready => std::process::exit(0),
                 Verdict::Failed(why) => why,

@@ -90,13 +90,6 @@ pub fn fork() -> io::Result<Forked> {
     }
 }
 
-/// Ends the process at once: no destructors, no flushing of buffers a forked child shares
-/// with its parent.
-pub fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit ends the process; nothing of ours runs after it.
-    unsafe { libc::_exit(code) }
-}
-
 /// Points stdin, stdout and stderr at /dev/null, so a detached daemon holds nothing of its
 /// caller's.
 pub fn detach_stdio() {
