@@ -93,9 +93,10 @@ fn answer(
     BufReader::new(&conn).read_line(&mut line)?;
     let reply = match line.trim() {
         "status" => {
-            // What the filesystem allocated on its own since (at writeback) counts too; with a
-            // change running right now, that is left to the next status or background pass.
-            let _ = quota.reconcile_if_unsettled(upper);
+            // What the filesystem allocated on its own for the changes since the last status
+            // counts too; with a change running right now, or writeback later, that is left to
+            // the background pass.
+            let _ = quota.reconcile_if_changed(upper);
             serde_json::to_string(&Status {
                 pid: std::process::id(),
                 used: quota.used(),

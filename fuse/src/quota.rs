@@ -8,7 +8,7 @@
 //! The filesystem also allocates on its own, after the change that caused it (ext4's extent-tree
 //! blocks at writeback): [`Quota::reconcile`] compares the counter with the upper dir itself
 //! while no change runs; a background pass does so while the upper dir keeps changing, and the
-//! control socket before every `stats`.
+//! control socket before a `stats` that follows a change.
 
 use std::collections::HashSet;
 use std::ffi::CStr;
@@ -127,14 +127,23 @@ impl Quota {
 
     /// Whether the upper dir changed since the last reconcile, or recently enough that the
     /// filesystem may still be allocating for it.
-    fn unsettled(&self) -> bool {
+    fn unsettled(&self, within: Duration) -> bool {
         let (settled, at) = *self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
-        settled != self.settled.load(Ordering::SeqCst) || at.elapsed() < SETTLING
+        settled != self.settled.load(Ordering::SeqCst) || at.elapsed() < within
     }
 
-    /// [`Self::reconcile`], when it may find anything.
-    pub fn reconcile_if_unsettled(&self, upper: &Path) -> io::Result<Option<i64>> {
-        if !self.unsettled() {
+    /// [`Self::reconcile`], if a change was counted since the last one (what `stats` asks
+    /// for: free while nothing changes; writeback after it is the background pass's).
+    pub fn reconcile_if_changed(&self, upper: &Path) -> io::Result<Option<i64>> {
+        if !self.unsettled(Duration::ZERO) {
+            return Ok(Some(0));
+        }
+        self.reconcile(upper)
+    }
+
+    /// [`Self::reconcile`], while the filesystem may still be allocating for recent changes.
+    fn reconcile_if_unsettled(&self, upper: &Path) -> io::Result<Option<i64>> {
+        if !self.unsettled(SETTLING) {
             return Ok(Some(0));
         }
         self.reconcile(upper)
@@ -521,6 +530,17 @@ mod tests {
         busy.settle(4_096, 0);
         drop(busy);
         assert!(q.reconcile(dir.path()).unwrap().is_some());
+        assert_eq!(q.used(), allocated_bytes(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn stats_walks_only_after_a_change() {
+        let dir = upper_with(&[("a", 10_000)]);
+        let q = Quota::new(0, 0);
+        assert_eq!(q.reconcile_if_changed(dir.path()).unwrap(), Some(0));
+        assert_eq!(q.used(), 0, "nothing changed: no walk");
+        q.busy().settle(0, 1);
+        assert!(q.reconcile_if_changed(dir.path()).unwrap().is_some());
         assert_eq!(q.used(), allocated_bytes(dir.path()).unwrap());
     }
 
