@@ -265,14 +265,13 @@ fn entries_at_the_limit_do_not_grow_their_directory_past_it() {
     );
 }
 
-/// Scattered writes leave the filesystem extent-tree blocks to allocate at writeback; once
-/// fsync has written them back, `stats` counts them too (it was 40 KiB below `du` here).
-#[test]
-fn scattered_writes_are_counted_exactly_once_fsynced() {
-    require_root_fuse!();
+/// A store with image `id` (limit 100 MiB) whose rootfs holds `scatter`: 3,000 writes of 100
+/// bytes 192 KiB apart, which leave the filesystem extent-tree blocks to allocate at writeback.
+/// Returns the store, the rootfs and the still open file.
+fn scattered(id: &str) -> (TestStore, PathBuf, std::fs::File) {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[]);
-    let rootfs = create_excl(&s, &image, "sc", 100 * MIB);
+    let rootfs = create_excl(&s, &image, id, 100 * MIB);
     let f = OpenOptions::new()
         .create_new(true)
         .write(true)
@@ -281,28 +280,27 @@ fn scattered_writes_are_counted_exactly_once_fsynced() {
     for i in 0..3000u64 {
         std::os::unix::fs::FileExt::write_at(&f, &[b'x'; 100], i * 3 * 65536).unwrap();
     }
+    (s, rootfs, f)
+}
+
+/// Once fsync has written scattered writes back, `stats` counts the blocks writeback took too
+/// (it was 40 KiB below `du` here).
+#[test]
+fn scattered_writes_are_counted_exactly_once_fsynced() {
+    require_root_fuse!();
+    let (s, _rootfs, f) = scattered("sc");
     f.sync_all().unwrap();
     drop(f);
     assert_eq!(stats(&s, "sc").0, du(&upper(&s, "sc")));
 }
 
-/// Without any fsync, the blocks ext4 allocates for itself at writeback (extent tree) reach
-/// `stats` by reconciling with the upper dir, so after sync(2) `stats` equals `du`; and once the
-/// file is gone, so is exactly what it took (the counter once stayed 12 KiB below).
+/// Without any fsync, the blocks ext4 allocates for itself at writeback reach `stats` by
+/// reconciling with the upper dir, so after sync(2) `stats` equals `du`; and once the file is
+/// gone, so is exactly what it took (the counter once stayed 12 KiB below).
 #[test]
 fn scattered_writes_are_counted_exactly_without_fsync_and_freed_exactly() {
     require_root_fuse!();
-    let s = TestStore::new();
-    let image = tarball(s.dir.path(), &[]);
-    let rootfs = create_excl(&s, &image, "nf", 100 * MIB);
-    let f = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(rootfs.join("scatter"))
-        .unwrap();
-    for i in 0..3000u64 {
-        std::os::unix::fs::FileExt::write_at(&f, &[b'x'; 100], i * 3 * 65536).unwrap();
-    }
+    let (s, rootfs, f) = scattered("nf");
     drop(f);
     rustix::fs::sync();
     assert_eq!(stats(&s, "nf").0, du(&upper(&s, "nf")), "after sync");
