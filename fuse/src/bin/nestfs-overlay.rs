@@ -113,12 +113,13 @@ fn must_be_dir(p: &Path, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks the stop signals in every thread and unmounts when one arrives, so the serving
-/// loop ends and the process exits 0 with nothing left mounted. The same thread sheds the
-/// startup pages once the daemon has been up for a moment: reading /proc/self/smaps costs
-/// ~0.3 ms, which a short-lived mount should not pay before its first request.
-fn unmount_on_signal(mnt: PathBuf) {
-    let signals = StopSignals::block();
+/// Unmounts when one of the stop `signals` (blocked in every thread since before the mount)
+/// arrives, so the serving loop ends and the process exits 0 with nothing left mounted; one
+/// that arrived while mounting is pending and acts now. The same thread sheds the startup pages
+/// once the daemon has been up for a moment: reading /proc/self/smaps costs ~0.3 ms, which a
+/// short-lived mount should not pay before its first request. Started once the mount is up,
+/// so mounting waits for no thread.
+fn unmount_on_signal(signals: StopSignals, mnt: PathBuf) {
     std::thread::spawn(move || {
         if !signals.wait_for(Duration::from_millis(200)) {
             nestfs_fuse::shed_startup_pages();
@@ -180,7 +181,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    unmount_on_signal(mnt.clone());
+    let signals = StopSignals::block();
     let prepared = match nestfs_fuse::prepare(&cfg, &mnt) {
         Ok(p) => p,
         Err(e) => {
@@ -195,6 +196,7 @@ fn main() -> ExitCode {
         r.ready();
         process::detach_stdio();
     }
+    unmount_on_signal(signals, mnt);
     match prepared.serve() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
