@@ -309,6 +309,28 @@ fn scattered_writes_are_counted_exactly_without_fsync_and_freed_exactly() {
     assert_eq!(stats(&s, "nf").0, du(&upper(&s, "nf")), "after rm");
 }
 
+/// What writeback allocates after a `stats` already reconciled reaches the counter through the
+/// daemon's background pass (every 5 s while the upper dir settles), with no change to trigger
+/// it.
+#[test]
+fn writeback_after_a_stats_is_reconciled_in_the_background() {
+    require_root_fuse!();
+    let (s, _rootfs, f) = scattered("bg");
+    drop(f);
+    let _ = stats(&s, "bg");
+    rustix::fs::sync();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut counted, mut real) = (0, 1);
+    while std::time::Instant::now() < deadline {
+        (counted, real) = (stats(&s, "bg").0, du(&upper(&s, "bg")));
+        if counted == real {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(counted, real, "the background pass never caught up with writeback");
+}
+
 #[test]
 fn copy_up_of_a_large_lower_file_costs_the_whole_file() {
     require_root_fuse!();
