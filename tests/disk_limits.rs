@@ -328,7 +328,10 @@ fn writeback_after_a_stats_is_reconciled_in_the_background() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(counted, real, "the background pass never caught up with writeback");
+    assert_eq!(
+        counted, real,
+        "the background pass never caught up with writeback"
+    );
 }
 
 #[test]
