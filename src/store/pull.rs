@@ -117,31 +117,42 @@ impl Store {
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
-        // Layers that were started all finished, so none is left half-unpacked in tmp/.
-        done.into_iter()
-            .collect::<Result<Vec<()>>>()
-            .map_err(|e| self.space_error(e, quota, free, placed.load(Ordering::Relaxed)))?;
-        Ok(keys)
+        // Layers that were started all finished, so none is left half-unpacked in tmp/. Those
+        // running out of room together needed what each of them had written, all told.
+        let mut failure = None;
+        let mut unplaced = 0;
+        for e in done.into_iter().filter_map(Result::err) {
+            if let StoreError::Image(
+                ImageError::TooLarge { needed, .. } | ImageError::NoSpace { needed },
+            ) = &e
+            {
+                unplaced += needed;
+            }
+            failure.get_or_insert(e);
+        }
+        match failure {
+            Some(e) => {
+                Err(self.space_error(e, quota, free, placed.load(Ordering::Relaxed) + unplaced))
+            }
+            None => Ok(keys),
+        }
     }
 
     /// Says what an unpack that ran out of room ran into: the image's disk limit, or the
-    /// store's filesystem (`free` bytes when the pull began, of which `placed` went to layers
-    /// that made it).
-    fn space_error(&self, e: StoreError, quota: Option<u64>, free: u64, placed: u64) -> StoreError {
+    /// store's filesystem (`free` bytes when the pull began; `needed`: what the layers that made
+    /// it and those that ran out had written, together).
+    fn space_error(&self, e: StoreError, quota: Option<u64>, free: u64, needed: u64) -> StoreError {
         match (e, quota) {
             (StoreError::Image(ImageError::TooLarge { .. }), Some(limit)) => {
                 StoreError::LimitTooSmall { limit }
             }
-            (
-                StoreError::Image(
-                    ImageError::TooLarge { needed, .. } | ImageError::NoSpace { needed },
-                ),
-                _,
-            ) => StoreError::StoreFull {
-                path: self.root().to_path_buf(),
-                free,
-                needed: placed + needed,
-            },
+            (StoreError::Image(ImageError::TooLarge { .. } | ImageError::NoSpace { .. }), _) => {
+                StoreError::StoreFull {
+                    path: self.root().to_path_buf(),
+                    free,
+                    needed,
+                }
+            }
             (e, _) => e,
         }
     }
