@@ -24,16 +24,24 @@ fn daemon(store: &Store, id: &str) -> Daemon {
     Daemon::new(store.root(), id, store.image_dir(id))
 }
 
-/// Fails early (before any pull) if `id` is unusable or taken. An image a killed `create` left
-/// half-made is removed (its daemon first): its id is free.
+/// Fails early (before any pull) if `id` is unusable or taken.
 pub fn check_new_id(store: &Store, id: &str) -> Result<()> {
+    if !clear_half_made(store, id)? {
+        return Err(StoreError::IdExists(id.to_string()).into());
+    }
+    Ok(())
+}
+
+/// Removes the image of `id` if a killed `create` left it half-made (its daemon first).
+/// Returns whether the id is free.
+fn clear_half_made(store: &Store, id: &str) -> Result<bool> {
     match store.claim(id)? {
-        Claim::Free => Ok(()),
-        Claim::Taken => Err(StoreError::IdExists(id.to_string()).into()),
+        Claim::Free => Ok(true),
+        Claim::Taken => Ok(false),
         Claim::HalfMade(lock) => {
             daemon(store, id).kill_strays();
             remove_locked(store, id, lock)?;
-            Ok(())
+            Ok(true)
         }
     }
 }
@@ -123,7 +131,7 @@ pub fn stats(store: &Store, id: &str) -> Result<DiskUsage> {
 /// first), then the store's other debris.
 pub fn sweep(store: &Store) {
     for id in store.all_image_ids().unwrap_or_default() {
-        let _ = check_new_id(store, &id);
+        let _ = clear_half_made(store, &id);
     }
     store.sweep_debris();
 }
