@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod estargz;
 pub mod host;
 pub mod image;
 pub mod lifecycle;
