@@ -112,6 +112,7 @@ fn unpack_bench(c: &mut Criterion) {
         max_bytes: 1 << 30,
         max_entries: 1 << 20,
         privileged: rustix::process::geteuid().is_root(),
+        skip_estargz_entries: false,
     };
     let mut g = c.benchmark_group("unpack");
     g.throughput(Throughput::Bytes(tar.len() as u64));

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
@@ -150,6 +151,34 @@ enum Cmd {
     Capacity,
     /// Remove every image and the store.
     DeleteStore,
+    /// Write an eStargz copy of IMAGE as a new OCI layout at DEST, for lazy pulling: each
+    /// file's data compressed on its own, indexed by a table of contents. Any other runtime
+    /// still reads it as an ordinary gzip image.
+    Convert {
+        /// Split files bigger than N bytes into chunks of N bytes
+        #[arg(long, value_name = "N", default_value_t = crate::estargz::writer::DEFAULT_CHUNK_SIZE, value_parser = usage::byte_count("chunk size"))]
+        chunk_size: u64,
+        /// FILE lists paths (one per line, as in the rootfs) to fetch first: they go before
+        /// the prefetch landmark
+        #[arg(long, value_name = "FILE")]
+        prefetch_list: Option<PathBuf>,
+        /// Name the image TAG in DEST (then oci:///DEST:TAG)
+        #[arg(long)]
+        tag: Option<String>,
+        /// User name for the registry (with --password)
+        #[arg(long)]
+        username: Option<String>,
+        /// Password for the registry (with --username)
+        #[arg(long)]
+        password: Option<String>,
+        /// A registry (HOST[:PORT]) whose TLS certificate is not verified, or else reached over plain HTTP (repeatable)
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+        /// The image, as `create` takes it
+        image: String,
+        /// Directory for the new OCI layout (must not exist, or be empty)
+        dest: PathBuf,
+    },
     /// The per-image FUSE daemon `create` starts.
     #[command(hide = true)]
     ServeImage { id: String },
@@ -250,6 +279,7 @@ fn command_name(cmd: &Cmd) -> &'static str {
         Cmd::Remount { .. } => "remount",
         Cmd::Capacity => "capacity",
         Cmd::DeleteStore => "delete-store",
+        Cmd::Convert { .. } => "convert",
         Cmd::ServeImage { .. } => "serve-image",
     }
 }
@@ -318,6 +348,43 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
         Cmd::Remount { ids } => commands::remount::run(ctx, &ids),
         Cmd::Capacity => commands::capacity::run(ctx),
         Cmd::DeleteStore => commands::delete_store::run(ctx),
+        Cmd::Convert {
+            chunk_size,
+            prefetch_list,
+            tag,
+            username,
+            password,
+            mut insecure_registries,
+            image,
+            dest,
+        } => {
+            insecure_registries.extend(config.create.insecure_registries.iter().cloned());
+            let prefetch = match prefetch_list {
+                Some(p) => std::fs::read_to_string(&p)
+                    .with_context(|| format!("read prefetch list {}", p.display()))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let req = commands::convert::Request {
+                image,
+                dest,
+                tag,
+                opts: PullOptions {
+                    username,
+                    password,
+                    insecure_registries,
+                    skip_layer_validation: false,
+                    remote_layer_certs: config.create.remote_layer_client_certificates_path.clone(),
+                },
+                chunk_size,
+                prefetch,
+            };
+            commands::convert::run(ctx, req)
+        }
         Cmd::ServeImage { id } => {
             lifecycle::serve(ctx.store, &id)?;
             Ok(None)

@@ -31,6 +31,8 @@ pub struct UnpackOptions {
     /// chown entries and create device nodes as the tar headers say (root only). Without it,
     /// owners, modes and devices are recorded in xattrs instead (see `nestfs_fuse::meta`).
     pub privileged: bool,
+    /// Leave out eStargz's own entries (its TOC and landmark files at the layer's root).
+    pub skip_estargz_entries: bool,
 }
 
 /// What one unpacked layer consumed.
@@ -104,12 +106,14 @@ fn no_space(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Replaces the stand-in file at `path` of a device entry by the device node (as root).
+/// Replaces the stand-in file at `path` of a device or fifo entry by the real node (as root).
 fn make_device<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Result<(), ImageError> {
     let h = entry.header();
     let fail = |e: std::io::Error| invalid(&format!("create device {name:?}"), e);
     let kind = if h.entry_type().is_character_special() {
         rustix::fs::FileType::CharacterDevice
+    } else if h.entry_type().is_fifo() {
+        rustix::fs::FileType::Fifo
     } else {
         rustix::fs::FileType::BlockDevice
     };
@@ -125,6 +129,24 @@ fn make_device<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Resul
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(fail)?;
     // mknod applied the umask; chown may have cleared nothing (devices have no set-id bits).
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(fail)
+}
+
+/// Gives a node made here (not by the tar crate, which does it itself) its header's mtime.
+fn set_mtime<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Result<(), ImageError> {
+    let t = rustix::fs::Timespec {
+        tv_sec: entry.header().mtime().unwrap_or(0) as i64,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+        invalid(
+            &format!("set the mtime of {name:?}"),
+            std::io::Error::from(e),
+        )
+    })
 }
 
 /// Where an entry named `name` goes, relative to the layer's root: without root or `.`
@@ -262,6 +284,8 @@ fn record_meta<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Resul
         libc::S_IFCHR
     } else if kind.is_block_special() {
         libc::S_IFBLK
+    } else if kind.is_fifo() {
+        libc::S_IFIFO
     } else {
         libc::S_IFREG
     };
@@ -307,6 +331,11 @@ fn unpack_with(
     let mut dir_times = Vec::new();
     for entry in archive.entries().map_err(|e| invalid("read layer", e))? {
         let mut entry = entry.map_err(|e| bad_entry(entries, e))?;
+        if opts.skip_estargz_entries
+            && crate::estargz::is_metadata_entry(&String::from_utf8_lossy(&entry.path_bytes()))
+        {
+            continue;
+        }
         entries += 1;
         if entries > opts.max_entries {
             return Err(ImageError::TooManyEntries {
@@ -376,7 +405,8 @@ fn unpack_entry<R: Read>(
         .path()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let device = kind.is_character_special() || kind.is_block_special();
+    // Nodes the tar crate cannot make (it makes a fifo a regular file): a stand-in first.
+    let device = kind.is_character_special() || kind.is_block_special() || kind.is_fifo();
     let fail = |e: std::io::Error| invalid(&format!("unpack {name:?}"), e);
     let at = match beneath {
         Some(b) => place(b, entry, device).map_err(fail)?,
@@ -388,6 +418,9 @@ fn unpack_entry<R: Read>(
         record_meta(&at, entry, &name)?;
     } else if device {
         make_device(&at, entry, &name)?;
+    }
+    if device {
+        set_mtime(&at, entry, &name)?;
     }
     Ok(())
 }
@@ -490,6 +523,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_entries: 100,
             privileged: false,
+            skip_estargz_entries: false,
         };
         let out = outside.to_str().unwrap();
         for layer in [

@@ -12,6 +12,7 @@ fn opts() -> UnpackOptions {
         max_bytes: 1 << 30,
         max_entries: 100_000,
         privileged: false,
+        skip_estargz_entries: false,
     }
 }
 
@@ -302,4 +303,62 @@ fn directories_keep_their_layer_mtimes() {
     assert_eq!(mtime("full/sub"), 1_100_000_000);
     assert_eq!(mtime("empty"), 1_200_000_000);
     assert_eq!(mtime("full/sub/file"), 1_300_000_000);
+}
+
+#[test]
+fn estargz_entries_are_left_out_only_at_the_root_and_when_asked() {
+    let mut b = tar::Builder::new(Vec::new());
+    for name in [
+        ".no.prefetch.landmark",
+        "etc/",
+        "etc/stargz.index.json",
+        "./stargz.index.json",
+        "kept",
+    ] {
+        let kind = if name.ends_with('/') {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        };
+        raw(&mut b, kind, name, "", b"");
+    }
+    let tar = b.into_inner().unwrap();
+    let names = |skip: bool| {
+        let c = case();
+        let o = UnpackOptions {
+            skip_estargz_entries: skip,
+            ..opts()
+        };
+        unpack(&tar[..], &c.dest, &o).unwrap();
+        let mut n: Vec<String> = walkdir(&c.dest);
+        n.sort();
+        n
+    };
+    assert_eq!(names(true), ["etc", "etc/stargz.index.json", "kept"]);
+    assert_eq!(
+        names(false),
+        [
+            ".no.prefetch.landmark",
+            "etc",
+            "etc/stargz.index.json",
+            "kept",
+            "stargz.index.json"
+        ]
+    );
+}
+
+/// Paths under `root`, relative to it.
+fn walkdir(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out
 }

@@ -138,7 +138,7 @@ fn hard_image(dir: &Path) -> PathBuf {
         }
         b.append_data(&mut h, path, data).unwrap();
     };
-    use tar::EntryType::{Char, Directory, Regular};
+    use tar::EntryType::{Char, Directory, Fifo, Regular};
     add("etc", Directory, 0o755, 0, 0, b"");
     add(
         "etc/passwd",
@@ -153,6 +153,7 @@ fn hard_image(dir: &Path) -> PathBuf {
     add("bin/su", Regular, 0o4755, 0, 0, b"#!/bin/sh\n");
     add("dev", Directory, 0o755, 0, 0, b"");
     add("dev/null", Char, 0o666, 0, 0, b"");
+    add("dev/pipe", Fifo, 0o600, 0, 0, b"");
     add("locked", Directory, 0o555, 0, 0, b"");
     add("locked/inner", Regular, 0o400, 0, 0, b"secret");
     add("home", Directory, 0o755, 0, 0, b"");
@@ -165,18 +166,19 @@ fn hard_image(dir: &Path) -> PathBuf {
 
 /// `stat` of the hard image's entries: "uid gid mode(octal incl. type) rdev(major,minor) name".
 /// Entries the viewer may not search (alice's 2750 dir) print "denied NAME".
-const STAT_ENTRIES: &str = "for p in etc/passwd etc/shadow bin/su dev/null locked locked/inner \
+const STAT_ENTRIES: &str = "for p in etc/passwd etc/shadow bin/su dev/null dev/pipe locked locked/inner \
     home/alice home/alice/notes; do stat -c \"%u %g %f %t,%T $p\" \"$ROOTFS/$p\" 2>/dev/null \
     || echo \"denied $p\"; done";
 
 /// What `STAT_ENTRIES` prints for the hard image with ids through `map`; `alice_hidden` when
 /// the viewer is neither alice nor in her group (as the kernel checks with the shown ids).
 fn expected(map: impl Fn(u32) -> u32, alice_hidden: bool) -> String {
-    let rows: [(u32, u32, u32, &str, &str); 8] = [
+    let rows: [(u32, u32, u32, &str, &str); 9] = [
         (0, 0, libc::S_IFREG | 0o644, "0,0", "etc/passwd"),
         (0, 42, libc::S_IFREG | 0o640, "0,0", "etc/shadow"),
         (0, 0, libc::S_IFREG | 0o4755, "0,0", "bin/su"),
         (0, 0, libc::S_IFCHR | 0o666, "1,3", "dev/null"),
+        (0, 0, libc::S_IFIFO | 0o600, "0,0", "dev/pipe"),
         (0, 0, libc::S_IFDIR | 0o555, "0,0", "locked"),
         (0, 0, libc::S_IFREG | 0o400, "0,0", "locked/inner"),
         (1000, 1000, libc::S_IFDIR | 0o2750, "0,0", "home/alice"),

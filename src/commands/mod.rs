@@ -4,6 +4,7 @@
 
 pub mod capacity;
 pub mod clean;
+pub mod convert;
 pub mod create;
 pub mod delete;
 pub mod delete_store;

@@ -98,7 +98,8 @@ pub fn write(
 
 /// Every entry's start, name and link target, in tar order; eStargz's own entries of a tar
 /// converted before are left out.
-fn index(tar: &File) -> anyhow::Result<Vec<Indexed>> {
+fn index(mut tar: &File) -> anyhow::Result<Vec<Indexed>> {
+    tar.rewind()?;
     let mut archive = tar::Archive::new(BufReader::new(tar));
     let mut out = Vec::new();
     let mut start = 0;

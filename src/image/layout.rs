@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::manifest::{self, Descriptor, ImageConfig, Manifest, REF_NAME};
 use super::reference::Select;
-use super::{ImageError, LayerInfo};
+use super::{Described, ImageError};
 
 pub fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
     let hex = manifest::check_digest(digest)?;
@@ -20,11 +20,8 @@ fn read_blob(layout: &Path, d: &Descriptor) -> Result<Vec<u8>, ImageError> {
     })
 }
 
-/// Env and layers (bottom first, chain ids filled in) of the selected image.
-pub fn resolve(
-    layout: &Path,
-    select: &Select,
-) -> Result<(Vec<String>, Vec<LayerInfo>), ImageError> {
+/// Config, env and layers of the selected image.
+pub fn resolve(layout: &Path, select: &Select) -> Result<Described, ImageError> {
     let index_path = layout.join("index.json");
     let data = std::fs::read(&index_path).map_err(|e| ImageError::Io {
         what: format!("read {}", index_path.display()),
@@ -71,8 +68,13 @@ pub fn resolve(
     let config_desc = m
         .config
         .ok_or_else(|| ImageError::Invalid("manifest has no config".into()))?;
-    let config: ImageConfig = manifest::parse("image config", &read_blob(layout, &config_desc)?)?;
+    let raw = read_blob(layout, &config_desc)?;
+    let config: ImageConfig = manifest::parse("image config", &raw)?;
     let env = config.config.and_then(|c| c.env).unwrap_or_default();
     let layers = super::layers(&m.layers, &config.rootfs.diff_ids)?;
-    Ok((env, layers))
+    Ok(Described {
+        config: raw,
+        env,
+        layers,
+    })
 }

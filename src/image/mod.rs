@@ -16,7 +16,7 @@ mod verify;
 use std::path::{Path, PathBuf};
 
 pub use reference::{Select, Source};
-pub use verify::chain_ids;
+pub use verify::{chain_ids, sha256_hex};
 
 use crate::unpack::{UnpackOptions, UnpackStats};
 
@@ -143,6 +143,17 @@ pub struct LayerInfo {
     pub media_type: String,
     /// Where a foreign layer's blob may be fetched when its source lacks it.
     pub urls: Vec<String>,
+    /// An eStargz layer's TOC digest (its descriptor's annotation).
+    pub toc_digest: Option<String>,
+}
+
+/// What a source's manifest and config say of an image.
+struct Described {
+    /// The config as stored.
+    config: Vec<u8>,
+    env: Vec<String>,
+    /// Bottom first, chain ids filled in.
+    layers: Vec<LayerInfo>,
 }
 
 enum Origin {
@@ -155,6 +166,8 @@ enum Origin {
 pub struct ResolvedImage {
     /// Environment from the image config (`KEY=value`), for the runtime spec.
     pub env: Vec<String>,
+    /// The image config as its source has it (a tarball has none).
+    pub config: Option<Vec<u8>>,
     /// Bottom layer first.
     pub layers: Vec<LayerInfo>,
     origin: Origin,
@@ -186,6 +199,10 @@ fn layers(
             size: d.size,
             media_type: d.media_type.clone(),
             urls: d.urls.clone(),
+            toc_digest: d
+                .annotations
+                .get(crate::estargz::TOC_DIGEST_ANNOTATION)
+                .cloned(),
         })
         .collect())
 }
@@ -197,12 +214,13 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
         Source::Layout { path, select } => {
             let (path, select) = (path.clone(), select.clone());
             let p = path.clone();
-            let (env, layers) = tokio::task::spawn_blocking(move || layout::resolve(&p, &select))
+            let d = tokio::task::spawn_blocking(move || layout::resolve(&p, &select))
                 .await
                 .expect("resolve task")?;
             Ok(ResolvedImage {
-                env,
-                layers,
+                env: d.env,
+                config: Some(d.config),
+                layers: d.layers,
                 origin: Origin::Layout(path),
                 verify,
                 remote_layer_certs: opts.remote_layer_certs.clone(),
@@ -233,9 +251,11 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
                 size: None,
                 media_type: "application/x-tar".into(),
                 urls: Vec::new(),
+                toc_digest: None,
             };
             Ok(ResolvedImage {
                 env: Vec::new(),
+                config: None,
                 layers: vec![layer],
                 origin: Origin::Tarball(path.clone()),
                 verify,
@@ -247,10 +267,11 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
             repository,
             reference,
         } => {
-            let (r, env, layers) = registry::resolve(registry, repository, reference, opts).await?;
+            let (r, d) = registry::resolve(registry, repository, reference, opts).await?;
             Ok(ResolvedImage {
-                env,
-                layers,
+                env: d.env,
+                config: Some(d.config),
+                layers: d.layers,
                 origin: Origin::Registry(r),
                 verify,
                 remote_layer_certs: opts.remote_layer_certs.clone(),
@@ -259,10 +280,21 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
     }
 }
 
+/// What reads a layer's uncompressed tar, on a blocking thread.
+pub trait Consume<T>:
+    FnOnce(&mut dyn std::io::Read) -> Result<T, ImageError> + Send + 'static
+{
+}
+impl<T, F: FnOnce(&mut dyn std::io::Read) -> Result<T, ImageError> + Send + 'static> Consume<T>
+    for F
+{
+}
+
 impl ResolvedImage {
     /// Streams layer `index` once through download, digest check, decompression and unpack into
     /// `dest` (an existing empty directory), then checks the diff_id. On error `dest` may hold
-    /// a partial layer: the caller removes it.
+    /// a partial layer: the caller removes it. An eStargz layer's own entries (its TOC and
+    /// landmark) are left out, so the volume is the image's files only.
     pub async fn unpack_layer(
         &self,
         index: usize,
@@ -270,14 +302,30 @@ impl ResolvedImage {
         opts: &UnpackOptions,
         progress: &indicatif::ProgressBar,
     ) -> Result<UnpackStats, ImageError> {
+        let (dest, mut opts) = (dest.to_path_buf(), opts.clone());
+        opts.skip_estargz_entries = self.layers[index].toc_digest.is_some();
+        self.read_layer(index, progress, move |tar| {
+            crate::unpack::unpack(tar, &dest, &opts)
+        })
+        .await
+    }
+
+    /// Streams layer `index` once through download, digest check and decompression into
+    /// `consume`, then checks the diff_id (unless validation is skipped).
+    pub async fn read_layer<T: Send + 'static>(
+        &self,
+        index: usize,
+        progress: &indicatif::ProgressBar,
+        consume: impl Consume<T>,
+    ) -> Result<T, ImageError> {
         let layer = self.layers[index].clone();
         let progress = progress.clone();
-        let (dest, opts, verify) = (dest.to_path_buf(), opts.clone(), self.verify);
+        let verify = self.verify;
         match &self.origin {
             Origin::Layout(dir) => {
                 let blob = layout::blob_path(dir, &layer.digest)?;
                 if !layer.urls.is_empty() && !blob.exists() {
-                    return self.unpack_foreign(layer, &dest, &opts, progress).await;
+                    return self.read_foreign(layer, progress, consume).await;
                 }
                 tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
@@ -290,7 +338,7 @@ impl ResolvedImage {
                     } else {
                         verify::Checks::NONE
                     };
-                    verify::unpack_layer(f, &layer, &dest, &opts, checks)
+                    verify::read_layer(f, &layer, checks, consume)
                 })
                 .await
                 .expect("unpack task")
@@ -304,51 +352,48 @@ impl ResolvedImage {
                     })?;
                     // The volume key is the file's hash: nothing to verify against.
                     let f = progress.wrap_read(f);
-                    verify::unpack_layer(f, &layer, &dest, &opts, verify::Checks::NONE)
+                    verify::read_layer(f, &layer, verify::Checks::NONE, consume)
                 })
                 .await
                 .expect("unpack task")
             }
             Origin::Registry(r) => match r.blob(&layer).await {
                 Err(ImageError::NotFound(_)) if !layer.urls.is_empty() => {
-                    self.unpack_foreign(layer, &dest, &opts, progress).await
+                    self.read_foreign(layer, progress, consume).await
                 }
-                stream => unpack_download(stream?, layer, dest, opts, verify, progress).await,
+                stream => read_download(stream?, layer, verify, progress, consume).await,
             },
         }
     }
 
     /// A foreign layer from its URLs.
-    async fn unpack_foreign(
+    async fn read_foreign<T: Send + 'static>(
         &self,
         layer: LayerInfo,
-        dest: &Path,
-        opts: &UnpackOptions,
         progress: indicatif::ProgressBar,
-    ) -> Result<UnpackStats, ImageError> {
+        consume: impl Consume<T>,
+    ) -> Result<T, ImageError> {
         let stream = foreign::fetch(&layer, self.remote_layer_certs.as_deref()).await?;
-        let (dest, opts) = (dest.to_path_buf(), opts.clone());
-        unpack_download(stream, layer, dest, opts, self.verify, progress).await
+        read_download(stream, layer, self.verify, progress, consume).await
     }
 }
 
-/// Unpacks a blob coming off the network. Its digest and size are always checked, whatever
+/// Reads a blob coming off the network. Its digest and size are always checked, whatever
 /// `--skip-layer-validation` says: only the diff_id check (`verify_tar`) may be skipped.
-async fn unpack_download(
+async fn read_download<T: Send + 'static>(
     stream: impl tokio::io::AsyncRead + Send + Unpin + 'static,
     layer: LayerInfo,
-    dest: PathBuf,
-    opts: UnpackOptions,
     verify_tar: bool,
     progress: indicatif::ProgressBar,
-) -> Result<UnpackStats, ImageError> {
+    consume: impl Consume<T>,
+) -> Result<T, ImageError> {
     let bridge = progress.wrap_read(tokio_util::io::SyncIoBridge::new(stream));
     tokio::task::spawn_blocking(move || {
         let checks = verify::Checks {
             blob: true,
             diff_id: verify_tar,
         };
-        verify::unpack_layer(bridge, &layer, &dest, &opts, checks)
+        verify::read_layer(bridge, &layer, checks, consume)
     })
     .await
     .expect("unpack task")

@@ -12,7 +12,7 @@ use oci_client::{Client, Reference};
 
 use super::manifest::{self, Descriptor, ImageConfig};
 use super::transport::{self, Cause};
-use super::{ImageError, LayerInfo, PullOptions};
+use super::{Described, ImageError, LayerInfo, PullOptions};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest silence tolerated in the middle of a response.
@@ -213,7 +213,7 @@ pub async fn resolve(
     repository: &str,
     reference: &str,
     opts: &PullOptions,
-) -> Result<(Registry, Vec<String>, Vec<LayerInfo>), ImageError> {
+) -> Result<(Registry, Described), ImageError> {
     let (_, _, deadline) = timeouts();
     let r = if reference.starts_with("sha256:") {
         Reference::with_digest(registry.into(), repository.into(), reference.into())
@@ -244,8 +244,8 @@ pub async fn resolve(
             name,
             reason: format!("timed out: no answer within {deadline:?}"),
         })??;
-    let (m, _digest, config) = fetched;
-    let config: ImageConfig = manifest::parse("image config", config.as_bytes())?;
+    let (m, _digest, raw) = fetched;
+    let config: ImageConfig = manifest::parse("image config", raw.as_bytes())?;
     let descs: Vec<Descriptor> = m
         .layers
         .iter()
@@ -253,7 +253,12 @@ pub async fn resolve(
             media_type: l.media_type.clone(),
             digest: l.digest.clone(),
             size: u64::try_from(l.size).ok(),
-            annotations: Default::default(),
+            annotations: l
+                .annotations
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             platform: None,
             urls: l.urls.clone().unwrap_or_default(),
         })
@@ -266,8 +271,11 @@ pub async fn resolve(
             reference: r,
             ctx,
         },
-        env,
-        layers,
+        Described {
+            config: raw.into_bytes(),
+            env,
+            layers,
+        },
     ))
 }
 

@@ -1,12 +1,11 @@
 //! The one-pass layer pipeline: blob bytes -> digest -> decompression -> diff_id -> unpack.
 
 use std::io::{self, Read};
-use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::{ImageError, LayerInfo};
-use crate::unpack::{self, UnpackOptions, UnpackStats};
+use crate::unpack;
 
 /// Hashes (and counts) everything read through it.
 pub struct Hashing<R> {
@@ -76,14 +75,14 @@ impl Checks {
     };
 }
 
-/// Streams a layer blob once through verification and unpacking into `dest`.
-pub fn unpack_layer(
+/// Streams a layer blob once through verification and decompression into `consume` (which
+/// unpacks it, say); what `consume` leaves unread is read for the diff_id.
+pub fn read_layer<T>(
     blob: impl Read,
     layer: &LayerInfo,
-    dest: &Path,
-    opts: &UnpackOptions,
     checks: Checks,
-) -> Result<UnpackStats, ImageError> {
+    consume: impl FnOnce(&mut dyn Read) -> Result<T, ImageError>,
+) -> Result<T, ImageError> {
     let io = |e: io::Error| ImageError::Io {
         what: format!("read layer {}", layer.digest),
         cause: e,
@@ -97,15 +96,22 @@ pub fn unpack_layer(
     let mut blob = Hashing::new(blob.take(cap));
     let unpacked = (|| {
         let mut tar = Hashing::new(unpack::decompressor(&mut blob).map_err(io)?);
-        let stats = unpack::unpack(&mut tar, dest, opts)?;
+        let stats = consume(&mut tar)?;
         Ok::<_, ImageError>((stats, tar.finish().map_err(io)?.0))
     })();
     // A blob longer than its manifest says was cut off, which broke the stream: say why. A
     // corrupt blob is a digest mismatch, a true one with a wrong size a size mismatch (as
-    // GrootFS tells them apart): read on, within a bound, to know which.
-    if let (Err(_), true, Some(want)) = (&unpacked, checks.blob, layer.size)
-        && blob.count > want
+    // GrootFS tells them apart): read on, within a bound, to know which. A stream that did
+    // not decompress or untar may be a corrupt blob too: its digest tells.
+    let broken = matches!(
+        unpacked,
+        Err(ImageError::Invalid(_) | ImageError::Io { .. })
+    );
+    if let (Err(_), true) = (&unpacked, checks.blob)
+        && let Some(want) = layer.size
+        && (blob.count > want || broken)
     {
+        let overrun = blob.count > want;
         blob.inner_mut().set_limit(want.max(MIN_OVERRUN));
         let (digest, got) = blob.finish().map_err(io)?;
         if digest != layer.digest {
@@ -115,11 +121,14 @@ pub fn unpack_layer(
                 got: digest,
             });
         }
-        return Err(ImageError::SizeMismatch {
-            what: format!("layer {} runs past it", layer.digest),
-            want,
-            got,
-        });
+        if overrun {
+            return Err(ImageError::SizeMismatch {
+                what: format!("layer {} runs past it", layer.digest),
+                want,
+                got,
+            });
+        }
+        return unpacked.map(|(t, _)| t);
     }
     let (stats, diff) = unpacked?;
     let (digest, size) = blob.finish().map_err(io)?;

@@ -79,6 +79,7 @@ impl Store {
             max_entries: 10_000_000,
             // A rootless store records owners in xattrs (see init-store).
             privileged: !self.meta()?.rootless,
+            skip_estargz_entries: false,
         };
         let (opts, placed, failed) = (&opts, &AtomicU64::new(0), &AtomicBool::new(false));
         let done: Vec<Result<()>> = stream::iter(keys.iter().enumerate())
