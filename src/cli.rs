@@ -109,6 +109,10 @@ enum Cmd {
         /// Accepted for GrootFS compatibility: a FUSE rootfs is always mounted by its daemon
         #[arg(long)]
         without_mount: bool,
+        /// Pull eStargz layers in full before returning, instead of fetching their files as
+        /// they are read
+        #[arg(long)]
+        without_lazy_pull: bool,
         /// docker:///NAME[:TAG] (Docker Hub), docker://HOST[:PORT]/NAME[:TAG|@DIGEST],
         /// oci:///PATH[:TAG|:@N] (an OCI layout; TAG matches org.opencontainers.image.ref.name,
         /// @N its manifest number N, from 0), or the path of a rootfs tarball
@@ -307,6 +311,7 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
             skip_layer_validation,
             with_mount: _,
             without_mount,
+            without_lazy_pull,
             image,
             id,
         } => {
@@ -335,6 +340,7 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
                 clean: clean.then(|| threshold_bytes.or(config.clean_threshold())),
                 clean_log: clean_log_file.or(config.create.clean_log_file.clone()),
                 progress,
+                lazy: !without_lazy_pull,
             };
             commands::create::run(ctx, req)
         }

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod estargz;
 pub mod host;
 pub mod image;
+pub mod lazy;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

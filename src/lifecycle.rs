@@ -140,7 +140,15 @@ pub fn sweep(store: &Store) {
 /// if a `delete` retired it meanwhile.
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let meta = store.image_meta(id)?;
-    let cfg = store.overlay_config(id)?;
+    let mut cfg = store.overlay_config(id)?;
+    // Lazily pulled layers: filled as they are read, completed in the background.
+    if let Some(filler) = crate::lazy::fill::Filler::new(store, &meta.layers)? {
+        for key in filler.keys() {
+            let (f, s) = (filler.clone(), Store::new(store.root().to_path_buf()));
+            std::thread::spawn(move || f.complete(&s, &key));
+        }
+        cfg.fetch = Some(filler);
+    }
     let dir = store.image_dir(id);
     // Followed to wherever a delete moves the image while this daemon still serves it.
     let dir_fd = io_ctx(std::fs::File::open(&dir), || {

@@ -5,6 +5,7 @@
 
 #[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
 #[path = "support/registry.rs"]
 mod registry;
 

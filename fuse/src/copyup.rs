@@ -262,6 +262,7 @@ impl Overlay {
             libc::S_IFDIR => sys::mkdir_at(work, tmp, 0o700)?,
             libc::S_IFREG => {
                 let src = sys::open_at(src_dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+                self.fill(&src)?;
                 let dst = sys::open_at(
                     work,
                     tmp,

@@ -73,6 +73,15 @@ pub struct OverlayConfig {
     /// Keep the kernel from reading layer files itself (FUSE passthrough), which it otherwise
     /// does where it can.
     pub no_passthrough: bool,
+    /// Brings in the data of layer files that are not all local yet (lazily pulled layers).
+    pub fetch: Option<Arc<dyn Fetch>>,
+}
+
+/// Fills in layer files whose data is fetched on demand. The overlay calls it before any of a
+/// layer file's data is read (an open for reading, a copy-up); it returns at once for a file
+/// that is complete, blocks while the data comes, and fails (EIO, say) if it cannot come.
+pub trait Fetch: Send + Sync + std::fmt::Debug {
+    fn fill(&self, file: std::os::fd::BorrowedFd) -> std::io::Result<()>;
 }
 
 impl OverlayConfig {

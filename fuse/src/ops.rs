@@ -73,6 +73,15 @@ impl Fs {
     /// Whether a first open of `ino` may use passthrough (`Some(lower)`): reads of a lower
     /// file with one name (a split of a shared inode would split all its names), and any open
     /// of an upper file when no disk usage is counted (the daemon must see counted writes).
+    /// [`Overlay::fill`] for the layer file node `ino` names.
+    fn fill(&self, ino: u64) -> io::Result<()> {
+        if let Target::Entry(d, n) = self.ov.target(ino)? {
+            let fd = sys::open_at(d.as_raw_fd(), &n, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+            self.ov.fill(&fd)?;
+        }
+        Ok(())
+    }
+
     fn passthrough_for(&self, ino: u64, flags: i32, fd: &OwnedFd) -> Option<bool> {
         if !self.ov.io.enabled() {
             return None;
@@ -435,6 +444,11 @@ impl Filesystem for Fs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (ino, flags) = (ino.0, flags.0);
+        // A layer file's data is brought in first, without the change lock: fetching it may
+        // take a while (a write open copies up, which fills the file itself).
+        if self.ov.fetches() && !wants_write(flags) && !self.ov.in_upper(ino) {
+            tryr!(reply, self.fill(ino).map_err(E::from));
+        }
         // Both paths hold the change lock: a write open copies up (the data before it takes the
         // lock, see `copied_up`); a read-only open of a lower file must be tracked before any
         // copy-up can slip in (see `redirect_lower_fds`).

@@ -62,6 +62,7 @@ pub struct Overlay {
     pub(crate) io: crate::passthrough::Passthrough,
     /// Wanted by the configuration (the kernel has the last word, at init).
     pub(crate) want_passthrough: bool,
+    fetch: Option<Arc<dyn crate::Fetch>>,
 }
 
 /// Proof that the caller holds the change lock ([`Overlay::lock_changes`]): what needs the
@@ -187,6 +188,7 @@ impl Overlay {
             quota: cfg.quota.clone().filter(|_| has_upper),
             ids: cfg.ids.clone(),
             meta_xattrs: cfg.meta_xattrs,
+            fetch: cfg.fetch.clone(),
             io: Default::default(),
             // Registering a backing file takes CAP_SYS_ADMIN in the initial namespace.
             want_passthrough: !cfg.no_passthrough && admin,
@@ -304,6 +306,19 @@ impl Overlay {
         } else {
             self.ttl
         }
+    }
+
+    /// Makes the data of a layer file present before it is read (see [`crate::Fetch`]).
+    pub fn fill(&self, file: &OwnedFd) -> io::Result<()> {
+        match &self.fetch {
+            Some(f) => f.fill(std::os::fd::AsFd::as_fd(file)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether layer files may need [`Overlay::fill`].
+    pub fn fetches(&self) -> bool {
+        self.fetch.is_some()
     }
 
     pub fn in_upper(&self, ino: u64) -> bool {

@@ -24,6 +24,8 @@ pub struct Request {
     pub clean_log: Option<PathBuf>,
     /// Show progress on stderr (a terminal, and no log level asked for).
     pub progress: bool,
+    /// Pull eStargz layers lazily (see [`crate::lazy`]).
+    pub lazy: bool,
 }
 
 pub fn run(ctx: &Ctx, req: Request) -> Output {
@@ -82,7 +84,14 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
         .create
         .max_layer_expansion
         .unwrap_or(crate::store::DEFAULT_MAX_EXPANSION);
-    let pulled = rt.block_on(store.pull(&resolved, &req.image, quota, expansion, bars.as_ref()));
+    let pulled = rt.block_on(store.pull(
+        &resolved,
+        &req.image,
+        quota,
+        expansion,
+        req.lazy,
+        bars.as_ref(),
+    ));
     drop(bars);
     let layers = pulled?;
     // Download and unpack are one streamed pass: its time is GrootFS's UnpackTime.

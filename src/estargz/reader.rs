@@ -87,37 +87,11 @@ pub fn open(blob: &impl Ranges, want_digest: &str) -> Result<Index, Error> {
         )));
     }
     let member = blob.read_range(toc_offset, footer_at - toc_offset)?;
-    let json = toc_json(&member)?;
-    let got = format!("sha256:{}", hex::encode(Sha256::digest(&json)));
-    if got != want_digest {
-        return Err(Error::TocDigest {
-            want: want_digest.to_string(),
-            got,
-        });
-    }
-    let toc: Toc = serde_json::from_slice(&json).map_err(|e| Error::InvalidToc(e.to_string()))?;
-    if toc.version != 1 {
-        return Err(Error::InvalidToc(format!("version {}", toc.version)));
-    }
-    let mut starts: Vec<u64> = toc.entries.iter().map(|e| e.offset).collect();
-    starts.push(toc_offset);
-    starts.sort_unstable();
-    starts.dedup();
-    if let Some(e) = toc.entries.iter().find(|e| e.offset > toc_offset) {
-        return Err(Error::InvalidToc(format!(
-            "{:?} is placed at {} past the TOC at {toc_offset}",
-            e.name, e.offset
-        )));
-    }
-    Ok(Index {
-        toc,
-        toc_offset,
-        starts,
-    })
+    Index::parse(&toc_json(&member)?, toc_offset, want_digest)
 }
 
 /// The TOC entry's payload from its gzip member (a tar holding just `stargz.index.json`).
-fn toc_json(member: &[u8]) -> Result<Vec<u8>, Error> {
+pub fn toc_json(member: &[u8]) -> Result<Vec<u8>, Error> {
     let gz = flate2::read::GzDecoder::new(member);
     let mut archive = tar::Archive::new(gz);
     let mut entry = archive
@@ -142,6 +116,37 @@ fn toc_json(member: &[u8]) -> Result<Vec<u8>, Error> {
 }
 
 impl Index {
+    /// Checks TOC JSON (whose member starts at `toc_offset`) against `want_digest`.
+    pub fn parse(json: &[u8], toc_offset: u64, want_digest: &str) -> Result<Index, Error> {
+        let got = format!("sha256:{}", hex::encode(Sha256::digest(json)));
+        if got != want_digest {
+            return Err(Error::TocDigest {
+                want: want_digest.to_string(),
+                got,
+            });
+        }
+        let toc: Toc =
+            serde_json::from_slice(json).map_err(|e| Error::InvalidToc(e.to_string()))?;
+        if toc.version != 1 {
+            return Err(Error::InvalidToc(format!("version {}", toc.version)));
+        }
+        if let Some(e) = toc.entries.iter().find(|e| e.offset > toc_offset) {
+            return Err(Error::InvalidToc(format!(
+                "{:?} is placed at {} past the TOC at {toc_offset}",
+                e.name, e.offset
+            )));
+        }
+        let mut starts: Vec<u64> = toc.entries.iter().map(|e| e.offset).collect();
+        starts.push(toc_offset);
+        starts.sort_unstable();
+        starts.dedup();
+        Ok(Index {
+            toc,
+            toc_offset,
+            starts,
+        })
+    }
+
     /// Every payload the TOC places, in TOC order.
     pub fn chunks(&self) -> Result<Vec<Chunk>, Error> {
         let mut out = Vec::new();

@@ -16,6 +16,7 @@ mod verify;
 use std::path::{Path, PathBuf};
 
 pub use reference::{Select, Source};
+pub use registry::{Registry, Remote};
 pub use verify::{chain_ids, sha256_hex};
 
 use crate::unpack::{UnpackOptions, UnpackStats};
@@ -159,7 +160,7 @@ struct Described {
 enum Origin {
     Layout(PathBuf),
     Tarball(PathBuf),
-    Registry(registry::Registry),
+    Registry(Box<registry::Registry>),
 }
 
 /// An image whose manifest and config have been fetched; layers not yet.
@@ -272,7 +273,7 @@ pub async fn resolve(image: &ImageRef, opts: &PullOptions) -> Result<ResolvedIma
                 env: d.env,
                 config: Some(d.config),
                 layers: d.layers,
-                origin: Origin::Registry(r),
+                origin: Origin::Registry(Box::new(r)),
                 verify,
                 remote_layer_certs: opts.remote_layer_certs.clone(),
             })
@@ -366,6 +367,14 @@ impl ResolvedImage {
         }
     }
 
+    /// The registry the image came from, if it came from one.
+    pub fn registry(&self) -> Option<&Registry> {
+        match &self.origin {
+            Origin::Registry(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// A foreign layer from its URLs.
     async fn read_foreign<T: Send + 'static>(
         &self,
@@ -376,6 +385,18 @@ impl ResolvedImage {
         let stream = foreign::fetch(&layer, self.remote_layer_certs.as_deref()).await?;
         read_download(stream, layer, self.verify, progress, consume).await
     }
+}
+
+/// [`ResolvedImage::read_layer`] for a layer of `registry` known only by its descriptor (a
+/// lazily pulled layer being completed).
+pub async fn read_registry_layer<T: Send + 'static>(
+    registry: &Registry,
+    layer: &LayerInfo,
+    consume: impl Consume<T>,
+) -> Result<T, ImageError> {
+    let stream = registry.blob(layer).await?;
+    let hidden = indicatif::ProgressBar::hidden();
+    read_download(stream, layer.clone(), true, hidden, consume).await
 }
 
 /// Reads a blob coming off the network. Its digest and size are always checked, whatever

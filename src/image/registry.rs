@@ -24,6 +24,23 @@ pub struct Registry {
     client: Client,
     reference: Reference,
     ctx: Ctx,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registry({})", self.ctx.name)
+    }
+}
+
+/// How to reach an image's registry again from another process (a lazily pulled layer's
+/// daemon): the host, the repository and the transport that answered. Credentials are not
+/// kept (see [`Registry::remote`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Remote {
+    registry: String,
+    repository: String,
+    transport: Transport,
 }
 
 pub(super) fn timeouts() -> (Duration, Duration, Duration) {
@@ -44,7 +61,7 @@ pub(super) fn timeouts() -> (Duration, Duration, Duration) {
 
 /// How a registry is spoken to. GrootFS tries a registry listed as insecure over HTTPS
 /// without verifying its certificate first, then over plain HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Transport {
     Https,
     HttpsUnverified,
@@ -193,12 +210,12 @@ async fn fetch(
     r: &Reference,
     auth: &RegistryAuth,
     ctx: &Ctx,
-) -> Result<(Client, Fetched), ImageError> {
+) -> Result<(Client, Transport, Fetched), ImageError> {
     let mut failed = Vec::new();
     for &t in transports(ctx.insecure) {
         let client = client(t);
         match client.pull_manifest_and_config(r, auth).await {
-            Ok(f) => return Ok((client, f)),
+            Ok(f) => return Ok((client, t, f)),
             Err(e) if try_next(&e) => failed.push(e),
             Err(e) => return Err(classify(ctx, e)),
         }
@@ -238,7 +255,7 @@ pub async fn resolve(
         insecure: opts.insecure_registries.iter().any(|r| r == registry),
         with_credentials: opts.username.is_some(),
     };
-    let (client, fetched) = tokio::time::timeout(deadline, fetch(&r, &auth, &ctx))
+    let (client, transport, fetched) = tokio::time::timeout(deadline, fetch(&r, &auth, &ctx))
         .await
         .map_err(|_| ImageError::Unreachable {
             name,
@@ -270,6 +287,7 @@ pub async fn resolve(
             client,
             reference: r,
             ctx,
+            transport,
         },
         Described {
             config: raw.into_bytes(),
@@ -280,6 +298,51 @@ pub async fn resolve(
 }
 
 impl Registry {
+    /// Where this registry is, for [`Remote::connect`]; `None` when it took credentials,
+    /// which are not written down.
+    pub fn remote(&self) -> Option<Remote> {
+        if self.ctx.with_credentials {
+            return None;
+        }
+        Some(Remote {
+            registry: self.reference.registry().to_string(),
+            repository: self.reference.repository().to_string(),
+            transport: self.transport,
+        })
+    }
+
+    /// `len` bytes of blob `digest` from `offset` (an HTTP range request; a registry that
+    /// ignores the range sends the whole blob, of which the range is kept).
+    pub async fn range(&self, digest: &str, offset: u64, len: u64) -> Result<Vec<u8>, ImageError> {
+        use oci_client::client::BlobResponse;
+        let r = self
+            .client
+            .pull_blob_stream_partial(&self.reference, digest, offset, Some(len))
+            .await
+            .map_err(|e| classify(&self.ctx, e))?;
+        let (stream, skip) = match r {
+            BlobResponse::Partial(s) => (s.stream, 0),
+            BlobResponse::Full(s) => (s.stream, offset),
+        };
+        let reader = tokio_util::io::StreamReader::new(stream.map_err(transport::stream_error));
+        let mut reader = tokio::io::AsyncReadExt::take(reader, skip + len);
+        let mut data = Vec::with_capacity((skip + len).min(64 << 20) as usize);
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut data)
+            .await
+            .map_err(|e| unreachable(&self.ctx, Cause::Other(e.to_string())))?;
+        let data = data.split_off((skip as usize).min(data.len()));
+        if data.len() as u64 != len {
+            return Err(ImageError::Unreachable {
+                name: self.ctx.name.clone(),
+                reason: format!(
+                    "asked for {len} bytes of {digest} at {offset}, the registry sent {}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(data)
+    }
+
     /// The layer blob as a byte stream (async).
     pub async fn blob(
         &self,
@@ -293,6 +356,37 @@ impl Registry {
         Ok(tokio_util::io::StreamReader::new(
             s.stream.map_err(transport::stream_error),
         ))
+    }
+}
+
+impl Remote {
+    /// A client for blobs of this repository (anonymous: a token if the registry wants one).
+    pub async fn connect(&self) -> Result<Registry, ImageError> {
+        let reference = Reference::with_tag(
+            self.registry.clone(),
+            self.repository.clone(),
+            "lazy".into(),
+        );
+        let r = Registry {
+            client: client(self.transport),
+            ctx: Ctx {
+                name: format!("{}/{}", self.registry, self.repository),
+                registry: self.registry.clone(),
+                insecure: self.transport != Transport::Https,
+                with_credentials: false,
+            },
+            reference,
+            transport: self.transport,
+        };
+        r.client
+            .auth(
+                &r.reference,
+                &RegistryAuth::Anonymous,
+                oci_client::RegistryOperation::Pull,
+            )
+            .await
+            .map_err(|e| classify(&r.ctx, e))?;
+        Ok(r)
     }
 }
 

@@ -326,6 +326,7 @@ impl Store {
                 format!("remove volume {key}")
             })?;
             let _ = std::fs::remove_file(self.volumes().join(format!("{key}.json")));
+            let _ = std::fs::remove_file(crate::lazy::toc_path(&self.volumes(), &key));
             io_ctx(remove_tree(&trash), || format!("remove volume {key}"))?;
             removed.push(key);
         }

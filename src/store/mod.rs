@@ -175,6 +175,9 @@ pub struct VolumeMeta {
     pub entries: u64,
     /// IMAGE arguments that pulled it (for `clean --ignore-image`).
     pub images: Vec<String>,
+    /// Set while the volume is a lazily pulled layer not complete yet (see [`crate::lazy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy: Option<crate::lazy::LazyLayer>,
 }
 
 pub struct Store {

@@ -66,6 +66,7 @@ impl Store {
         source: &str,
         quota: Option<u64>,
         max_expansion: u64,
+        lazy: bool,
         progress: Option<&indicatif::MultiProgress>,
     ) -> Result<Vec<String>> {
         let keys: Vec<String> = image
@@ -96,7 +97,7 @@ impl Store {
                     ..opts.clone()
                 };
                 let bytes = self
-                    .pull_layer(image, i, key, source, &bounded, progress)
+                    .pull_layer(image, i, key, source, &bounded, lazy, progress)
                     .await
                     .map_err(|e| match (e, bound) {
                         (StoreError::Image(ImageError::TooLarge { limit, .. }), Some(b))
@@ -159,6 +160,9 @@ impl Store {
     }
 
     /// Makes layer `index` volume `key`; returns the bytes it unpacked (0 if it was there).
+    /// With `lazy`, an eStargz layer from a registry becomes a lazy volume (see
+    /// [`crate::lazy`]).
+    #[allow(clippy::too_many_arguments)]
     async fn pull_layer(
         &self,
         image: &ResolvedImage,
@@ -166,20 +170,40 @@ impl Store {
         key: &str,
         source: &str,
         opts: &UnpackOptions,
+        lazy: bool,
         progress: Option<&indicatif::MultiProgress>,
     ) -> Result<u64> {
         let (k, src) = (key.to_string(), source.to_string());
         let Some((lock, tmp)) = self.off_executor(move |s| s.claim_volume(&k, &src)).await? else {
             return Ok(0);
         };
-        let bar = progress.map_or_else(indicatif::ProgressBar::hidden, |m| {
-            m.add(layer_bar(&image.layers[index]))
-        });
-        let unpacked = image.unpack_layer(index, &tmp, opts, &bar).await;
-        bar.finish_and_clear();
+        let layer = &image.layers[index];
+        let (unpacked, lazy) = match crate::lazy::source(image.registry(), layer).filter(|_| lazy) {
+            Some(registry) => match crate::lazy::prepare(registry, layer, key, &tmp, opts).await {
+                Ok(p) => (Ok(p.stats), Some((p.layer, p.toc))),
+                Err(e) => (Err(e), None),
+            },
+            None => {
+                let bar = progress
+                    .map_or_else(indicatif::ProgressBar::hidden, |m| m.add(layer_bar(layer)));
+                let unpacked = image.unpack_layer(index, &tmp, opts, &bar).await;
+                bar.finish_and_clear();
+                (unpacked, None)
+            }
+        };
         let (k, src) = (key.to_string(), source.to_string());
-        self.off_executor(move |s| s.place_volume(&k, &src, &tmp, unpacked, lock))
+        self.off_executor(move |s| s.place_volume(&k, &src, &tmp, unpacked, lazy, lock))
             .await
+    }
+
+    /// Makes lazy volume `key` an ordinary one: its files all there, checked.
+    pub fn complete_volume(&self, key: &str) -> Result<()> {
+        let _lock = self.volume_lock(key)?;
+        let mut meta = self.volume_meta(key);
+        meta.lazy = None;
+        write_json(&self.volumes().join(format!("{key}.json")), &meta)?;
+        let _ = std::fs::remove_file(crate::lazy::toc_path(&self.volumes(), key));
+        Ok(())
     }
 
     /// Runs `f` on the blocking pool. Lock waits and disk flushes must never stall the
@@ -220,6 +244,7 @@ impl Store {
         source: &str,
         tmp: &Path,
         unpacked: std::result::Result<UnpackStats, ImageError>,
+        lazy: Option<(crate::lazy::LazyLayer, Vec<u8>)>,
         _lock: Lock,
     ) -> Result<u64> {
         let stats = match unpacked {
@@ -229,9 +254,17 @@ impl Store {
                 return Err(e.into());
             }
         };
-        let placed = syncfs(tmp).and_then(|()| std::fs::rename(tmp, self.volume_dir(key)));
+        // A lazy volume's TOC goes first: a volume never lacks it while marked lazy.
+        let toc = crate::lazy::toc_path(&self.volumes(), key);
+        let placed = syncfs(tmp)
+            .and_then(|()| match &lazy {
+                Some((_, json)) => std::fs::write(&toc, json),
+                None => Ok(()),
+            })
+            .and_then(|()| std::fs::rename(tmp, self.volume_dir(key)));
         if let Err(e) = placed {
             let _ = super::remove_tree(tmp);
+            let _ = std::fs::remove_file(&toc);
             return Err(StoreError::Io {
                 what: format!("store layer {key}"),
                 cause: e,
@@ -241,6 +274,7 @@ impl Store {
             bytes: stats.bytes,
             entries: stats.entries,
             images: vec![source.to_string()],
+            lazy: lazy.map(|(l, _)| l),
         };
         write_json(&self.volumes().join(format!("{key}.json")), &meta)?;
         Ok(stats.bytes)

@@ -27,6 +27,9 @@ pub struct Registry {
     tls: bool,
 }
 
+/// The registry's log: one line per request, with the bytes it sent.
+const LOG: &str = "registry.log";
+
 /// An image manifest in the registry, for an index to list.
 pub struct Pushed {
     digest: String,
@@ -89,7 +92,7 @@ impl Registry {
             .unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: info\n  formatter: json\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
         // Part of the http section, so right after its addr.
@@ -117,16 +120,7 @@ impl Registry {
         config.push_str("validation:\n  manifests:\n    urls:\n      allow: ['^https?://']\n");
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();
-        // One start at a time in this process, so two registries never race for one port.
-        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry (apt-get install docker-registry)");
+        let child = spawn(dir.path());
         let mut r = Registry {
             child,
             addr,
@@ -134,19 +128,50 @@ impl Registry {
             auth,
             tls,
         };
+        r.wait_up();
+        r
+    }
+
+    /// Waits until the registry answers on its port. One that exits could not bind it (taken
+    /// meanwhile, e.g. as some connection's source port): the test would fail for nothing.
+    fn wait_up(&mut self) {
         let start = Instant::now();
-        while std::net::TcpStream::connect(&r.addr).is_err() {
-            // A registry that exits could not bind its port (taken meanwhile, e.g. as some
-            // connection's source port): the caller's test would fail for nothing.
-            let exited = r.child.try_wait().expect("poll docker-registry");
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            let exited = self.child.try_wait().expect("poll docker-registry");
             assert!(
                 exited.is_none() && start.elapsed() < Duration::from_secs(30),
                 "registry did not start on {} ({exited:?})",
-                r.addr
+                self.addr
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
+    }
+
+    /// Kills the registry (its data stays): it is unreachable until [`Registry::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped registry again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.child = spawn(self.dir.path());
+        self.wait_up();
+    }
+
+    /// Bytes of blob `digest` the registry has sent so far (from its request log).
+    pub fn bytes_served(&self, digest: &str) -> u64 {
+        let log = std::fs::read_to_string(self.dir.path().join(LOG)).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["http.request.method"] == "GET"
+                    && v["http.request.uri"]
+                        .as_str()
+                        .is_some_and(|u| u.ends_with(&format!("/blobs/{digest}")))
+            })
+            .filter_map(|v| v["http.response.written"].as_u64())
+            .sum()
     }
 
     /// Where the registry keeps a blob's bytes (tests corrupt them to make it lie).
@@ -266,6 +291,25 @@ impl Registry {
             size: body.len(),
         }
     }
+}
+
+/// Starts docker-registry with the config in `dir`, logging to its log there.
+fn spawn(dir: &Path) -> Child {
+    // One start at a time in this process, so two registries never race for one port.
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LOG))
+        .unwrap();
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start docker-registry (apt-get install docker-registry)")
 }
 
 impl Drop for Registry {

@@ -1,0 +1,347 @@
+//! The daemon's side of lazy layers: fills a marked file on demand (the overlay calls
+//! [`Filler::fill`] before its data is read) and completes whole volumes in the background.
+//!
+//! A file is filled under an exclusive flock on it, so daemons of images sharing the volume
+//! fill it once; its data is synced before its mark goes, so a crash leaves it marked (and
+//! filled again), never unmarked and empty.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::fs::{FlockOperation, Mode, OFlags, ResolveFlags};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use super::{LazyLayer, MARK, toc_path};
+use crate::estargz::reader::{Chunk, Index};
+use crate::estargz::{clean_name, is_metadata_entry};
+use crate::image::{ImageError, Registry};
+use crate::store::Store;
+
+/// How long a read waits for a layer's registry by default (`NESTFS_LAZY_TIMEOUT_MS`).
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// How long after the mount the background completion starts by default
+/// (`NESTFS_LAZY_COMPLETE_DELAY_MS`): a container's first reads get the bandwidth first.
+const DEFAULT_DELAY: Duration = Duration::from_secs(5);
+
+fn env_ms(key: &str, default: Duration) -> Duration {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(default, Duration::from_millis)
+}
+
+/// One lazy volume as its daemon knows it.
+#[derive(Debug)]
+struct Volume {
+    key: String,
+    layer: LazyLayer,
+    index: Index,
+    /// Each file's chunks, in file order.
+    chunks: HashMap<String, Vec<Chunk>>,
+    registry: OnceCell<Registry>,
+}
+
+/// Fetches the data of an image's lazy volumes.
+#[derive(Debug)]
+pub struct Filler {
+    rt: tokio::runtime::Runtime,
+    volumes: HashMap<String, Volume>,
+    wait: Duration,
+    delay: Duration,
+}
+
+impl Filler {
+    /// A filler for those of `keys` that are lazy volumes of `store`; `None` if none is.
+    pub fn new(store: &Store, keys: &[String]) -> anyhow::Result<Option<Arc<Filler>>> {
+        let mut volumes = HashMap::new();
+        for key in keys {
+            let Some(layer) = store.volume_meta(key).lazy else {
+                continue;
+            };
+            let path = toc_path(&store.volumes(), key);
+            let json = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+            let index = Index::parse(&json, layer.toc_offset, &layer.toc_digest)?;
+            let mut chunks: HashMap<String, Vec<Chunk>> = HashMap::new();
+            for c in index.chunks()? {
+                let name = clean_name(&c.name).to_string();
+                let file = chunks.entry(name).or_default();
+                // A name given twice: its last entry is the file.
+                if c.file_offset == 0 {
+                    file.clear();
+                }
+                file.push(c);
+            }
+            volumes.insert(
+                key.clone(),
+                Volume {
+                    key: key.clone(),
+                    layer,
+                    index,
+                    chunks,
+                    registry: OnceCell::new(),
+                },
+            );
+        }
+        if volumes.is_empty() {
+            return Ok(None);
+        }
+        let wait = env_ms("NESTFS_LAZY_TIMEOUT_MS", DEFAULT_WAIT);
+        let delay = env_ms("NESTFS_LAZY_COMPLETE_DELAY_MS", DEFAULT_DELAY);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        Ok(Some(Arc::new(Filler {
+            rt,
+            volumes,
+            wait,
+            delay,
+        })))
+    }
+
+    /// The keys of the volumes to complete.
+    pub fn keys(&self) -> Vec<String> {
+        self.volumes.keys().cloned().collect()
+    }
+
+    async fn registry<'a>(&self, v: &'a Volume) -> Result<&'a Registry, ImageError> {
+        v.registry
+            .get_or_try_init(|| v.layer.remote.connect())
+            .await
+    }
+
+    /// The file's chunks, fetched with one range request and each checked.
+    fn fetch(&self, v: &Volume, chunks: &[Chunk]) -> Result<Vec<Vec<u8>>, String> {
+        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
+            return Ok(Vec::new());
+        };
+        let start = v.index.member_range(first).0;
+        let (last_at, last_len) = v.index.member_range(last);
+        let end = last_at + last_len;
+        let fetched = self.rt.block_on(async {
+            tokio::time::timeout(self.wait, async {
+                let r = self.registry(v).await?;
+                r.range(&v.layer.digest, start, end - start).await
+            })
+            .await
+        });
+        let data = match fetched {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {:?}", self.wait)),
+        };
+        chunks
+            .iter()
+            .map(|c| {
+                let (at, len) = v.index.member_range(c);
+                let from = (at - start) as usize;
+                v.index
+                    .decode(c, &data[from..from + len as usize])
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// Fills the file open at `file` if it is marked (see [`nestfs_fuse::Fetch`]).
+    fn fill_file(&self, file: BorrowedFd) -> io::Result<()> {
+        let Some((key, name)) = mark(file)? else {
+            return Ok(());
+        };
+        let Some(v) = self.volumes.get(&key) else {
+            return Ok(());
+        };
+        let w = reopen(file, OFlags::WRONLY)?;
+        rustix::fs::flock(&w, FlockOperation::LockExclusive)?;
+        if mark(w.as_fd())?.is_none() {
+            return Ok(()); // another daemon filled it while we waited
+        }
+        let chunks = v.chunks.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let data = self.fetch(v, chunks).map_err(|why| {
+            tracing::error!(layer = %v.layer.digest, file = %name, "lazy fetch failed: {why}");
+            io::Error::from_raw_os_error(libc::EIO)
+        })?;
+        let st = rustix::fs::fstat(&w)?;
+        for (c, d) in chunks.iter().zip(&data) {
+            write_all_at(&w, d, c.file_offset)?;
+        }
+        finish(&w, &st)
+    }
+
+    /// Fills every file of volume `key` still marked from one read of its whole blob (its
+    /// digest and diff_id checked), then makes it an ordinary volume. One daemon at a time
+    /// does this for a volume; others return at once. Retries while the registry fails.
+    pub fn complete(&self, store: &Store, key: &str) {
+        let Some(v) = self.volumes.get(key) else {
+            return;
+        };
+        let toc = toc_path(&store.volumes(), key);
+        let Ok(lock) = std::fs::File::open(&toc) else {
+            return; // completed meanwhile
+        };
+        std::thread::sleep(self.delay);
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return;
+        }
+        let mut pause = Duration::from_secs(1);
+        loop {
+            match self.complete_once(store, v) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(layer = %v.layer.digest, "completing the lazy layer failed, retrying in {pause:?}: {e}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        if let Err(e) = store.complete_volume(key) {
+            tracing::warn!(layer = %v.layer.digest, "recording the completed layer: {e}");
+        }
+        tracing::info!(layer = %v.layer.digest, "lazy layer complete");
+    }
+
+    fn complete_once(&self, store: &Store, v: &Volume) -> Result<(), ImageError> {
+        let dir = store.volume_dir(&v.key);
+        // The digest each name's data must have (the last entry of a name is the file).
+        let digests: HashMap<String, String> = v
+            .index
+            .toc
+            .entries
+            .iter()
+            .filter(|e| e.kind == "reg")
+            .map(|e| (clean_name(&e.name).to_string(), e.digest.clone()))
+            .collect();
+        self.rt.block_on(async {
+            let r = self.registry(v).await?;
+            crate::image::read_registry_layer(r, &v.layer.layer_info(), move |tar| {
+                fill_from_tar(tar, &dir, &digests)
+            })
+            .await
+        })
+    }
+}
+
+impl nestfs_fuse::Fetch for Filler {
+    fn fill(&self, file: BorrowedFd) -> io::Result<()> {
+        self.fill_file(file)
+    }
+}
+
+/// Writes each marked file's data from the layer's tar stream, if it has the TOC's digest.
+fn fill_from_tar(
+    tar: &mut dyn Read,
+    dir: &Path,
+    digests: &HashMap<String, String>,
+) -> Result<(), ImageError> {
+    let io = |what: &str, e: io::Error| ImageError::Io {
+        what: what.to_string(),
+        cause: e,
+    };
+    let root = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open lazy volume", e.into()))?;
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().map_err(|e| io("read lazy layer", e))? {
+        let mut entry = entry.map_err(|e| io("read lazy layer", e))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let name = clean_name(&name);
+        if !entry.header().entry_type().is_file() || entry.size() == 0 || is_metadata_entry(name) {
+            continue;
+        }
+        let Ok(w) = rustix::fs::openat2(
+            &root,
+            name,
+            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) else {
+            continue;
+        };
+        let fail = |e: io::Error| io(&format!("fill {name:?}"), e);
+        if mark(w.as_fd()).map_err(fail)?.is_none() {
+            continue;
+        }
+        rustix::fs::flock(&w, FlockOperation::LockExclusive).map_err(|e| fail(e.into()))?;
+        if mark(w.as_fd()).map_err(fail)?.is_none() {
+            continue;
+        }
+        let st = rustix::fs::fstat(&w).map_err(|e| fail(e.into()))?;
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0;
+        loop {
+            let n = entry.read(&mut buf).map_err(fail)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            write_all_at(&w, &buf[..n], at).map_err(fail)?;
+            at += n as u64;
+        }
+        // An earlier entry of a name given twice: its data is not the file's.
+        let got = format!("sha256:{}", hex::encode(hash.finalize()));
+        if digests.get(name) == Some(&got) {
+            finish(&w, &st).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// A marked file's volume key and name; `None` for a complete file.
+fn mark(file: BorrowedFd) -> io::Result<Option<(String, String)>> {
+    let mut buf = vec![0u8; 4096];
+    match rustix::fs::fgetxattr(file, MARK, &mut buf) {
+        Ok(n) => {
+            let v = String::from_utf8_lossy(&buf[..n]);
+            Ok(v.split_once('/')
+                .map(|(k, n)| (k.to_string(), n.to_string())))
+        }
+        Err(rustix::io::Errno::NODATA) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The open file again, for writing.
+fn reopen(file: BorrowedFd, flags: OFlags) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    Ok(rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut at: u64) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = rustix::io::pwrite(fd, data, at)?;
+        data = &data[n..];
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Syncs a filled file, gives it back its times and drops its mark.
+fn finish(w: &OwnedFd, before: &rustix::fs::Stat) -> io::Result<()> {
+    rustix::fs::fdatasync(w)?;
+    let ts = |s: i64, ns: i64| rustix::fs::Timespec {
+        tv_sec: s,
+        tv_nsec: ns,
+    };
+    rustix::fs::futimens(
+        w,
+        &rustix::fs::Timestamps {
+            last_access: ts(before.st_atime, before.st_atime_nsec as i64),
+            last_modification: ts(before.st_mtime, before.st_mtime_nsec as i64),
+        },
+    )?;
+    rustix::fs::fremovexattr(w, MARK)?;
+    Ok(())
+}

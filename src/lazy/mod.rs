@@ -1,0 +1,127 @@
+//! Lazy pulling of eStargz layers from registries. `create` fetches a layer's footer and TOC
+//! only (two range requests), checks the TOC against the manifest's digest, and makes the
+//! volume a skeleton: every entry as a full pull would make it, but regular files sparse, at
+//! their size, marked with [`MARK`]. The image's daemon fills a marked file before any of its
+//! data is read ([`fill::Filler`], the overlay's [`nestfs_fuse::Fetch`]): one range request
+//! for the file's gzip members, each chunk checked against the TOC. In the background the
+//! daemon streams the whole blob once (digest and diff_id checked as in a full pull), fills
+//! what is still missing and makes the volume an ordinary one.
+
+pub mod fill;
+mod skeleton;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::estargz::{self, reader};
+use crate::image::{ImageError, LayerInfo, Registry, Remote};
+use crate::unpack::{UnpackOptions, UnpackStats};
+
+/// Marks a file of a lazy volume whose data is not there yet: `<volume key>/<TOC name>`.
+pub const MARK: &std::ffi::CStr = c"user.nestfs.lazy";
+
+/// What a lazily pulled volume records until it is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LazyLayer {
+    pub remote: Remote,
+    pub digest: String,
+    pub size: u64,
+    pub diff_id: String,
+    pub toc_digest: String,
+    /// Where the TOC's gzip member starts (the end of the last payload member).
+    pub toc_offset: u64,
+}
+
+impl LazyLayer {
+    /// The descriptor a full read of the blob checks against.
+    pub fn layer_info(&self) -> LayerInfo {
+        LayerInfo {
+            chain_id: String::new(),
+            diff_id: self.diff_id.clone(),
+            digest: self.digest.clone(),
+            size: Some(self.size),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            urls: Vec::new(),
+            toc_digest: Some(self.toc_digest.clone()),
+        }
+    }
+}
+
+/// The TOC of volume `key` while it is lazy, beside its metadata.
+pub fn toc_path(volumes: &Path, key: &str) -> PathBuf {
+    volumes.join(format!("{key}.toc.json"))
+}
+
+/// The registry to fetch `layer` from lazily, if it can be: an eStargz layer of known size
+/// from a registry reached without credentials (they are not written down for the daemon).
+pub fn source<'a>(registry: Option<&'a Registry>, layer: &LayerInfo) -> Option<&'a Registry> {
+    let r = registry?;
+    (layer.toc_digest.is_some() && layer.size.is_some() && r.remote().is_some()).then_some(r)
+}
+
+/// A lazily pulled layer, made in `dest`: what it takes, its record, its TOC.
+pub struct Prepared {
+    pub stats: UnpackStats,
+    pub layer: LazyLayer,
+    pub toc: Vec<u8>,
+}
+
+/// Fetches `layer`'s footer and TOC from `registry`, checks the TOC, and makes the volume's
+/// skeleton in `dest` (an empty directory), named `key` in its files' marks.
+pub async fn prepare(
+    registry: &Registry,
+    layer: &LayerInfo,
+    key: &str,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<Prepared, ImageError> {
+    let bad =
+        |e: reader::Error| ImageError::Invalid(format!("eStargz layer {}: {e}", layer.digest));
+    let (Some(size), Some(want), Some(remote)) =
+        (layer.size, layer.toc_digest.clone(), registry.remote())
+    else {
+        return Err(ImageError::Invalid(format!(
+            "layer {} cannot be pulled lazily",
+            layer.digest
+        )));
+    };
+    let footer_at = size
+        .checked_sub(estargz::FOOTER_SIZE as u64)
+        .ok_or_else(|| {
+            bad(reader::Error::NotEstargz(format!(
+                "{size} bytes is too short"
+            )))
+        })?;
+    let footer = registry
+        .range(&layer.digest, footer_at, estargz::FOOTER_SIZE as u64)
+        .await?;
+    let toc_offset =
+        estargz::parse_footer(&footer).map_err(|e| bad(reader::Error::NotEstargz(e)))?;
+    if toc_offset >= footer_at {
+        return Err(bad(reader::Error::NotEstargz(format!(
+            "footer places the TOC at {toc_offset}, past the blob's end"
+        ))));
+    }
+    let member = registry
+        .range(&layer.digest, toc_offset, footer_at - toc_offset)
+        .await?;
+    let toc = reader::toc_json(&member).map_err(bad)?;
+    let index = reader::Index::parse(&toc, toc_offset, &want).map_err(bad)?;
+    let (key, dest, opts) = (key.to_string(), dest.to_path_buf(), opts.clone());
+    let stats = tokio::task::spawn_blocking(move || skeleton::build(&index, &key, &dest, &opts))
+        .await
+        .expect("skeleton task")?;
+    Ok(Prepared {
+        stats,
+        layer: LazyLayer {
+            remote,
+            digest: layer.digest.clone(),
+            size,
+            diff_id: layer.diff_id.clone(),
+            toc_digest: want,
+            toc_offset,
+        },
+        toc,
+    })
+}

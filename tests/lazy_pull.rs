@@ -1,0 +1,318 @@
+//! Lazy pulling of eStargz images from a real registry (Debian's docker-registry on
+//! loopback): `create` fetches footers and TOCs only, reads fetch the files they touch, the
+//! daemon completes the layer in the background to what a full pull makes, and a registry
+//! that goes away fails reads in bounded time, then serves them again.
+
+#[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
+#[path = "support/registry.rs"]
+mod registry;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{TestStore, bin, mounts_under};
+use nestfs_testimages::{Image, Layer, noise, write_layout};
+use registry::Registry;
+use serde_json::Value;
+
+/// Bytes of each big file: 3 chunks.
+const BIG: usize = 3 << 19;
+
+/// Big files (of 3 chunks of 512 KiB) and small ones over a lower layer they white out.
+fn image(dir: &Path) -> PathBuf {
+    let lower = Layer::gzip()
+        .dir("etc", 0o755)
+        .file("etc/os-release", 0o644, "ID=lazy\n")
+        .file("etc/gone", 0o644, "old");
+    let mut upper = Layer::gzip()
+        .dir("bin", 0o755)
+        .file("bin/hello", 0o755, "#!/bin/sh\necho hello\n")
+        .hardlink("bin/hello-again", "bin/hello")
+        .symlink("bin/link", "hello")
+        .whiteout("etc/gone")
+        .dir("data", 0o755);
+    for i in 0..4 {
+        upper = upper.file(&format!("data/big{i}"), 0o644, noise(i, BIG));
+    }
+    let src = dir.join("src");
+    write_layout(
+        &src,
+        &Image {
+            layers: vec![lower, upper],
+            env: None,
+            tag: Some("v1".into()),
+        },
+    )
+    .unwrap();
+    src
+}
+
+/// The image converted to eStargz and pushed as `esgz:v1`; returns its reference and the
+/// digest and size of its big layer.
+fn pushed(reg: &Registry, dir: &Path) -> (String, String, u64) {
+    let src = image(dir);
+    let dest = dir.join("esgz");
+    let out = Command::new(bin())
+        .args(["convert", "--chunk-size", "524288"])
+        .arg(format!("oci://{}:v1", src.display()))
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| {
+        dest.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let big = &m["layers"][1];
+    (
+        reg.push(&dest, "esgz", "v1"),
+        big["digest"].as_str().unwrap().to_string(),
+        big["size"].as_u64().unwrap(),
+    )
+}
+
+/// `create` with environment `env` (the daemon inherits it).
+fn create(
+    s: &TestStore,
+    reg: &Registry,
+    image: &str,
+    id: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> PathBuf {
+    let mut c = s.cmd();
+    c.envs(env.iter().copied());
+    c.args(["create", "--insecure-registry", &reg.addr])
+        .args(extra)
+        .args([image, id]);
+    let r: common::Run = c.output().unwrap().into();
+    let r = r.ok();
+    PathBuf::from(r.json()["root"]["path"].as_str().unwrap())
+}
+
+fn tree(root: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "cd \"$1\" && { find . -mindepth 1 ! -type d -printf '%p %y %m %U:%G %s %T@ %l %n\\n'; \
+             find . -mindepth 1 -type d -printf '%p %y %m %U:%G\\n'; \
+             find . -type f -exec sha256sum {} +; } | sort",
+        )
+        .arg("sh")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const NO_COMPLETION: (&str, &str) = ("NESTFS_LAZY_COMPLETE_DELAY_MS", "600000");
+
+#[test]
+fn reads_fetch_only_the_files_they_open_and_see_what_a_full_pull_sees() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let (image, digest, size) = pushed(&reg, dir.path());
+    let s = TestStore::new();
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    let after_create = reg.bytes_served(&digest);
+    assert!(
+        after_create < size / 20,
+        "create fetched {after_create} of {size} bytes"
+    );
+    // Metadata is all there without fetching.
+    let big = std::fs::metadata(rootfs.join("data/big3")).unwrap();
+    assert_eq!(big.len(), BIG as u64);
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("bin/hello-again")).unwrap(),
+        "#!/bin/sh\necho hello\n"
+    );
+    assert!(!rootfs.join("etc/gone").exists());
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big3")).unwrap(),
+        noise(3, BIG)
+    );
+    let after_reads = reg.bytes_served(&digest);
+    assert!(
+        after_reads - after_create < size / 3,
+        "two reads fetched {} of {size} bytes",
+        after_reads - after_create
+    );
+
+    // Everything read through the mount equals a full pull of the same image.
+    let s2 = TestStore::new();
+    let full = create(&s2, &reg, &image, "full", &[], &["--without-lazy-pull"]);
+    assert_eq!(tree(&rootfs), tree(&full));
+    s.run(&["delete", "lazy"]).ok();
+    s2.run(&["delete", "full"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+/// The volumes of `store`'s image `id`, bottom first.
+fn volumes(s: &TestStore, id: &str) -> Vec<PathBuf> {
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(s.root().join("images").join(id).join("image.json")).unwrap(),
+    )
+    .unwrap();
+    meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| s.root().join("volumes").join(k.as_str().unwrap()))
+        .collect()
+}
+
+/// Whether a volume is still lazy: its metadata says so.
+fn is_lazy(volume: &Path) -> bool {
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(volume.with_extension("json")).unwrap()).unwrap();
+    !meta["lazy"].is_null()
+}
+
+/// Files under `root` that still carry the lazy mark.
+fn marked(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                todo.push(e.path());
+            } else if ft.is_file() {
+                let mut buf = [0u8; 256];
+                if rustix::fs::getxattr(e.path(), "user.nestfs.lazy", &mut buf).is_ok() {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_daemon_completes_a_lazy_layer_into_what_a_full_pull_unpacks() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let (image, digest, size) = pushed(&reg, dir.path());
+    let s = TestStore::new();
+    let rootfs = create(
+        &s,
+        &reg,
+        &image,
+        "lazy",
+        &[("NESTFS_LAZY_COMPLETE_DELAY_MS", "0")],
+        &[],
+    );
+    // Read one file first: completion fills only what is still missing.
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big1")).unwrap(),
+        noise(1, BIG)
+    );
+    let vols = volumes(&s, "lazy");
+    let start = Instant::now();
+    while vols.iter().any(|v| is_lazy(v)) {
+        assert!(start.elapsed() < Duration::from_secs(60), "not completed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for v in &vols {
+        assert!(marked(v).is_empty(), "{:?}", marked(v));
+        assert!(!v.with_extension("toc.json").exists());
+    }
+    // The whole blob once, plus the file read before and the footer and TOC.
+    let served = reg.bytes_served(&digest);
+    assert!(served < size + size / 3, "{served} of {size}");
+    let s2 = TestStore::new();
+    create(&s2, &reg, &image, "full", &[], &["--without-lazy-pull"]);
+    for (lazy, full) in vols.iter().zip(volumes(&s2, "full")) {
+        assert_eq!(tree(lazy), tree(&full));
+    }
+    // Once complete, later images of it do not fetch at all.
+    let before = reg.bytes_served(&digest);
+    let again = create(&s, &reg, &image, "again", &[], &[]);
+    assert_eq!(
+        std::fs::read(again.join("data/big2")).unwrap(),
+        noise(2, BIG)
+    );
+    assert_eq!(reg.bytes_served(&digest), before);
+    for id in ["lazy", "again"] {
+        s.run(&["delete", id]).ok();
+    }
+    s2.run(&["delete", "full"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn reads_fail_in_bounded_time_while_the_registry_is_gone_and_work_when_it_returns() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = Registry::start(false);
+    let (image, _, _) = pushed(&reg, dir.path());
+    let s = TestStore::new();
+    let rootfs = create(
+        &s,
+        &reg,
+        &image,
+        "lazy",
+        &[NO_COMPLETION, ("NESTFS_LAZY_TIMEOUT_MS", "2000")],
+        &[],
+    );
+    reg.stop();
+    let start = Instant::now();
+    let err = std::fs::read(rootfs.join("data/big0")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let log = std::fs::read_to_string(s.root().join("images/lazy/daemon.log")).unwrap();
+    assert!(log.contains("lazy fetch failed"), "{log}");
+    reg.restart();
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big0")).unwrap(),
+        noise(0, BIG)
+    );
+    s.run(&["delete", "lazy"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn a_chunk_that_does_not_match_the_toc_is_never_served() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let (image, digest, size) = pushed(&reg, dir.path());
+    let s = TestStore::new();
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    // The registry now lies about the middle of the blob (the big files' data).
+    let blob = reg.blob_file(&digest);
+    let mut data = std::fs::read(&blob).unwrap();
+    for b in &mut data[(size / 4) as usize..(size * 3 / 4) as usize] {
+        *b ^= 0x55;
+    }
+    std::fs::write(&blob, data).unwrap();
+    let mut failed = 0;
+    for i in 0..4 {
+        match std::fs::read(rootfs.join(format!("data/big{i}"))) {
+            Ok(d) => assert_eq!(d, noise(i, BIG), "big{i} served wrong data"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO));
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed >= 2, "{failed} reads failed");
+    s.run(&["delete", "lazy"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
