@@ -8,13 +8,15 @@ mod common;
 #[allow(dead_code)]
 #[path = "support/registry.rs"]
 mod registry;
+#[path = "support/runc.rs"]
+mod runc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestStore, bin, mounts_under};
-use nestfs_testimages::{Image, Layer, noise, write_layout};
+use common::{TestStore, bin, daemons_for, du, kill, mounts_under};
+use nestfs_testimages::{Image, Layer, busybox_layer, noise, write_layout};
 use registry::Registry;
 use serde_json::Value;
 
@@ -23,7 +25,7 @@ const BIG: usize = 3 << 19;
 
 /// Big files (of 3 chunks of 512 KiB) and small ones over a lower layer they white out.
 fn image(dir: &Path) -> PathBuf {
-    let lower = Layer::gzip()
+    let lower = busybox_layer()
         .dir("etc", 0o755)
         .file("etc/os-release", 0o644, "ID=lazy\n")
         .file("etc/gone", 0o644, "old");
@@ -42,7 +44,7 @@ fn image(dir: &Path) -> PathBuf {
         &src,
         &Image {
             layers: vec![lower, upper],
-            env: None,
+            env: Some(vec!["PATH=/bin".into()]),
             tag: Some("v1".into()),
         },
     )
@@ -73,6 +75,7 @@ fn pushed(reg: &Registry, dir: &Path) -> (String, String, u64) {
     )
     .unwrap();
     let big = &m["layers"][1];
+    assert!(m["layers"][0]["size"].as_u64().unwrap() < big["size"].as_u64().unwrap());
     (
         reg.push(&dest, "esgz", "v1"),
         big["digest"].as_str().unwrap().to_string(),
@@ -115,6 +118,20 @@ fn tree(root: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Panics with the lines that differ, if the trees do.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    let (la, lb): (Vec<&str>, Vec<&str>) = (ta.lines().collect(), tb.lines().collect());
+    let only_a: Vec<_> = la.iter().filter(|l| !lb.contains(l)).collect();
+    let only_b: Vec<_> = lb.iter().filter(|l| !la.contains(l)).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "{} vs {}:\n{only_a:#?}\nvs\n{only_b:#?}",
+        a.display(),
+        b.display()
+    );
+}
+
 const NO_COMPLETION: (&str, &str) = ("NESTFS_LAZY_COMPLETE_DELAY_MS", "600000");
 
 #[test]
@@ -152,7 +169,7 @@ fn reads_fetch_only_the_files_they_open_and_see_what_a_full_pull_sees() {
     // Everything read through the mount equals a full pull of the same image.
     let s2 = TestStore::new();
     let full = create(&s2, &reg, &image, "full", &[], &["--without-lazy-pull"]);
-    assert_eq!(tree(&rootfs), tree(&full));
+    assert_same_tree(&rootfs, &full);
     s.run(&["delete", "lazy"]).ok();
     s2.run(&["delete", "full"]).ok();
     assert!(mounts_under(s.dir.path()).is_empty());
@@ -235,7 +252,7 @@ fn the_daemon_completes_a_lazy_layer_into_what_a_full_pull_unpacks() {
     let s2 = TestStore::new();
     create(&s2, &reg, &image, "full", &[], &["--without-lazy-pull"]);
     for (lazy, full) in vols.iter().zip(volumes(&s2, "full")) {
-        assert_eq!(tree(lazy), tree(&full));
+        assert_same_tree(lazy, &full);
     }
     // Once complete, later images of it do not fetch at all.
     let before = reg.bytes_served(&digest);
@@ -314,5 +331,111 @@ fn a_chunk_that_does_not_match_the_toc_is_never_served() {
     }
     assert!(failed >= 2, "{failed} reads failed");
     s.run(&["delete", "lazy"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn a_container_reads_and_changes_files_not_fetched_yet_within_its_disk_limit() {
+    require_root_fuse!();
+    if !runc::runc_available() {
+        eprintln!("SKIP runc: runc is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let (image, digest, size) = pushed(&reg, dir.path());
+    let s = TestStore::new();
+    let mut c = s.cmd();
+    c.env(NO_COMPLETION.0, NO_COMPLETION.1);
+    c.args(["create", "--insecure-registry", &reg.addr])
+        .args([
+            "--disk-limit-size-bytes",
+            "20000000",
+            "--exclude-image-from-quota",
+        ])
+        .args([&image, "ctr"]);
+    let r: common::Run = c.output().unwrap().into();
+    let spec = r.ok().json();
+    let stats = |s: &TestStore| {
+        s.run(&["stats", "ctr"]).ok().json()["disk_usage"]["exclusive_bytes_used"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = stats(&s);
+    // Reads one unfetched file, appends to another (a copy-up of data not fetched yet).
+    let script = "sha256sum /data/big0 && echo appended >> /data/big2 && cat /etc/os-release";
+    let out = runc::Container::new(&spec, script, "nestfs-test-lazy").run();
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(noise(0, BIG)));
+    assert!(out.contains(&want) && out.contains("ID=lazy"), "{out}");
+    let upper = s.root().join("images/ctr/upper");
+    let mut big2 = noise(2, BIG);
+    big2.extend_from_slice(b"appended\n");
+    assert_eq!(std::fs::read(upper.join("data/big2")).unwrap(), big2);
+    // Only what the container opened came from the registry.
+    let served = reg.bytes_served(&digest);
+    assert!(served < size * 3 / 4, "{served} of {size}");
+    // Fetched data is the store's: the container is charged its copy-up only.
+    let after = stats(&s);
+    assert_eq!(after, du(&upper));
+    assert!(
+        after - before < BIG as u64 + (1 << 20),
+        "{before} -> {after}"
+    );
+    s.run(&["delete", "ctr"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn killed_daemons_and_shared_volumes_leave_nothing_half_filled() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let (image, _, _) = pushed(&reg, dir.path());
+    let s = TestStore::new();
+    let quick = [("NESTFS_LAZY_COMPLETE_DELAY_MS", "0")];
+    let a = create(&s, &reg, &image, "a", &quick, &[]);
+    let b = create(&s, &reg, &image, "b", &quick, &[]);
+    assert_eq!(volumes(&s, "a"), volumes(&s, "b"));
+    // Both daemons fill and complete the same volume; kill them at once, mid-way.
+    let reader = std::thread::spawn(move || std::fs::read(a.join("data/big3")));
+    std::thread::sleep(Duration::from_millis(150));
+    for pid in daemons_for(s.dir.path()) {
+        kill(pid);
+    }
+    let _ = reader.join().unwrap();
+    // A live lazy volume is not clean's to remove, however far it got.
+    s.run(&["clean"]).ok();
+    assert!(volumes(&s, "a").iter().all(|v| v.exists()));
+    let mut remount = s.cmd();
+    remount.envs(quick).args(["remount", "a", "b"]);
+    let r: common::Run = remount.output().unwrap().into();
+    r.ok();
+    for i in 0..4 {
+        assert_eq!(
+            std::fs::read(b.join(format!("data/big{i}"))).unwrap(),
+            noise(i, BIG)
+        );
+    }
+    let start = Instant::now();
+    while volumes(&s, "a").iter().any(|v| is_lazy(v)) {
+        assert!(start.elapsed() < Duration::from_secs(60), "not completed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s2 = TestStore::new();
+    create(&s2, &reg, &image, "full", &[], &["--without-lazy-pull"]);
+    for (lazy, full) in volumes(&s, "a").iter().zip(volumes(&s2, "full")) {
+        assert_same_tree(lazy, &full);
+    }
+    for id in ["a", "b"] {
+        s.run(&["delete", id]).ok();
+    }
+    s2.run(&["delete", "full"]).ok();
+    // Unused now: clean removes the volumes and what they recorded.
+    s.run(&["clean"]).ok();
+    let left: Vec<_> = std::fs::read_dir(s.root().join("volumes"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert!(mounts_under(s.dir.path()).is_empty());
 }

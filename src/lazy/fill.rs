@@ -43,6 +43,9 @@ struct Volume {
     index: Index,
     /// Each file's chunks, in file order.
     chunks: HashMap<String, Vec<Chunk>>,
+    /// Each file's mtime, which filling it must not change (a fill cut short by a crash
+    /// already has).
+    mtimes: HashMap<String, i64>,
     registry: OnceCell<Registry>,
 }
 
@@ -77,6 +80,13 @@ impl Filler {
                 }
                 file.push(c);
             }
+            let mtimes = index
+                .toc
+                .entries
+                .iter()
+                .filter(|e| e.kind == "reg")
+                .map(|e| (clean_name(&e.name).to_string(), super::mtime(e)))
+                .collect();
             volumes.insert(
                 key.clone(),
                 Volume {
@@ -84,6 +94,7 @@ impl Filler {
                     layer,
                     index,
                     chunks,
+                    mtimes,
                     registry: OnceCell::new(),
                 },
             );
@@ -166,11 +177,10 @@ impl Filler {
             tracing::error!(layer = %v.layer.digest, file = %name, "lazy fetch failed: {why}");
             io::Error::from_raw_os_error(libc::EIO)
         })?;
-        let st = rustix::fs::fstat(&w)?;
         for (c, d) in chunks.iter().zip(&data) {
             write_all_at(&w, d, c.file_offset)?;
         }
-        finish(&w, &st)
+        finish(&w, v.mtimes.get(&name).copied().unwrap_or(0))
     }
 
     /// Fills every file of volume `key` still marked from one read of its whole blob (its
@@ -273,7 +283,7 @@ fn fill_from_tar(
         if mark(w.as_fd()).map_err(fail)?.is_none() {
             continue;
         }
-        let st = rustix::fs::fstat(&w).map_err(|e| fail(e.into()))?;
+        let mtime = entry.header().mtime().unwrap_or(0) as i64;
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;
@@ -289,7 +299,7 @@ fn fill_from_tar(
         // An earlier entry of a name given twice: its data is not the file's.
         let got = format!("sha256:{}", hex::encode(hash.finalize()));
         if digests.get(name) == Some(&got) {
-            finish(&w, &st).map_err(fail)?;
+            finish(&w, mtime).map_err(fail)?;
         }
     }
     Ok(())
@@ -328,20 +338,10 @@ fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut at: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Syncs a filled file, gives it back its times and drops its mark.
-fn finish(w: &OwnedFd, before: &rustix::fs::Stat) -> io::Result<()> {
+/// Syncs a filled file, gives it back its layer's mtime and drops its mark.
+fn finish(w: &OwnedFd, mtime: i64) -> io::Result<()> {
     rustix::fs::fdatasync(w)?;
-    let ts = |s: i64, ns: i64| rustix::fs::Timespec {
-        tv_sec: s,
-        tv_nsec: ns,
-    };
-    rustix::fs::futimens(
-        w,
-        &rustix::fs::Timestamps {
-            last_access: ts(before.st_atime, before.st_atime_nsec as i64),
-            last_modification: ts(before.st_mtime, before.st_mtime_nsec as i64),
-        },
-    )?;
+    super::set_times(w, mtime)?;
     rustix::fs::fremovexattr(w, MARK)?;
     Ok(())
 }

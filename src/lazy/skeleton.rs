@@ -9,7 +9,7 @@ use std::path::Path;
 use base64::Engine;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use super::MARK;
+use super::{MARK, mtime};
 use crate::estargz::reader::Index;
 use crate::estargz::{TocEntry, clean_name, is_metadata_entry};
 use crate::image::ImageError;
@@ -74,22 +74,7 @@ fn sparse(root: &OwnedFd, name: &str, e: &TocEntry, key: &str) -> io::Result<()>
         format!("{key}/{name}").as_bytes(),
         rustix::fs::XattrFlags::empty(),
     )?;
-    let t = rustix::fs::Timespec {
-        tv_sec: mtime(e),
-        tv_nsec: 0,
-    };
-    rustix::fs::futimens(
-        &fd,
-        &rustix::fs::Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-    )?;
-    Ok(())
-}
-
-fn mtime(e: &TocEntry) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(&e.modtime).map_or(0, |t| t.timestamp())
+    super::set_times(&fd, mtime(e))
 }
 
 /// The TOC's entries as a tar of empty files (chunks are data, not entries).
