@@ -141,11 +141,15 @@ pub fn sweep(store: &Store) {
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let meta = store.image_meta(id)?;
     let mut cfg = store.overlay_config(id)?;
-    // Lazily pulled layers: filled as they are read, completed in the background.
+    // Lazily pulled layers: filled as they are read, their prefetch files at once, completed
+    // in the background.
     if let Some(filler) = crate::lazy::fill::Filler::new(store, &meta.layers)? {
         for key in filler.keys() {
             let (f, s) = (filler.clone(), Store::new(store.root().to_path_buf()));
-            std::thread::spawn(move || f.complete(&s, &key));
+            std::thread::spawn(move || {
+                f.prefetch(&s, &key);
+                f.complete(&s, &key);
+            });
         }
         cfg.fetch = Some(filler);
     }

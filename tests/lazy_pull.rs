@@ -55,10 +55,16 @@ fn image(dir: &Path) -> PathBuf {
 /// The image converted to eStargz and pushed as `esgz:v1`; returns its reference and the
 /// digest and size of its big layer.
 fn pushed(reg: &Registry, dir: &Path) -> (String, String, u64) {
+    pushed_with(reg, dir, &[])
+}
+
+/// [`pushed`] with more `convert` arguments.
+fn pushed_with(reg: &Registry, dir: &Path, args: &[&str]) -> (String, String, u64) {
     let src = image(dir);
     let dest = dir.join("esgz");
     let out = Command::new(bin())
         .args(["convert", "--chunk-size", "524288"])
+        .args(args)
         .arg(format!("oci://{}:v1", src.display()))
         .arg(&dest)
         .output()
@@ -437,5 +443,38 @@ fn killed_daemons_and_shared_volumes_leave_nothing_half_filled() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn files_before_the_prefetch_landmark_are_fetched_at_once() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let list = dir.path().join("prefetch");
+    std::fs::write(&list, "/data/big2\n/bin/hello\n").unwrap();
+    let (image, digest, size) = pushed_with(
+        &reg,
+        dir.path(),
+        &["--prefetch-list", list.to_str().unwrap()],
+    );
+    let s = TestStore::new();
+    create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    let vol = volumes(&s, "lazy")[1].clone();
+    let start = Instant::now();
+    while marked(&vol).iter().any(|p| p.ends_with("data/big2")) {
+        assert!(start.elapsed() < Duration::from_secs(30), "not prefetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut left: Vec<_> = marked(&vol)
+        .iter()
+        .map(|p| p.strip_prefix(&vol).unwrap().display().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["data/big0", "data/big1", "data/big3"]);
+    assert_eq!(std::fs::read(vol.join("data/big2")).unwrap(), noise(2, BIG));
+    let served = reg.bytes_served(&digest);
+    assert!(served < size / 2, "{served} of {size}");
+    s.run(&["delete", "lazy"]).ok();
     assert!(mounts_under(s.dir.path()).is_empty());
 }

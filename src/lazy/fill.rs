@@ -183,6 +183,58 @@ impl Filler {
         finish(&w, v.mtimes.get(&name).copied().unwrap_or(0))
     }
 
+    /// Fills at once the files volume `key` names before its prefetch landmark (those its
+    /// image was made to read first), with one range request for all of them.
+    pub fn prefetch(&self, store: &Store, key: &str) {
+        let Some(v) = self.volumes.get(key) else {
+            return;
+        };
+        let entries = &v.index.toc.entries;
+        let Some(end) = entries
+            .iter()
+            .position(|e| clean_name(&e.name) == crate::estargz::PREFETCH_LANDMARK)
+        else {
+            return;
+        };
+        let names: Vec<&str> = entries[..end]
+            .iter()
+            .filter(|e| e.kind == "reg" && e.size > 0)
+            .map(|e| clean_name(&e.name))
+            .collect();
+        let chunks: Vec<Chunk> = names
+            .iter()
+            .flat_map(|n| v.chunks.get(*n).cloned().unwrap_or_default())
+            .collect();
+        let prefetched = self.fetch(v, &chunks).and_then(|data| {
+            let root = rustix::fs::open(
+                store.volume_dir(key),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| e.to_string())?;
+            for (c, d) in chunks.iter().zip(&data) {
+                let name = clean_name(&c.name);
+                let Ok(w) = open_beneath(&root, name, OFlags::WRONLY) else {
+                    continue;
+                };
+                rustix::fs::flock(&w, FlockOperation::LockExclusive).map_err(|e| e.to_string())?;
+                if mark(w.as_fd()).map_err(|e| e.to_string())?.is_some() {
+                    write_all_at(&w, d, c.file_offset).map_err(|e| e.to_string())?;
+                    // The mark goes with the file's last chunk.
+                    if v.chunks[name].last() == Some(c) {
+                        finish(&w, v.mtimes.get(name).copied().unwrap_or(0))
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            Ok(names.len())
+        });
+        match prefetched {
+            Ok(n) => tracing::info!(layer = %v.layer.digest, "prefetched {n} files"),
+            Err(e) => tracing::warn!(layer = %v.layer.digest, "prefetch failed: {e}"),
+        }
+    }
+
     /// Fills every file of volume `key` still marked from one read of its whole blob (its
     /// digest and diff_id checked), then makes it an ordinary volume. One daemon at a time
     /// does this for a volume; others return at once. Retries while the registry fails.
@@ -266,13 +318,7 @@ fn fill_from_tar(
         if !entry.header().entry_type().is_file() || entry.size() == 0 || is_metadata_entry(name) {
             continue;
         }
-        let Ok(w) = rustix::fs::openat2(
-            &root,
-            name,
-            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        ) else {
+        let Ok(w) = open_beneath(&root, name, OFlags::WRONLY) else {
             continue;
         };
         let fail = |e: io::Error| io(&format!("fill {name:?}"), e);
@@ -317,6 +363,17 @@ fn mark(file: BorrowedFd) -> io::Result<Option<(String, String)>> {
         Err(rustix::io::Errno::NODATA) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A layer file by its name in the volume, never through a symlink or out of it.
+fn open_beneath(root: &OwnedFd, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat2(
+        root,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?)
 }
 
 /// The open file again, for writing.
