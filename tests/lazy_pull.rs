@@ -478,3 +478,39 @@ fn files_before_the_prefetch_landmark_are_fetched_at_once() {
     s.run(&["delete", "lazy"]).ok();
     assert!(mounts_under(s.dir.path()).is_empty());
 }
+
+#[test]
+fn a_create_killed_at_any_point_leaves_nothing_the_next_one_trips_on() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let (image, _, _) = pushed(&reg, dir.path());
+    let s = TestStore::new();
+    for (i, after) in [5u64, 20, 60, 150].into_iter().enumerate() {
+        let id = format!("k{i}");
+        let mut c = s.cmd();
+        c.env(NO_COMPLETION.0, NO_COMPLETION.1)
+            .args(["create", "--insecure-registry", &reg.addr, &image, &id])
+            .stdout(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(after));
+        let _ = child.kill();
+        let _ = child.wait();
+        // The same id again: whatever the killed one left is swept or reused.
+        s.run(&["delete", &id]).ok();
+        let rootfs = create(&s, &reg, &image, &id, &[NO_COMPLETION], &[]);
+        assert_eq!(
+            std::fs::read(rootfs.join("data/big1")).unwrap(),
+            noise(1, BIG)
+        );
+        s.run(&["delete", &id]).ok();
+    }
+    // Unused now: clean removes every volume and what it recorded, TOCs included.
+    s.run(&["clean"]).ok();
+    let left: Vec<_> = std::fs::read_dir(s.root().join("volumes"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(mounts_under(s.dir.path()).is_empty());
+}

@@ -3,7 +3,8 @@
 //! in their home; the image's owners, modes, setuid bits and device nodes show as the tar
 //! headers say although the user could neither chown nor mknod; mapped stores show layer ids
 //! through the mapping and store the container's writes with host ids; stores on tmpfs and on
-//! overlayfs, with /dev/loop* hidden, work for root and non-root alike.
+//! overlayfs, with /dev/loop* hidden, work for root and non-root alike; a user pulls an
+//! eStargz image lazily.
 //!
 //! Each scenario runs in its own mount namespace (`unshare -m`): there /dev/fuse is a
 //! world-usable copy of the device (this machine's is root-only; Debian's is 0666) and the
@@ -11,6 +12,9 @@
 
 #[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
+#[path = "support/registry.rs"]
+mod registry;
 #[path = "support/users.rs"]
 mod users;
 
@@ -553,4 +557,65 @@ fn other_users_cannot_read_a_store() {
         ],
         "{r:#?}"
     );
+}
+
+#[test]
+fn a_user_pulls_an_estargz_image_lazily() {
+    let (uid, gid) = require_user!();
+    let s = Scratch::new((uid, gid));
+    let reg = registry::Registry::start(false);
+    let data = nestfs_testimages::noise(7, 3 << 20);
+    let layer = nestfs_testimages::busybox_layer().file("big", 0o644, data.clone());
+    let src = s.dir.join("src");
+    nestfs_testimages::write_layout(
+        &src,
+        &nestfs_testimages::Image {
+            layers: vec![layer],
+            env: None,
+            tag: None,
+        },
+    )
+    .unwrap();
+    let esgz = s.dir.join("esgz");
+    let out = Command::new(common::bin())
+        .arg("convert")
+        .arg(format!("oci://{}", src.display()))
+        .arg(&esgz)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let image = reg.push(&esgz, "esgz", "v1");
+    let script = format!(
+        "export NESTFS_LAZY_COMPLETE_DELAY_MS=600000; S=$DIR/store; \
+         $NESTFS --store $S init-store; \
+         $NESTFS --store $S create --insecure-registry {addr} {image} lazy > /dev/null; \
+         echo ==marked==; getfattr --absolute-names -n user.nestfs.lazy --only-values $S/volumes/*/big; echo; \
+         echo ==sum==; sha256sum < $S/images/lazy/rootfs/big; \
+         $NESTFS --store $S delete lazy",
+        addr = reg.addr
+    );
+    let r = s.run("", &script, true);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert!(section(&r.stdout, "marked").ends_with("/big\n"), "{r:#?}");
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    assert!(section(&r.stdout, "sum").starts_with(&want), "{r:#?}");
+    let served = reg.bytes_served(&lazy_digest(&esgz));
+    assert!(
+        served > 3 << 20,
+        "the file came from the registry: {served}"
+    );
+}
+
+/// The digest of the only layer of the layout at `dir`.
+fn lazy_digest(dir: &Path) -> String {
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let index = read(dir.join("index.json"));
+    let blob = |d: &serde_json::Value| {
+        dir.join("blobs/sha256")
+            .join(d.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let m = read(blob(&index["manifests"][0]["digest"]));
+    m["layers"][0]["digest"].as_str().unwrap().to_string()
 }
