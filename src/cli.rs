@@ -51,6 +51,35 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How `create` and `convert` reach a registry.
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// User name for the registry (with --password)
+    #[arg(long)]
+    username: Option<String>,
+    /// Password for the registry (with --username)
+    #[arg(long)]
+    password: Option<String>,
+    /// A registry (HOST[:PORT]) whose TLS certificate is not verified, or else reached over plain HTTP (repeatable)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// With the config file's insecure registries and foreign-layer certificates.
+    fn pull_options(self, config: &Config, skip_layer_validation: bool) -> PullOptions {
+        let mut insecure_registries = self.insecure_registries;
+        insecure_registries.extend(config.create.insecure_registries.iter().cloned());
+        PullOptions {
+            username: self.username,
+            password: self.password,
+            insecure_registries,
+            skip_layer_validation,
+            remote_layer_certs: config.create.remote_layer_client_certificates_path.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create the store (idempotent).
@@ -79,15 +108,8 @@ enum Cmd {
         /// Count only the container's writes against the disk limit, not the image's layers
         #[arg(long)]
         exclude_image_from_quota: bool,
-        /// User name for the registry (with --password)
-        #[arg(long)]
-        username: Option<String>,
-        /// Password for the registry (with --username)
-        #[arg(long)]
-        password: Option<String>,
-        /// A registry (HOST[:PORT]) whose TLS certificate is not verified, or else reached over plain HTTP (repeatable)
-        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-        insecure_registries: Vec<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Remove unused layer volumes before creating (see `clean`)
         #[arg(long, conflicts_with = "without_clean")]
         with_clean: bool,
@@ -169,15 +191,8 @@ enum Cmd {
         /// Name the image TAG in DEST (then oci:///DEST:TAG)
         #[arg(long)]
         tag: Option<String>,
-        /// User name for the registry (with --password)
-        #[arg(long)]
-        username: Option<String>,
-        /// Password for the registry (with --username)
-        #[arg(long)]
-        password: Option<String>,
-        /// A registry (HOST[:PORT]) whose TLS certificate is not verified, or else reached over plain HTTP (repeatable)
-        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-        insecure_registries: Vec<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// The image, as `create` takes it
         image: String,
         /// Directory for the new OCI layout (must not exist, or be empty)
@@ -301,9 +316,7 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
         Cmd::Create {
             disk_limit_size_bytes,
             exclude_image_from_quota,
-            username,
-            password,
-            mut insecure_registries,
+            registry,
             with_clean,
             without_clean,
             clean_log_file,
@@ -315,14 +328,10 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
             image,
             id,
         } => {
-            insecure_registries.extend(config.create.insecure_registries.iter().cloned());
-            let opts = PullOptions {
-                username,
-                password,
-                insecure_registries,
-                skip_layer_validation: skip_layer_validation || config.create.skip_layer_validation,
-                remote_layer_certs: config.create.remote_layer_client_certificates_path.clone(),
-            };
+            let opts = registry.pull_options(
+                config,
+                skip_layer_validation || config.create.skip_layer_validation,
+            );
             if without_mount || config.create.without_mount {
                 // A FUSE rootfs cannot be handed to the caller to mount: always serve it.
                 ctx.log.info(
@@ -358,13 +367,10 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
             chunk_size,
             prefetch_list,
             tag,
-            username,
-            password,
-            mut insecure_registries,
+            registry,
             image,
             dest,
         } => {
-            insecure_registries.extend(config.create.insecure_registries.iter().cloned());
             let prefetch = match prefetch_list {
                 Some(p) => std::fs::read_to_string(&p)
                     .with_context(|| format!("read prefetch list {}", p.display()))?
@@ -379,13 +385,7 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
                 image,
                 dest,
                 tag,
-                opts: PullOptions {
-                    username,
-                    password,
-                    insecure_registries,
-                    skip_layer_validation: false,
-                    remote_layer_certs: config.create.remote_layer_client_certificates_path.clone(),
-                },
+                opts: registry.pull_options(config, false),
                 chunk_size,
                 prefetch,
             };

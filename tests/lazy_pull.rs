@@ -52,41 +52,52 @@ fn image(dir: &Path) -> PathBuf {
     src
 }
 
-/// The image converted to eStargz and pushed as `esgz:v1`; returns its reference and the
-/// digest and size of its big layer.
-fn pushed(reg: &Registry, dir: &Path) -> (String, String, u64) {
-    pushed_with(reg, dir, &[])
+/// A registry holding the image converted to eStargz as `esgz:v1`, and a store.
+struct Lazy {
+    reg: Registry,
+    image: String,
+    /// The big layer's digest and size.
+    digest: String,
+    size: u64,
+    s: TestStore,
 }
 
-/// [`pushed`] with more `convert` arguments.
-fn pushed_with(reg: &Registry, dir: &Path, args: &[&str]) -> (String, String, u64) {
-    let src = image(dir);
-    let dest = dir.join("esgz");
-    let out = Command::new(bin())
-        .args(["convert", "--chunk-size", "524288"])
-        .args(args)
+/// [`Lazy`], the image converted with the prefetch list `prefetch` if any.
+fn setup(prefetch: &[&str]) -> Lazy {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(false);
+    let src = image(dir.path());
+    let dest = dir.path().join("esgz");
+    let list = dir.path().join("prefetch");
+    std::fs::write(&list, prefetch.join("\n")).unwrap();
+    let mut convert = Command::new(bin());
+    convert.args(["convert", "--chunk-size", "524288"]);
+    if !prefetch.is_empty() {
+        convert.arg("--prefetch-list").arg(&list);
+    }
+    let out = convert
         .arg(format!("oci://{}:v1", src.display()))
         .arg(&dest)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dest.join("index.json")).unwrap()).unwrap();
-    let blob = |d: &str| {
+    let read =
+        |p: PathBuf| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let blob = |d: &Value| {
         dest.join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
+            .join(d.as_str().unwrap().trim_start_matches("sha256:"))
     };
-    let m: Value = serde_json::from_slice(
-        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
+    let index = read(dest.join("index.json"));
+    let m = read(blob(&index["manifests"][0]["digest"]));
     let big = &m["layers"][1];
     assert!(m["layers"][0]["size"].as_u64().unwrap() < big["size"].as_u64().unwrap());
-    (
-        reg.push(&dest, "esgz", "v1"),
-        big["digest"].as_str().unwrap().to_string(),
-        big["size"].as_u64().unwrap(),
-    )
+    Lazy {
+        image: reg.push(&dest, "esgz", "v1"),
+        digest: big["digest"].as_str().unwrap().to_string(),
+        size: big["size"].as_u64().unwrap(),
+        reg,
+        s: TestStore::new(),
+    }
 }
 
 /// `create` with environment `env` (the daemon inherits it).
@@ -143,10 +154,13 @@ const NO_COMPLETION: (&str, &str) = ("NESTFS_LAZY_COMPLETE_DELAY_MS", "600000");
 #[test]
 fn reads_fetch_only_the_files_they_open_and_see_what_a_full_pull_sees() {
     require_root_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
-    let (image, digest, size) = pushed(&reg, dir.path());
-    let s = TestStore::new();
+    let Lazy {
+        reg,
+        image,
+        digest,
+        size,
+        s,
+    } = setup(&[]);
     let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
     let after_create = reg.bytes_served(&digest);
     assert!(
@@ -225,10 +239,13 @@ fn marked(root: &Path) -> Vec<PathBuf> {
 #[test]
 fn the_daemon_completes_a_lazy_layer_into_what_a_full_pull_unpacks() {
     require_root_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
-    let (image, digest, size) = pushed(&reg, dir.path());
-    let s = TestStore::new();
+    let Lazy {
+        reg,
+        image,
+        digest,
+        size,
+        s,
+    } = setup(&[]);
     let rootfs = create(
         &s,
         &reg,
@@ -278,10 +295,9 @@ fn the_daemon_completes_a_lazy_layer_into_what_a_full_pull_unpacks() {
 #[test]
 fn reads_fail_in_bounded_time_while_the_registry_is_gone_and_work_when_it_returns() {
     require_root_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::start(false);
-    let (image, _, _) = pushed(&reg, dir.path());
-    let s = TestStore::new();
+    let Lazy {
+        mut reg, image, s, ..
+    } = setup(&[]);
     let rootfs = create(
         &s,
         &reg,
@@ -313,10 +329,13 @@ fn reads_fail_in_bounded_time_while_the_registry_is_gone_and_work_when_it_return
 #[test]
 fn a_chunk_that_does_not_match_the_toc_is_never_served() {
     require_root_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
-    let (image, digest, size) = pushed(&reg, dir.path());
-    let s = TestStore::new();
+    let Lazy {
+        reg,
+        image,
+        digest,
+        size,
+        s,
+    } = setup(&[]);
     let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
     // The registry now lies about the middle of the blob (the big files' data).
     let blob = reg.blob_file(&digest);
@@ -347,10 +366,13 @@ fn a_container_reads_and_changes_files_not_fetched_yet_within_its_disk_limit() {
         eprintln!("SKIP runc: runc is not installed");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
-    let (image, digest, size) = pushed(&reg, dir.path());
-    let s = TestStore::new();
+    let Lazy {
+        reg,
+        image,
+        digest,
+        size,
+        s,
+    } = setup(&[]);
     let mut c = s.cmd();
     c.env(NO_COMPLETION.0, NO_COMPLETION.1);
     c.args(["create", "--insecure-registry", &reg.addr])
@@ -394,10 +416,7 @@ fn a_container_reads_and_changes_files_not_fetched_yet_within_its_disk_limit() {
 #[test]
 fn killed_daemons_and_shared_volumes_leave_nothing_half_filled() {
     require_root_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
-    let (image, _, _) = pushed(&reg, dir.path());
-    let s = TestStore::new();
+    let Lazy { reg, image, s, .. } = setup(&[]);
     let quick = [("NESTFS_LAZY_COMPLETE_DELAY_MS", "0")];
     let a = create(&s, &reg, &image, "a", &quick, &[]);
     let b = create(&s, &reg, &image, "b", &quick, &[]);
@@ -449,16 +468,13 @@ fn killed_daemons_and_shared_volumes_leave_nothing_half_filled() {
 #[test]
 fn files_before_the_prefetch_landmark_are_fetched_at_once() {
     require_root_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
-    let list = dir.path().join("prefetch");
-    std::fs::write(&list, "/data/big2\n/bin/hello\n").unwrap();
-    let (image, digest, size) = pushed_with(
-        &reg,
-        dir.path(),
-        &["--prefetch-list", list.to_str().unwrap()],
-    );
-    let s = TestStore::new();
+    let Lazy {
+        reg,
+        image,
+        digest,
+        size,
+        s,
+    } = setup(&["/data/big2", "/bin/hello"]);
     create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
     let vol = volumes(&s, "lazy")[1].clone();
     let start = Instant::now();
@@ -482,10 +498,7 @@ fn files_before_the_prefetch_landmark_are_fetched_at_once() {
 #[test]
 fn a_create_killed_at_any_point_leaves_nothing_the_next_one_trips_on() {
     require_root_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
-    let (image, _, _) = pushed(&reg, dir.path());
-    let s = TestStore::new();
+    let Lazy { reg, image, s, .. } = setup(&[]);
     for (i, after) in [5u64, 20, 60, 150].into_iter().enumerate() {
         let id = format!("k{i}");
         let mut c = s.cmd();

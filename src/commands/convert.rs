@@ -52,11 +52,7 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
         .prefix(&format!(".{}.converting-", name.to_string_lossy()))
         .tempdir_in(parent)
         .with_context(|| format!("make a directory in {}", parent.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
+    let rt = super::runtime()?;
     ctx.log.info("resolving", json!({ "image": req.image }));
     let resolved = rt.block_on(image::resolve(&image_ref, &req.opts))?;
     let blobs = tmp.path().join("blobs/sha256");

@@ -59,11 +59,7 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
     }
     let _g = ctx.lock(false)?;
     let image_ref = ImageRef::parse(&req.image)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
+    let rt = super::runtime()?;
     ctx.log.info("resolving", json!({ "image": req.image }));
     let resolved = rt.block_on(image::resolve(&image_ref, &req.opts))?;
     let quota = (req.disk_limit > 0 && !req.exclude).then_some(req.disk_limit);

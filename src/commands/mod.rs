@@ -29,6 +29,17 @@ pub struct Ctx<'a> {
 /// A command's result: `Some(text)` goes to stdout.
 pub type Output = anyhow::Result<Option<String>>;
 
+/// The async runtime pulls run on: two workers, as downloads wait on the network and
+/// unpacking runs on the blocking pool.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start async runtime")
+}
+
 impl Ctx<'_> {
     /// Takes the store lock, emitting how long it took as GrootFS's locking metrics do.
     pub fn lock(&self, exclusive: bool) -> anyhow::Result<crate::store::Lock> {
