@@ -200,6 +200,9 @@ fn a_registry_serving_corrupt_or_truncated_blobs_caches_nothing() {
         let r = s.run(&["create", "--insecure-registry", &reg.addr, &image, what]);
         assert_eq!(r.code, 1, "{what}: {r:#?}");
         assert_eq!(r.stdout.trim().lines().count(), 1, "{what}: {r:#?}");
+        if what == "corrupt" {
+            assert!(r.stdout.contains("layerID digest mismatch"), "{r:#?}");
+        }
         assert!(!s.root().join("images").join(what).exists());
         assert_eq!(
             std::fs::read_dir(s.root().join("volumes")).unwrap().count(),

@@ -355,6 +355,30 @@ fn a_chunk_that_does_not_match_the_toc_is_never_served() {
         }
     }
     assert!(failed >= 2, "{failed} reads failed");
+    // Nor does the layer complete from that blob: it stays lazy, and the daemon says why.
+    create(
+        &s,
+        &reg,
+        &image,
+        "again",
+        &[("NESTFS_LAZY_COMPLETE_DELAY_MS", "0")],
+        &[],
+    );
+    let log = s.root().join("images/again/daemon.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("cannot be completed")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no verdict: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(volumes(&s, "again").iter().any(|v| is_lazy(v)));
+    s.run(&["delete", "again"]).ok();
     s.run(&["delete", "lazy"]).ok();
     assert!(mounts_under(s.dir.path()).is_empty());
 }

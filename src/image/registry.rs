@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
@@ -353,9 +353,21 @@ impl Registry {
             .pull_blob_stream(&self.reference, layer.digest.as_str())
             .await
             .map_err(|e| classify(&self.ctx, e))?;
-        Ok(tokio_util::io::StreamReader::new(
-            s.stream.map_err(transport::stream_error),
-        ))
+        let digest = layer.digest.clone();
+        Ok(tokio_util::io::StreamReader::new(s.stream.map_err(
+            move |e| match e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
+                // oci-client checks the digest at the end of the stream too: say it as ours.
+                Some(DigestError::VerificationError { actual, .. }) => std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    ImageError::DigestMismatch {
+                        kind: "layerID",
+                        what: format!("layer {digest}"),
+                        got: actual.clone(),
+                    },
+                ),
+                _ => transport::stream_error(e),
+            },
+        )))
     }
 }
 

@@ -83,9 +83,16 @@ pub fn read_layer<T>(
     checks: Checks,
     consume: impl FnOnce(&mut dyn Read) -> Result<T, ImageError>,
 ) -> Result<T, ImageError> {
-    let io = |e: io::Error| ImageError::Io {
-        what: format!("read layer {}", layer.digest),
-        cause: e,
+    let io = |e: io::Error| match e.get_ref().is_some_and(|i| i.is::<ImageError>()) {
+        // A source that found out itself what is wrong with the blob (see Registry::blob).
+        true => *e
+            .into_inner()
+            .and_then(|i| i.downcast::<ImageError>().ok())
+            .expect("checked above"),
+        false => ImageError::Io {
+            what: format!("read layer {}", layer.digest),
+            cause: e,
+        },
     };
     // A blob that runs past its declared size (a registry dripping bytes forever) is cut off
     // one byte later, which the size check below reports.

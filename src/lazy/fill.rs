@@ -254,6 +254,16 @@ impl Filler {
         loop {
             match self.complete_once(store, v) {
                 Ok(()) => break,
+                // A blob that is not what the manifest says will not become so: its files
+                // stay fetched one by one, each checked against the TOC.
+                Err(
+                    e @ (ImageError::DigestMismatch { .. }
+                    | ImageError::SizeMismatch { .. }
+                    | ImageError::Invalid(_)),
+                ) => {
+                    tracing::error!(layer = %v.layer.digest, "the lazy layer cannot be completed: {e}");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(layer = %v.layer.digest, "completing the lazy layer failed, retrying in {pause:?}: {e}");
                     std::thread::sleep(pause);

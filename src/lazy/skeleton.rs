@@ -114,7 +114,12 @@ fn tar_of(entries: &[TocEntry]) -> Result<Vec<u8>, ImageError> {
                 .map_err(|x| bad(x.to_string()))?;
         }
         let mut xattrs = Vec::new();
-        for (k, v) in &e.xattrs {
+        // A layer cannot mark its own files: only the skeleton's marks are nestfs's.
+        for (k, v) in e
+            .xattrs
+            .iter()
+            .filter(|(k, _)| k.as_bytes() != MARK.to_bytes())
+        {
             let value = base64::engine::general_purpose::STANDARD
                 .decode(v)
                 .map_err(|x| bad(format!("xattr {k}: {x}")))?;
