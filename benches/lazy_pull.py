@@ -80,8 +80,9 @@ def needed_paths(workload):
     yield prog
     yield from (w for line in ldd.splitlines() for w in line.split() if w.startswith("/"))
     if prog.endswith("python3"):
-        stdlib = subprocess.run([prog, "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        code = "import sysconfig; print(sysconfig.get_paths()['stdlib'])"
+        stdlib = subprocess.run([prog, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.strip()
         yield from walk(stdlib)
 
 
@@ -174,7 +175,8 @@ def start_registry(tmp):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise BenchError(f"docker-registry did not start: {(tmp / 'registry.log').read_text()}")
+                out = (tmp / "registry.log").read_text()
+                raise BenchError(f"docker-registry did not start: {out}")
             time.sleep(0.1)
 
 
@@ -298,7 +300,8 @@ def nestfs(binary, *args, store=None, check=True):
     p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                        env=NESTFS_ENV, timeout=TIMEOUT)
     if check and p.returncode != 0:
-        raise BenchError(f"nestfs {' '.join(map(str, args))} failed ({p.returncode}): {p.stdout}{p.stderr}")
+        raise BenchError(f"nestfs {' '.join(map(str, args))} failed ({p.returncode}): "
+                         f"{p.stdout}{p.stderr}")
     return p
 
 
@@ -407,10 +410,12 @@ def report(results, image_bytes, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=str(REPO / "target/release/nestfs"))
-    ap.add_argument("--mbps", type=float, default=100, help="registry->client cap, MB/s (default 100)")
+    ap.add_argument("--mbps", type=float, default=100,
+                    help="registry->client cap, MB/s (default 100)")
     ap.add_argument("--runs", type=int, default=3, help="runs per mode (default 3)")
     ap.add_argument("--max-mb", type=float, default=350,
-                    help="stop adding /usr's files once the rootfs would gzip to this many MB (default 350)")
+                    help="stop adding /usr's files once the rootfs would gzip to this many MB "
+                         "(default 350)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir for inspection")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -430,7 +435,8 @@ def main():
         log(f"building the rootfs tarball in {tmp}")
         t = time.perf_counter()
         entries, data_bytes = build_rootfs(tmp / "rootfs.tar", workload, args.max_mb * MB)
-        log(f"  {entries} entries, {data_bytes / MB:.0f} MB of file data, {time.perf_counter() - t:.0f} s")
+        log(f"  {entries} entries, {data_bytes / MB:.0f} MB of file data, "
+            f"{time.perf_counter() - t:.0f} s")
 
         t = time.perf_counter()
         nestfs(args.binary, "convert", tmp / "rootfs.tar", tmp / "layout")
