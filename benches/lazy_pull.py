@@ -180,8 +180,8 @@ def start_registry(tmp):
             time.sleep(0.1)
 
 
-def push(url, layout):
-    """Pushes the OCI layout's (first) image as NAME:TAG with the registry API: each blob in a
+def push(url, layout, tag):
+    """Pushes the OCI layout's (first) image as NAME:tag with the registry API: each blob in a
     monolithic upload, streamed from its file, then the manifest's bytes unchanged (so the
     layers keep their eStargz annotations). Returns the manifest."""
     blob = lambda digest: layout / "blobs" / digest.replace(":", "/")  # noqa: E731
@@ -200,7 +200,7 @@ def push(url, layout):
                 method="PUT", headers={"Content-Length": str(path.stat().st_size),
                                        "Content-Type": "application/octet-stream"})
             urllib.request.urlopen(req, timeout=TIMEOUT).close()
-    req = urllib.request.Request(f"{url}/v2/{NAME}/manifests/{TAG}", data=raw, method="PUT",
+    req = urllib.request.Request(f"{url}/v2/{NAME}/manifests/{tag}", data=raw, method="PUT",
                                  headers={"Content-Type": mdesc["mediaType"]})
     urllib.request.urlopen(req, timeout=TIMEOUT).close()
     return manifest
@@ -395,16 +395,35 @@ def fmt(xs, scale=1.0, digits=2):
 
 
 def report(results, image_bytes, args):
-    lazy_first = statistics.median(r[1] for r in results["lazy"])
     full_first = statistics.median(r[1] for r in results["full"])
     print("| mode | create (s) | first output (s) | fetched before output (MB) | image (MB) | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
-    for mode, speedup in (("lazy", full_first / lazy_first), ("full", 1.0)):
-        rs = results[mode]
+    for mode, rs in results.items():
+        speedup = full_first / statistics.median(r[1] for r in rs)
         print(f"| {mode} | {fmt([r[0] for r in rs])} | {fmt([r[1] for r in rs])} | "
               f"{fmt([r[2] for r in rs], MB, 1)} | {image_bytes / MB:.1f} | {speedup:.1f}x |")
     print(f"\nmedian (min–max) of {args.runs} runs per mode; registry->client capped at "
-          f"{args.mbps:g} MB/s; speed-up = full / lazy median time to first output")
+          f"{args.mbps:g} MB/s; speed-up = full / mode's median time to first output; "
+          "lazy-prefetch: converted with the workload's files (recorded with strace) as its "
+          "prefetch list; lazy-before: --before's binary")
+
+
+def record_prefetch_list(workload, path):
+    """The files the workload opens, as this machine's /usr is the image's: recorded with
+    strace, for `convert --prefetch-list`."""
+    trace = path.with_suffix(".strace")
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,execve", "-o", str(trace),
+                    *workload], check=True, capture_output=True, env=CHROOT_ENV)
+    seen = []
+    for line in trace.read_text().splitlines():
+        if "= -1" in line or '"' not in line:
+            continue
+        # /lib is usr/lib in the image as here: list the file by its name in the layer.
+        name = os.path.realpath(line.split('"')[1])
+        if name.startswith("/usr/") and name not in seen and os.path.isfile(name):
+            seen.append(name)
+    path.write_text("\n".join(seen) + "\n")
+    return len(seen)
 
 
 def main():
@@ -417,6 +436,10 @@ def main():
                     help="stop adding /usr's files once the rootfs would gzip to this many MB "
                          "(default 350)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir for inspection")
+    ap.add_argument("--before", help="also time lazy pulls with this nestfs binary (lazy-before)")
+    ap.add_argument("--prefetch", action="store_true",
+                    help="also time an image converted with the workload's files as its "
+                         "prefetch list (lazy-prefetch)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark mounts FUSE filesystems and drops caches")
@@ -440,26 +463,40 @@ def main():
 
         t = time.perf_counter()
         nestfs(args.binary, "convert", tmp / "rootfs.tar", tmp / "layout")
-        (tmp / "rootfs.tar").unlink()  # the layout has it all now
+        if args.prefetch:
+            n = record_prefetch_list(workload, tmp / "prefetch.txt")
+            nestfs(args.binary, "convert", "--prefetch-list", tmp / "prefetch.txt",
+                   tmp / "rootfs.tar", tmp / "layout-prefetch")
+            log(f"  prefetch list: {n} files")
+        (tmp / "rootfs.tar").unlink()  # the layouts have it all now
         log(f"converted to eStargz in {time.perf_counter() - t:.0f} s")
 
         t = time.perf_counter()
         registry, url = start_registry(tmp)
-        manifest = push(url, tmp / "layout")
+        manifest = push(url, tmp / "layout", TAG)
+        if args.prefetch:
+            push(url, tmp / "layout-prefetch", TAG + "-prefetch")
         image_bytes = sum(layer["size"] for layer in manifest["layers"])
         log(f"pushed {image_bytes / MB:.1f} MB in {len(manifest['layers'])} layer(s) "
             f"in {time.perf_counter() - t:.0f} s")
 
         proxy = ThrottledProxy(("127.0.0.1", int(url.rsplit(":", 1)[1])), args.mbps * MB)
         ref = f"docker://127.0.0.1:{proxy.port}/{NAME}:{TAG}"
-        results = {"lazy": [], "full": []}
+        # mode: (binary, image, lazy)
+        modes = {"lazy": (args.binary, ref, True)}
+        if args.prefetch:
+            modes["lazy-prefetch"] = (args.binary, ref + "-prefetch", True)
+        if args.before:
+            modes["lazy-before"] = (str(Path(args.before).resolve()), ref, True)
+        modes["full"] = (args.binary, ref, False)
+        results = {mode: [] for mode in modes}
         for i in range(args.runs):
-            for mode in ("lazy", "full"):
+            for mode, (binary, image, lazy) in modes.items():
                 store = tmp / f"store-{mode}-{i}"
                 try:
-                    r = run_once(args.binary, store, ref, proxy, mode == "lazy", workload)
+                    r = run_once(binary, store, image, proxy, lazy, workload)
                 finally:
-                    teardown(args.binary, store)
+                    teardown(binary, store)
                 results[mode].append(r)
                 log(f"  run {i + 1} {mode}: create {r[0]:.2f} s, first output {r[1]:.2f} s, "
                     f"fetched {r[2] / MB:.1f} MB")

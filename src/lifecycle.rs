@@ -147,7 +147,7 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
         for key in filler.keys() {
             let (f, s) = (filler.clone(), Store::new(store.root().to_path_buf()));
             std::thread::spawn(move || {
-                f.prefetch(&s, &key);
+                f.prefetch(&key);
                 f.complete(&s, &key);
             });
         }

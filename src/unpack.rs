@@ -413,7 +413,10 @@ fn unpack_entry<R: Read>(
         None => unpack_in(dest, entry, &name, device)?,
     };
     let Some(at) = at else { return Ok(()) };
-    let plain = kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous;
+    let plain = kind.is_file()
+        || kind.is_gnu_sparse()
+        || kind.is_dir()
+        || kind == tar::EntryType::Continuous;
     if !opts.privileged && (plain || device) {
         record_meta(&at, entry, &name)?;
     } else if device {

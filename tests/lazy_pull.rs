@@ -39,6 +39,7 @@ fn image(dir: &Path) -> PathBuf {
     for i in 0..4 {
         upper = upper.file(&format!("data/big{i}"), 0o644, noise(i, BIG));
     }
+
     let src = dir.join("src");
     write_layout(
         &src,
@@ -499,7 +500,12 @@ fn files_before_the_prefetch_landmark_are_fetched_at_once() {
         size,
         s,
     } = setup(&["/data/big2", "/bin/hello"]);
-    create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    // Read at once, while the prefetch may still run: it waits for it, not fetch again.
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big2")).unwrap(),
+        noise(2, BIG)
+    );
     let vol = volumes(&s, "lazy")[1].clone();
     let start = Instant::now();
     while marked(&vol).iter().any(|p| p.ends_with("data/big2")) {
@@ -515,6 +521,7 @@ fn files_before_the_prefetch_landmark_are_fetched_at_once() {
     assert_eq!(std::fs::read(vol.join("data/big2")).unwrap(), noise(2, BIG));
     let served = reg.bytes_served(&digest);
     assert!(served < size / 2, "{served} of {size}");
+    assert!(served < BIG as u64 * 3 / 2, "big2 fetched twice: {served}");
     s.run(&["delete", "lazy"]).ok();
     assert!(mounts_under(s.dir.path()).is_empty());
 }

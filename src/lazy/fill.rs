@@ -46,6 +46,8 @@ struct Volume {
     /// Each file's mtime, which filling it must not change (a fill cut short by a crash
     /// already has).
     mtimes: HashMap<String, i64>,
+    /// The volume's directory.
+    root: OwnedFd,
     registry: OnceCell<Registry>,
 }
 
@@ -87,6 +89,11 @@ impl Filler {
                 .filter(|e| e.kind == "reg")
                 .map(|e| (clean_name(&e.name).to_string(), super::mtime(e)))
                 .collect();
+            let root = rustix::fs::open(
+                store.volume_dir(key),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
             volumes.insert(
                 key.clone(),
                 Volume {
@@ -95,6 +102,7 @@ impl Filler {
                     index,
                     chunks,
                     mtimes,
+                    root,
                     registry: OnceCell::new(),
                 },
             );
@@ -185,7 +193,7 @@ impl Filler {
 
     /// Fills at once the files volume `key` names before its prefetch landmark (those its
     /// image was made to read first), with one range request for all of them.
-    pub fn prefetch(&self, store: &Store, key: &str) {
+    pub fn prefetch(&self, key: &str) {
         let Some(v) = self.volumes.get(key) else {
             return;
         };
@@ -196,41 +204,41 @@ impl Filler {
         else {
             return;
         };
-        let names: Vec<&str> = entries[..end]
+        // Locked first, so opens of these files wait for this fetch instead of doing their own.
+        let mut files = Vec::new();
+        for e in entries[..end]
             .iter()
             .filter(|e| e.kind == "reg" && e.size > 0)
-            .map(|e| clean_name(&e.name))
-            .collect();
-        let chunks: Vec<Chunk> = names
+        {
+            let name = clean_name(&e.name);
+            // A name given twice is one file: a second flock of it would wait for the first.
+            if files.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            if let Ok(w) = open_beneath(&v.root, name, OFlags::WRONLY)
+                && rustix::fs::flock(&w, FlockOperation::LockExclusive).is_ok()
+                && mark(w.as_fd()).is_ok_and(|m| m.is_some())
+            {
+                files.push((name, w));
+            }
+        }
+        let chunks: Vec<Chunk> = files
             .iter()
-            .flat_map(|n| v.chunks.get(*n).cloned().unwrap_or_default())
+            .flat_map(|(n, _)| v.chunks.get(*n).cloned().unwrap_or_default())
             .collect();
         let prefetched = self.fetch(v, &chunks).and_then(|data| {
-            let root = rustix::fs::open(
-                store.volume_dir(key),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| e.to_string())?;
-            for (c, d) in chunks.iter().zip(&data) {
-                let name = clean_name(&c.name);
-                let Ok(w) = open_beneath(&root, name, OFlags::WRONLY) else {
-                    continue;
-                };
-                rustix::fs::flock(&w, FlockOperation::LockExclusive).map_err(|e| e.to_string())?;
-                if mark(w.as_fd()).map_err(|e| e.to_string())?.is_some() {
-                    write_all_at(&w, d, c.file_offset).map_err(|e| e.to_string())?;
-                    // The mark goes with the file's last chunk.
-                    if v.chunks[name].last() == Some(c) {
-                        finish(&w, v.mtimes.get(name).copied().unwrap_or(0))
-                            .map_err(|e| e.to_string())?;
-                    }
+            let mut data = data.iter();
+            for (name, w) in &files {
+                for c in &v.chunks[*name] {
+                    let d = data.next().expect("a chunk's data");
+                    write_all_at(w, d, c.file_offset).map_err(|e| e.to_string())?;
                 }
+                finish(w, v.mtimes.get(*name).copied().unwrap_or(0)).map_err(|e| e.to_string())?;
             }
-            Ok(names.len())
+            Ok(())
         });
         match prefetched {
-            Ok(n) => tracing::info!(layer = %v.layer.digest, "prefetched {n} files"),
+            Ok(()) => tracing::info!(layer = %v.layer.digest, "prefetched {} files", files.len()),
             Err(e) => tracing::warn!(layer = %v.layer.digest, "prefetch failed: {e}"),
         }
     }

@@ -3,11 +3,9 @@
 //! rootless metadata), then each regular file made sparse at its size and marked.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use base64::Engine;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::{MARK, mtime};
 use crate::estargz::reader::Index;
@@ -21,64 +19,30 @@ pub fn build(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, ImageError> {
-    let tar = tar_of(&index.toc.entries)?;
+    let tar = tar_of(&index.toc.entries, key)?;
     let opts = UnpackOptions {
         skip_estargz_entries: true,
         ..opts.clone()
     };
     let stats = unpack::unpack(&tar[..], dest, &opts)?;
-    let fail = |name: &str, e: io::Error| ImageError::Io {
-        what: format!("make lazy file {name:?}"),
-        cause: e,
-    };
-    let root = rustix::fs::open(
-        dest,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fail(".", e.into()))?;
     // Files count at their full size from the start: the store holds their data soon.
-    let mut bytes = stats.bytes;
-    for e in &index.toc.entries {
-        let name = clean_name(&e.name);
-        if e.kind != "reg" || e.size == 0 || is_metadata_entry(name) || !placeable(name) {
-            continue;
-        }
-        sparse(&root, name, e, key).map_err(|err| fail(name, err))?;
-        bytes += e.size.div_ceil(4096) * 4096;
-    }
+    let data: u64 = index
+        .toc
+        .entries
+        .iter()
+        .filter(|e| e.kind == "reg" && !is_metadata_entry(&e.name))
+        .map(|e| e.size.div_ceil(4096) * 4096)
+        .sum();
     Ok(UnpackStats {
-        bytes,
+        bytes: stats.bytes + data,
         entries: stats.entries,
     })
 }
 
-/// Whether the unpacker made `name` (it skips `..` and the root).
-fn placeable(name: &str) -> bool {
-    !name.is_empty() && !name.split('/').any(|c| c == "..")
-}
-
-/// Gives the empty file `name` its size, its mark and back its mtime.
-fn sparse(root: &OwnedFd, name: &str, e: &TocEntry, key: &str) -> io::Result<()> {
-    let fd = rustix::fs::openat2(
-        root,
-        name,
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )?;
-    rustix::fs::ftruncate(&fd, e.size)?;
-    rustix::fs::fsetxattr(
-        &fd,
-        MARK,
-        format!("{key}/{name}").as_bytes(),
-        rustix::fs::XattrFlags::empty(),
-    )?;
-    super::set_times(&fd, mtime(e))
-}
-
-/// The TOC's entries as a tar of empty files (chunks are data, not entries).
-fn tar_of(entries: &[TocEntry]) -> Result<Vec<u8>, ImageError> {
+/// The TOC's entries as a tar whose regular files are all hole (GNU sparse entries without
+/// data, which the unpacker makes at their size without writing a byte) and marked with
+/// `<key>/<name>` (chunks are data, not entries).
+fn tar_of(entries: &[TocEntry], key: &str) -> Result<Vec<u8>, ImageError> {
     use tar::EntryType as T;
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
@@ -101,6 +65,19 @@ fn tar_of(entries: &[TocEntry]) -> Result<Vec<u8>, ImageError> {
         }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
+        let mut xattrs = Vec::new();
+        if kind == T::Regular && e.size > 0 {
+            h.set_entry_type(T::GNUSparse);
+            let gnu = h.as_gnu_mut().expect("a GNU header");
+            gnu.set_real_size(e.size);
+            // One block of no data at the end: all hole before it.
+            gnu.sparse[0].set_offset(e.size);
+            gnu.sparse[0].set_length(0);
+            xattrs.push((
+                format!("SCHILY.xattr.{}", MARK.to_string_lossy()),
+                format!("{key}/{name}").into_bytes(),
+            ));
+        }
         h.set_mode(u32::try_from(e.mode).map_err(|_| bad(format!("mode {}", e.mode)))?);
         h.set_uid(e.uid);
         h.set_gid(e.gid);
@@ -113,7 +90,6 @@ fn tar_of(entries: &[TocEntry]) -> Result<Vec<u8>, ImageError> {
             h.set_device_minor(num(e.dev_minor)?)
                 .map_err(|x| bad(x.to_string()))?;
         }
-        let mut xattrs = Vec::new();
         // A layer cannot mark its own files: only the skeleton's marks are nestfs's.
         for (k, v) in e
             .xattrs

@@ -159,16 +159,23 @@ impl Registry {
         self.wait_up();
     }
 
-    /// Bytes of blob `digest` the registry has sent so far (from its request log).
-    pub fn bytes_served(&self, digest: &str) -> u64 {
+    /// The requests the registry served with `method`, from its log.
+    pub fn log_lines(&self, method: &str) -> Vec<serde_json::Value> {
         let log = std::fs::read_to_string(self.dir.path().join(LOG)).unwrap_or_default();
         log.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["http.request.method"] == method && v["msg"] == "response completed")
+            .collect()
+    }
+
+    /// Bytes of blob `digest` the registry has sent so far (from its request log).
+    pub fn bytes_served(&self, digest: &str) -> u64 {
+        self.log_lines("GET")
+            .iter()
             .filter(|v| {
-                v["http.request.method"] == "GET"
-                    && v["http.request.uri"]
-                        .as_str()
-                        .is_some_and(|u| u.ends_with(&format!("/blobs/{digest}")))
+                v["http.request.uri"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(&format!("/blobs/{digest}")))
             })
             .filter_map(|v| v["http.response.written"].as_u64())
             .sum()
