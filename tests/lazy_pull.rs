@@ -65,8 +65,12 @@ struct Lazy {
 
 /// [`Lazy`], the image converted with the prefetch list `prefetch` if any.
 fn setup(prefetch: &[&str]) -> Lazy {
+    setup_on(Registry::start(false), prefetch)
+}
+
+/// [`setup`] on the registry `reg`.
+fn setup_on(reg: Registry, prefetch: &[&str]) -> Lazy {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(false);
     let src = image(dir.path());
     let dest = dir.path().join("esgz");
     let list = dir.path().join("prefetch");
@@ -556,5 +560,56 @@ fn a_create_killed_at_any_point_leaves_nothing_the_next_one_trips_on() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn a_registry_that_wants_credentials_gets_them_for_lazy_fetches_too() {
+    require_root_fuse!();
+    let Lazy {
+        reg, image, digest, ..
+    } = setup_on(Registry::start(true), &[]);
+    let s = TestStore::new();
+    let login = [
+        "--username",
+        registry::USER,
+        "--password",
+        registry::PASSWORD,
+    ];
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &login);
+    assert!(volumes(&s, "lazy").iter().any(|v| is_lazy(v)));
+    let before = reg.bytes_served(&digest);
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big1")).unwrap(),
+        noise(1, BIG)
+    );
+    assert!(reg.bytes_served(&digest) > before + BIG as u64 / 2);
+    // Once complete, nothing of them stays in the store.
+    let again = create(
+        &s,
+        &reg,
+        &image,
+        "again",
+        &[("NESTFS_LAZY_COMPLETE_DELAY_MS", "0")],
+        &login,
+    );
+    let start = Instant::now();
+    while volumes(&s, "again").iter().any(|v| is_lazy(v)) {
+        assert!(start.elapsed() < Duration::from_secs(60), "not completed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let found = Command::new("grep")
+        .args(["-rl", registry::PASSWORD])
+        .arg(s.root().join("volumes"))
+        .output()
+        .unwrap();
+    assert!(found.stdout.is_empty(), "{found:?}");
+    assert_eq!(
+        std::fs::read(again.join("data/big3")).unwrap(),
+        noise(3, BIG)
+    );
+    for id in ["lazy", "again"] {
+        s.run(&["delete", id]).ok();
+    }
     assert!(mounts_under(s.dir.path()).is_empty());
 }

@@ -25,6 +25,8 @@ pub struct Registry {
     reference: Reference,
     ctx: Ctx,
     transport: Transport,
+    /// The credentials it took, if any (`--username`, `--password`).
+    credentials: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -34,13 +36,16 @@ impl std::fmt::Debug for Registry {
 }
 
 /// How to reach an image's registry again from another process (a lazily pulled layer's
-/// daemon): the host, the repository and the transport that answered. Credentials are not
-/// kept (see [`Registry::remote`]).
+/// daemon): the host, the repository, the transport that answered and the credentials it
+/// took (written down in the store, which only its owner may read, until the layer is
+/// complete).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Remote {
     registry: String,
     repository: String,
     transport: Transport,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credentials: Option<(String, String)>,
 }
 
 pub(super) fn timeouts() -> (Duration, Duration, Duration) {
@@ -288,6 +293,10 @@ pub async fn resolve(
             reference: r,
             ctx,
             transport,
+            credentials: opts
+                .username
+                .clone()
+                .map(|u| (u, opts.password.clone().unwrap_or_default())),
         },
         Described {
             config: raw.into_bytes(),
@@ -298,17 +307,14 @@ pub async fn resolve(
 }
 
 impl Registry {
-    /// Where this registry is, for [`Remote::connect`]; `None` when it took credentials,
-    /// which are not written down.
-    pub fn remote(&self) -> Option<Remote> {
-        if self.ctx.with_credentials {
-            return None;
-        }
-        Some(Remote {
+    /// Where this registry is, for [`Remote::connect`].
+    pub fn remote(&self) -> Remote {
+        Remote {
             registry: self.reference.registry().to_string(),
             repository: self.reference.repository().to_string(),
             transport: self.transport,
-        })
+            credentials: self.credentials.clone(),
+        }
     }
 
     /// `len` bytes of blob `digest` from `offset` (an HTTP range request; a registry that
@@ -372,7 +378,7 @@ impl Registry {
 }
 
 impl Remote {
-    /// A client for blobs of this repository (anonymous: a token if the registry wants one).
+    /// A client for blobs of this repository, logged in as the pull was.
     pub async fn connect(&self) -> Result<Registry, ImageError> {
         let reference = Reference::with_tag(
             self.registry.clone(),
@@ -385,17 +391,18 @@ impl Remote {
                 name: format!("{}/{}", self.registry, self.repository),
                 registry: self.registry.clone(),
                 insecure: self.transport != Transport::Https,
-                with_credentials: false,
+                with_credentials: self.credentials.is_some(),
             },
             reference,
             transport: self.transport,
+            credentials: self.credentials.clone(),
+        };
+        let auth = match &self.credentials {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
         };
         r.client
-            .auth(
-                &r.reference,
-                &RegistryAuth::Anonymous,
-                oci_client::RegistryOperation::Pull,
-            )
+            .auth(&r.reference, &auth, oci_client::RegistryOperation::Pull)
             .await
             .map_err(|e| classify(&r.ctx, e))?;
         Ok(r)

@@ -72,10 +72,9 @@ pub fn toc_path(volumes: &Path, key: &str) -> PathBuf {
 }
 
 /// The registry to fetch `layer` from lazily, if it can be: an eStargz layer of known size
-/// from a registry reached without credentials (they are not written down for the daemon).
+/// from a registry.
 pub fn source<'a>(registry: Option<&'a Registry>, layer: &LayerInfo) -> Option<&'a Registry> {
-    let r = registry?;
-    (layer.toc_digest.is_some() && layer.size.is_some() && r.remote().is_some()).then_some(r)
+    registry.filter(|_| layer.toc_digest.is_some() && layer.size.is_some())
 }
 
 /// A lazily pulled layer, made in `dest`: what it takes, its record, its TOC.
@@ -96,9 +95,8 @@ pub async fn prepare(
 ) -> Result<Prepared, ImageError> {
     let bad =
         |e: reader::Error| ImageError::Invalid(format!("eStargz layer {}: {e}", layer.digest));
-    let (Some(size), Some(want), Some(remote)) =
-        (layer.size, layer.toc_digest.clone(), registry.remote())
-    else {
+    let remote = registry.remote();
+    let (Some(size), Some(want)) = (layer.size, layer.toc_digest.clone()) else {
         return Err(ImageError::Invalid(format!(
             "layer {} cannot be pulled lazily",
             layer.digest
