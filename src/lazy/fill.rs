@@ -1,5 +1,6 @@
-//! The daemon's side of lazy layers: fills a marked file on demand (the overlay calls
-//! [`Filler::fill`] before its data is read) and completes whole volumes in the background.
+//! The daemon's side of lazy layers: [`Filler`] fills a marked file on demand (the overlay
+//! calls it, as its [`nestfs_fuse::Fetch`], before the file's data is read) and completes
+//! whole volumes in the background.
 //!
 //! A file is filled under an exclusive flock on it, so daemons of images sharing the volume
 //! fill it once; its data is synced before its mark goes, so a crash leaves it marked (and
