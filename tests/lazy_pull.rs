@@ -613,3 +613,31 @@ fn a_registry_that_wants_credentials_gets_them_for_lazy_fetches_too() {
     }
     assert!(mounts_under(s.dir.path()).is_empty());
 }
+
+#[test]
+fn a_disk_limit_too_small_for_the_image_fails_a_lazy_create_as_a_full_one() {
+    require_root_fuse!();
+    let Lazy { reg, image, s, .. } = setup(&[]);
+    // Above the compressed layers (checked before any pull), below what they unpack to.
+    let limit = "7800000";
+    let run = |extra: &[&str]| -> common::Run {
+        let mut c = s.cmd();
+        c.args([
+            "create",
+            "--insecure-registry",
+            &reg.addr,
+            "--disk-limit-size-bytes",
+            limit,
+        ])
+        .args(extra)
+        .args([&image, "small"]);
+        c.output().unwrap().into()
+    };
+    let lazy = run(&[]);
+    let full = run(&["--without-lazy-pull"]);
+    assert_eq!(lazy.code, 1, "{lazy:#?}");
+    assert_eq!(full.code, 1, "{full:#?}");
+    assert_eq!(lazy.stdout, full.stdout);
+    assert!(!s.root().join("images/small").exists());
+    assert!(mounts_under(s.dir.path()).is_empty());
+}

@@ -33,8 +33,17 @@ pub fn build(
         .filter(|e| e.kind == "reg" && !is_metadata_entry(&e.name))
         .map(|e| e.size.div_ceil(4096) * 4096)
         .sum();
+    // Bound as a full pull is (the disk limit, the store's free space, the expansion
+    // bound), by what the files will take once fetched.
+    let bytes = stats.bytes + data;
+    if bytes > opts.max_bytes {
+        return Err(ImageError::TooLarge {
+            limit: opts.max_bytes,
+            needed: bytes,
+        });
+    }
     Ok(UnpackStats {
-        bytes: stats.bytes + data,
+        bytes,
         entries: stats.entries,
     })
 }
@@ -113,4 +122,45 @@ fn tar_of(entries: &[TocEntry], key: &str) -> Result<Vec<u8>, ImageError> {
     }
     b.into_inner()
         .map_err(|e| ImageError::Invalid(format!("eStargz TOC: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    /// A TOC whose one file claims `size` bytes.
+    fn index(size: u64) -> Index {
+        let json = serde_json::json!({"version": 1, "entries": [
+            {"name": "big", "type": "reg", "size": size, "mode": 420, "offset": 10,
+             "chunkDigest": "sha256:00"},
+        ]})
+        .to_string();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&json)));
+        Index::parse(json.as_bytes(), 100, &digest).unwrap()
+    }
+
+    fn opts(max_bytes: u64) -> UnpackOptions {
+        UnpackOptions {
+            max_bytes,
+            max_entries: 100,
+            privileged: false,
+            skip_estargz_entries: false,
+        }
+    }
+
+    #[test]
+    fn a_toc_claiming_more_than_the_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build(&index(1 << 40), "k", dir.path(), &opts(1 << 20)).unwrap_err();
+        assert!(
+            matches!(err, ImageError::TooLarge { limit, needed } if limit == 1 << 20 && needed > 1 << 40),
+            "{err}"
+        );
+        let ok = build(&index(1 << 20), "k", dir.path(), &opts(2 << 20)).unwrap();
+        assert!(ok.bytes >= 1 << 20);
+        let made = std::fs::metadata(dir.path().join("big")).unwrap();
+        assert_eq!(made.len(), 1 << 20);
+        assert_eq!(std::os::unix::fs::MetadataExt::blocks(&made), 0, "all hole");
+    }
 }
