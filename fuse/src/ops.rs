@@ -70,9 +70,6 @@ impl Fs {
         }
     }
 
-    /// Whether a first open of `ino` may use passthrough (`Some(lower)`): reads of a lower
-    /// file with one name (a split of a shared inode would split all its names), and any open
-    /// of an upper file when no disk usage is counted (the daemon must see counted writes).
     /// [`Overlay::fill`] for the layer file node `ino` names.
     fn fill(&self, ino: u64) -> io::Result<()> {
         if let Target::Entry(d, n) = self.ov.target(ino)? {
@@ -82,6 +79,9 @@ impl Fs {
         Ok(())
     }
 
+    /// Whether a first open of `ino` may use passthrough (`Some(lower)`): reads of a lower
+    /// file with one name (a split of a shared inode would split all its names), and any open
+    /// of an upper file when no disk usage is counted (the daemon must see counted writes).
     fn passthrough_for(&self, ino: u64, flags: i32, fd: &OwnedFd) -> Option<bool> {
         if !self.ov.io.enabled() {
             return None;
