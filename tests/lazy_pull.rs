@@ -154,6 +154,18 @@ fn assert_same_tree(a: &Path, b: &Path) {
     );
 }
 
+/// Once no image uses them, `clean` removes every volume and what it recorded (TOCs
+/// included), and nothing stays mounted.
+fn assert_cleaned(s: &TestStore) {
+    s.run(&["clean"]).ok();
+    let left: Vec<_> = std::fs::read_dir(s.root().join("volumes"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
 const NO_COMPLETION: (&str, &str) = ("NESTFS_LAZY_COMPLETE_DELAY_MS", "600000");
 
 #[test]
@@ -484,14 +496,7 @@ fn killed_daemons_and_shared_volumes_leave_nothing_half_filled() {
         s.run(&["delete", id]).ok();
     }
     s2.run(&["delete", "full"]).ok();
-    // Unused now: clean removes the volumes and what they recorded.
-    s.run(&["clean"]).ok();
-    let left: Vec<_> = std::fs::read_dir(s.root().join("volumes"))
-        .unwrap()
-        .flatten()
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
-    assert!(mounts_under(s.dir.path()).is_empty());
+    assert_cleaned(&s);
 }
 
 #[test]
@@ -553,14 +558,7 @@ fn a_create_killed_at_any_point_leaves_nothing_the_next_one_trips_on() {
         );
         s.run(&["delete", &id]).ok();
     }
-    // Unused now: clean removes every volume and what it recorded, TOCs included.
-    s.run(&["clean"]).ok();
-    let left: Vec<_> = std::fs::read_dir(s.root().join("volumes"))
-        .unwrap()
-        .flatten()
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
-    assert!(mounts_under(s.dir.path()).is_empty());
+    assert_cleaned(&s);
 }
 
 #[test]
