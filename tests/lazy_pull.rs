@@ -639,3 +639,38 @@ fn a_disk_limit_too_small_for_the_image_fails_a_lazy_create_as_a_full_one() {
     assert!(!s.root().join("images/small").exists());
     assert!(mounts_under(s.dir.path()).is_empty());
 }
+
+#[test]
+fn a_read_of_a_big_file_fetches_the_chunks_it_falls_in() {
+    require_root_fuse!();
+    let Lazy {
+        reg,
+        image,
+        digest,
+        s,
+        ..
+    } = setup(&[]);
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    let vol = volumes(&s, "lazy")[1].clone();
+    let want = noise(2, BIG);
+    let before = reg.bytes_served(&digest);
+    // 100 bytes in the second of its three 512 KiB chunks.
+    let f = std::fs::File::open(rootfs.join("data/big2")).unwrap();
+    let mut buf = [0u8; 100];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 600_000).unwrap();
+    assert_eq!(buf[..], want[600_000..600_100]);
+    let fetched = reg.bytes_served(&digest) - before;
+    assert!(fetched < 600_000, "{fetched} bytes for one chunk");
+    assert!(marked(&vol).iter().any(|p| p.ends_with("data/big2")));
+    // The rest as it is read; then the file is complete.
+    assert_eq!(std::fs::read(rootfs.join("data/big2")).unwrap(), want);
+    assert!(!marked(&vol).iter().any(|p| p.ends_with("data/big2")));
+    let total = reg.bytes_served(&digest) - before;
+    assert!(
+        total < BIG as u64 + 100_000,
+        "chunks fetched twice: {total}"
+    );
+    drop(f);
+    s.run(&["delete", "lazy"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}

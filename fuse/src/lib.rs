@@ -77,10 +77,16 @@ pub struct OverlayConfig {
     pub fetch: Option<Arc<dyn Fetch>>,
 }
 
-/// Fills in layer files whose data is fetched on demand. The overlay calls it before any of a
-/// layer file's data is read (an open for reading, a copy-up); it returns at once for a file
-/// that is complete, blocks while the data comes, and fails (EIO, say) if it cannot come.
+/// Fills in layer files whose data is fetched on demand. The overlay calls it before a layer
+/// file's data is read; each call returns at once for a file that is complete, blocks while
+/// data comes, and fails (EIO, say) if it cannot come.
 pub trait Fetch: Send + Sync + std::fmt::Debug {
+    /// Before a layer file is opened for reading: may fill it; says whether it is complete
+    /// (if not, its reads come to the daemon, which calls [`Fetch::read`] first).
+    fn open(&self, file: std::os::fd::BorrowedFd) -> std::io::Result<bool>;
+    /// Before `len` bytes at `offset` of the open file are read.
+    fn read(&self, file: std::os::fd::BorrowedFd, offset: u64, len: u64) -> std::io::Result<()>;
+    /// All of the file (before a copy-up).
     fn fill(&self, file: std::os::fd::BorrowedFd) -> std::io::Result<()>;
 }
 

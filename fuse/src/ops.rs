@@ -70,13 +70,15 @@ impl Fs {
         }
     }
 
-    /// [`Overlay::fill`] for the layer file node `ino` names.
-    fn fill(&self, ino: u64) -> io::Result<()> {
-        if let Target::Entry(d, n) = self.ov.target(ino)? {
-            let fd = sys::open_at(d.as_raw_fd(), &n, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
-            self.ov.fill(&fd)?;
+    /// [`Overlay::fill_for_open`] for the layer file node `ino` names.
+    fn fill_for_open(&self, ino: u64) -> io::Result<bool> {
+        match self.ov.target(ino)? {
+            Target::Entry(d, n) => {
+                let fd = sys::open_at(d.as_raw_fd(), &n, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+                self.ov.fill_for_open(&fd)
+            }
+            _ => Ok(true),
         }
-        Ok(())
     }
 
     /// Whether a first open of `ino` may use passthrough (`Some(lower)`): reads of a lower
@@ -446,9 +448,11 @@ impl Filesystem for Fs {
         let (ino, flags) = (ino.0, flags.0);
         // A layer file's data is brought in first, without the change lock: fetching it may
         // take a while (a write open copies up, which fills the file itself).
-        if self.ov.fetches() && !wants_write(flags) && !self.ov.in_upper(ino) {
-            tryr!(reply, self.fill(ino).map_err(E::from));
-        }
+        let complete = if self.ov.fetches() && !wants_write(flags) && !self.ov.in_upper(ino) {
+            tryr!(reply, self.fill_for_open(ino).map_err(E::from))
+        } else {
+            true
+        };
         // Both paths hold the change lock: a write open copies up (the data before it takes the
         // lock, see `copied_up`); a read-only open of a lower file must be tracked before any
         // copy-up can slip in (see `redirect_lower_fds`).
@@ -500,7 +504,8 @@ impl Filesystem for Fs {
             }
         }
         let _ = self.ov.identity.track_fd(ino, fd.as_raw_fd(), true);
-        let fresh = self.passthrough_for(ino, flags, &fd);
+        // A file still being fetched is read through the daemon, which fetches what is read.
+        let fresh = self.passthrough_for(ino, flags, &fd).filter(|_| complete);
         match self.ov.io.open(ino, fresh, || reply.open_backing(&fd)) {
             Open::Passthrough(b) => reply.opened_passthrough(
                 FileHandle(fd.into_raw_fd() as u64),
@@ -525,6 +530,14 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if self.ov.fetches() {
+            tryr!(
+                reply,
+                self.ov
+                    .fill_range(fh.0 as RawFd, offset, size.into())
+                    .map_err(E::from)
+            );
+        }
         let mut buf = vec![0u8; size as usize];
         let n = tryr!(
             reply,

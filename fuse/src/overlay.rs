@@ -308,10 +308,27 @@ impl Overlay {
         }
     }
 
-    /// Makes the data of a layer file present before it is read (see [`crate::Fetch`]).
+    /// Makes all the data of a layer file present (see [`crate::Fetch`]).
     pub fn fill(&self, file: &OwnedFd) -> io::Result<()> {
         match &self.fetch {
             Some(f) => f.fill(std::os::fd::AsFd::as_fd(file)),
+            None => Ok(()),
+        }
+    }
+
+    /// Readies a layer file for reading; false if its reads must come to the daemon (see
+    /// [`crate::Fetch::open`]).
+    pub fn fill_for_open(&self, file: &OwnedFd) -> io::Result<bool> {
+        match &self.fetch {
+            Some(f) => f.open(std::os::fd::AsFd::as_fd(file)),
+            None => Ok(true),
+        }
+    }
+
+    /// Makes `len` bytes at `offset` of the open file `fd` present.
+    pub fn fill_range(&self, fd: std::os::fd::RawFd, offset: u64, len: u64) -> io::Result<()> {
+        match &self.fetch {
+            Some(f) => sys::with_handle(fd, |file| f.read(file, offset, len)),
             None => Ok(()),
         }
     }

@@ -17,7 +17,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{LazyLayer, MARK, toc_path};
+use super::{HAVE, LazyLayer, MARK, toc_path};
 use crate::estargz::reader::{Chunk, Index};
 use crate::estargz::{clean_name, is_metadata_entry};
 use crate::image::{ImageError, Registry};
@@ -308,8 +308,94 @@ impl Filler {
 }
 
 impl nestfs_fuse::Fetch for Filler {
+    /// A file of one chunk is filled now; a bigger one as its reads come (see [`Self::read`]).
+    fn open(&self, file: BorrowedFd) -> io::Result<bool> {
+        let Some((key, name)) = mark(file)? else {
+            return Ok(true);
+        };
+        let chunks = self
+            .volumes
+            .get(&key)
+            .and_then(|v| v.chunks.get(&name))
+            .map_or(0, Vec::len);
+        if chunks > 1 {
+            return Ok(false);
+        }
+        self.fill_file(file)?;
+        Ok(true)
+    }
+
+    /// Fetches the chunks of the file that `len` bytes at `offset` fall in and it lacks,
+    /// with one range request; the file is complete once it has them all.
+    fn read(&self, file: BorrowedFd, offset: u64, len: u64) -> io::Result<()> {
+        let Some((key, name)) = mark(file)? else {
+            return Ok(());
+        };
+        let Some(v) = self.volumes.get(&key) else {
+            return Ok(());
+        };
+        let chunks = v.chunks.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let wanted: Vec<usize> = (0..chunks.len())
+            .filter(|&i| {
+                let c = &chunks[i];
+                c.file_offset < offset + len && offset < c.file_offset + c.len
+            })
+            .collect();
+        let lacking = |have: &[u8]| -> Vec<usize> {
+            wanted
+                .iter()
+                .copied()
+                .filter(|&i| have.get(i / 8).is_none_or(|b| b & (1 << (i % 8)) == 0))
+                .collect()
+        };
+        if lacking(&have(file)?).is_empty() {
+            return Ok(());
+        }
+        let w = reopen(file, OFlags::WRONLY)?;
+        rustix::fs::flock(&w, FlockOperation::LockExclusive)?;
+        if mark(w.as_fd())?.is_none() {
+            return Ok(());
+        }
+        let mut got = have(w.as_fd())?;
+        let missing = lacking(&got);
+        let picked: Vec<Chunk> = missing.iter().map(|&i| chunks[i].clone()).collect();
+        let data = self.fetch(v, &picked).map_err(|why| {
+            tracing::error!(layer = %v.layer.digest, file = %name, "lazy fetch failed: {why}");
+            io::Error::from_raw_os_error(libc::EIO)
+        })?;
+        for (c, d) in picked.iter().zip(&data) {
+            write_all_at(&w, d, c.file_offset)?;
+        }
+        got.resize(chunks.len().div_ceil(8), 0);
+        for i in missing {
+            got[i / 8] |= 1 << (i % 8);
+        }
+        let mtime = v.mtimes.get(&name).copied().unwrap_or(0);
+        if (0..chunks.len()).all(|i| got[i / 8] & (1 << (i % 8)) != 0) {
+            return finish(&w, mtime);
+        }
+        // The data is on disk before the map says so, and the file keeps its layer's mtime.
+        rustix::fs::fdatasync(&w)?;
+        super::set_times(&w, mtime)?;
+        rustix::fs::fsetxattr(&w, HAVE, &got, rustix::fs::XattrFlags::empty())?;
+        Ok(())
+    }
+
     fn fill(&self, file: BorrowedFd) -> io::Result<()> {
         self.fill_file(file)
+    }
+}
+
+/// The chunks of a marked file fetched so far (see [`HAVE`]).
+fn have(file: BorrowedFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 8192];
+    match rustix::fs::fgetxattr(file, HAVE, &mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(rustix::io::Errno::NODATA) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -419,5 +505,8 @@ fn finish(w: &OwnedFd, mtime: i64) -> io::Result<()> {
     rustix::fs::fdatasync(w)?;
     super::set_times(w, mtime)?;
     rustix::fs::fremovexattr(w, MARK)?;
-    Ok(())
+    match rustix::fs::fremovexattr(w, HAVE) {
+        Ok(()) | Err(rustix::io::Errno::NODATA) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

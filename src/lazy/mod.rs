@@ -18,8 +18,11 @@ use crate::estargz::{self, reader};
 use crate::image::{ImageError, LayerInfo, Registry, Remote};
 use crate::unpack::{UnpackOptions, UnpackStats};
 
-/// Marks a file of a lazy volume whose data is not there yet: `<volume key>/<TOC name>`.
+/// Marks a file of a lazy volume whose data is not all there yet: `<volume key>/<TOC name>`.
 pub const MARK: &std::ffi::CStr = c"user.nestfs.lazy";
+/// Which chunks of a marked file are there (bit i: its i-th chunk), for files fetched chunk
+/// by chunk as they are read.
+const HAVE: &std::ffi::CStr = c"user.nestfs.lazy.have";
 
 /// What a lazily pulled volume records until it is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use base64::Engine;
 
-use super::{MARK, mtime};
+use super::{HAVE, MARK, mtime};
 use crate::estargz::reader::Index;
 use crate::estargz::{TocEntry, clean_name, is_metadata_entry};
 use crate::image::ImageError;
@@ -100,11 +100,8 @@ fn tar_of(entries: &[TocEntry], key: &str) -> Result<Vec<u8>, ImageError> {
                 .map_err(|x| bad(x.to_string()))?;
         }
         // A layer cannot mark its own files: only the skeleton's marks are nestfs's.
-        for (k, v) in e
-            .xattrs
-            .iter()
-            .filter(|(k, _)| k.as_bytes() != MARK.to_bytes())
-        {
+        let ours = |k: &str| [MARK, HAVE].iter().any(|m| k.as_bytes() == m.to_bytes());
+        for (k, v) in e.xattrs.iter().filter(|(k, _)| !ours(k)) {
             let value = base64::engine::general_purpose::STANDARD
                 .decode(v)
                 .map_err(|x| bad(format!("xattr {k}: {x}")))?;

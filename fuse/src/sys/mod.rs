@@ -17,6 +17,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 pub type Stat = libc::stat;
 
+/// Runs `f` with the open file `fd` (a file handle the kernel holds open for the request
+/// being served) as a borrowed fd.
+pub fn with_handle<T>(fd: RawFd, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T) -> T {
+    // SAFETY: the kernel does not release a file handle while a request on it is in flight,
+    // and the borrow does not outlive `f`.
+    f(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
