@@ -308,7 +308,8 @@ impl Filler {
 }
 
 impl nestfs_fuse::Fetch for Filler {
-    /// A file of one chunk is filled now; a bigger one as its reads come (see [`Self::read`]).
+    /// A file of one chunk is filled now; a bigger one as its reads come (see
+    /// [`nestfs_fuse::Fetch::read`]).
     fn open(&self, file: BorrowedFd) -> io::Result<bool> {
         let Some((key, name)) = mark(file)? else {
             return Ok(true);
