@@ -88,6 +88,8 @@ pub trait Fetch: Send + Sync + std::fmt::Debug {
     fn read(&self, file: std::os::fd::BorrowedFd, offset: u64, len: u64) -> std::io::Result<()>;
     /// All of the file (before a copy-up).
     fn fill(&self, file: std::os::fd::BorrowedFd) -> std::io::Result<()>;
+    /// Whether any layer file may still lack data; once not, the overlay stops asking.
+    fn needed(&self) -> bool;
 }
 
 impl OverlayConfig {

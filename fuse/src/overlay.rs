@@ -333,9 +333,9 @@ impl Overlay {
         }
     }
 
-    /// Whether layer files may need [`Overlay::fill`].
+    /// Whether layer files may still lack data (see [`crate::Fetch`]).
     pub fn fetches(&self) -> bool {
-        self.fetch.is_some()
+        self.fetch.as_ref().is_some_and(|f| f.needed())
     }
 
     pub fn in_upper(&self, ino: u64) -> bool {

@@ -75,19 +75,28 @@ pub struct Chunk {
 /// Finds the TOC through the footer and checks it against `want_digest` (the layer's
 /// `containerd.io/snapshot/stargz/toc.digest` annotation).
 pub fn open(blob: &impl Ranges, want_digest: &str) -> Result<Index, Error> {
-    let size = blob.size()?;
-    let Some(footer_at) = size.checked_sub(FOOTER_SIZE as u64) else {
-        return Err(Error::NotEstargz(format!("{size} bytes is too short")));
-    };
+    let footer_at = footer_at(blob.size()?)?;
     let footer = blob.read_range(footer_at, FOOTER_SIZE as u64)?;
-    let toc_offset = super::parse_footer(&footer).map_err(Error::NotEstargz)?;
+    let (toc_offset, len) = toc_member(footer_at, &footer)?;
+    let member = blob.read_range(toc_offset, len)?;
+    Index::parse(&toc_json(&member)?, toc_offset, want_digest)
+}
+
+/// Where the footer of a blob of `size` bytes starts.
+pub fn footer_at(size: u64) -> Result<u64, Error> {
+    size.checked_sub(FOOTER_SIZE as u64)
+        .ok_or_else(|| Error::NotEstargz(format!("{size} bytes is too short")))
+}
+
+/// Where the TOC's gzip member starts and how long it is, from the footer at `footer_at`.
+pub fn toc_member(footer_at: u64, footer: &[u8]) -> Result<(u64, u64), Error> {
+    let toc_offset = super::parse_footer(footer).map_err(Error::NotEstargz)?;
     if toc_offset >= footer_at {
         return Err(Error::NotEstargz(format!(
             "footer places the TOC at {toc_offset}, past the blob's end"
         )));
     }
-    let member = blob.read_range(toc_offset, footer_at - toc_offset)?;
-    Index::parse(&toc_json(&member)?, toc_offset, want_digest)
+    Ok((toc_offset, footer_at - toc_offset))
 }
 
 /// The TOC entry's payload from its gzip member (a tar holding just `stargz.index.json`).

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::fs::{FlockOperation, Mode, OFlags, ResolveFlags};
@@ -39,7 +39,6 @@ fn env_ms(key: &str, default: Duration) -> Duration {
 /// One lazy volume as its daemon knows it.
 #[derive(Debug)]
 struct Volume {
-    key: String,
     layer: LazyLayer,
     index: Index,
     /// Each file's chunks, in file order.
@@ -50,6 +49,8 @@ struct Volume {
     /// The volume's directory.
     root: OwnedFd,
     registry: OnceCell<Registry>,
+    /// Complete: none of its files lacks data any more.
+    done: AtomicBool,
 }
 
 /// Fetches the data of an image's lazy volumes.
@@ -98,13 +99,13 @@ impl Filler {
             volumes.insert(
                 key.clone(),
                 Volume {
-                    key: key.clone(),
                     layer,
                     index,
                     chunks,
                     mtimes,
                     root,
                     registry: OnceCell::new(),
+                    done: AtomicBool::new(false),
                 },
             );
         }
@@ -246,22 +247,27 @@ impl Filler {
 
     /// Fills every file of volume `key` still marked from one read of its whole blob (its
     /// digest and diff_id checked), then makes it an ordinary volume. One daemon at a time
-    /// does this for a volume; others return at once. Retries while the registry fails.
+    /// does this for a volume; others wait and find it done. Retries while the registry fails.
     pub fn complete(&self, store: &Store, key: &str) {
         let Some(v) = self.volumes.get(key) else {
             return;
         };
+        std::thread::sleep(self.delay);
         let toc = toc_path(&store.volumes(), key);
         let Ok(lock) = std::fs::File::open(&toc) else {
-            return; // completed meanwhile
+            v.done.store(true, Ordering::Relaxed); // completed meanwhile
+            return;
         };
-        std::thread::sleep(self.delay);
-        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+        if rustix::fs::flock(&lock, FlockOperation::LockExclusive).is_err() {
+            return;
+        }
+        if !toc.exists() {
+            v.done.store(true, Ordering::Relaxed); // by another daemon, while this one waited
             return;
         }
         let mut pause = Duration::from_secs(1);
         loop {
-            match self.complete_once(store, v) {
+            match self.complete_once(v) {
                 Ok(()) => break,
                 // A blob that is not what the manifest says will not become so: its files
                 // stay fetched one by one, each checked against the TOC.
@@ -283,11 +289,15 @@ impl Filler {
         if let Err(e) = store.complete_volume(key) {
             tracing::warn!(layer = %v.layer.digest, "recording the completed layer: {e}");
         }
+        v.done.store(true, Ordering::Relaxed);
         tracing::info!(layer = %v.layer.digest, "lazy layer complete");
     }
 
-    fn complete_once(&self, store: &Store, v: &Volume) -> Result<(), ImageError> {
-        let dir = store.volume_dir(&v.key);
+    fn complete_once(&self, v: &Volume) -> Result<(), ImageError> {
+        let root = v.root.try_clone().map_err(|e| ImageError::Io {
+            what: "open lazy volume".into(),
+            cause: e,
+        })?;
         // The digest each name's data must have (the last entry of a name is the file).
         let digests: HashMap<String, String> = v
             .index
@@ -300,7 +310,7 @@ impl Filler {
         self.rt.block_on(async {
             let r = self.registry(v).await?;
             crate::image::read_registry_layer(r, &v.layer.layer_info(), move |tar| {
-                fill_from_tar(tar, &dir, &digests)
+                fill_from_tar(tar, &root, &digests)
             })
             .await
         })
@@ -385,6 +395,12 @@ impl nestfs_fuse::Fetch for Filler {
     fn fill(&self, file: BorrowedFd) -> io::Result<()> {
         self.fill_file(file)
     }
+
+    fn needed(&self) -> bool {
+        self.volumes
+            .values()
+            .any(|v| !v.done.load(Ordering::Relaxed))
+    }
 }
 
 /// The chunks of a marked file fetched so far (see [`HAVE`]).
@@ -403,19 +419,13 @@ fn have(file: BorrowedFd) -> io::Result<Vec<u8>> {
 /// Writes each marked file's data from the layer's tar stream, if it has the TOC's digest.
 fn fill_from_tar(
     tar: &mut dyn Read,
-    dir: &Path,
+    root: &OwnedFd,
     digests: &HashMap<String, String>,
 ) -> Result<(), ImageError> {
     let io = |what: &str, e: io::Error| ImageError::Io {
         what: what.to_string(),
         cause: e,
     };
-    let root = rustix::fs::open(
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io("open lazy volume", e.into()))?;
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(|e| io("read lazy layer", e))? {
         let mut entry = entry.map_err(|e| io("read lazy layer", e))?;
@@ -424,7 +434,7 @@ fn fill_from_tar(
         if !entry.header().entry_type().is_file() || entry.size() == 0 || is_metadata_entry(name) {
             continue;
         }
-        let Ok(w) = open_beneath(&root, name, OFlags::WRONLY) else {
+        let Ok(w) = open_beneath(root, name, OFlags::WRONLY) else {
             continue;
         };
         let fail = |e: io::Error| io(&format!("fill {name:?}"), e);
@@ -459,7 +469,8 @@ fn fill_from_tar(
 
 /// A marked file's volume key and name; `None` for a complete file.
 fn mark(file: BorrowedFd) -> io::Result<Option<(String, String)>> {
-    let mut buf = vec![0u8; 4096];
+    // Asked before every open and read of a layer file: nothing is allocated for a complete one.
+    let mut buf = [0u8; 4096];
     match rustix::fs::fgetxattr(file, MARK, &mut buf) {
         Ok(n) => {
             let v = String::from_utf8_lossy(&buf[..n]);

@@ -105,26 +105,12 @@ pub async fn prepare(
             layer.digest
         )));
     };
-    let footer_at = size
-        .checked_sub(estargz::FOOTER_SIZE as u64)
-        .ok_or_else(|| {
-            bad(reader::Error::NotEstargz(format!(
-                "{size} bytes is too short"
-            )))
-        })?;
+    let footer_at = reader::footer_at(size).map_err(bad)?;
     let footer = registry
         .range(&layer.digest, footer_at, estargz::FOOTER_SIZE as u64)
         .await?;
-    let toc_offset =
-        estargz::parse_footer(&footer).map_err(|e| bad(reader::Error::NotEstargz(e)))?;
-    if toc_offset >= footer_at {
-        return Err(bad(reader::Error::NotEstargz(format!(
-            "footer places the TOC at {toc_offset}, past the blob's end"
-        ))));
-    }
-    let member = registry
-        .range(&layer.digest, toc_offset, footer_at - toc_offset)
-        .await?;
+    let (toc_offset, len) = reader::toc_member(footer_at, &footer).map_err(bad)?;
+    let member = registry.range(&layer.digest, toc_offset, len).await?;
     let toc = reader::toc_json(&member).map_err(bad)?;
     let index = reader::Index::parse(&toc, toc_offset, &want).map_err(bad)?;
     let (key, dest, opts) = (key.to_string(), dest.to_path_buf(), opts.clone());
