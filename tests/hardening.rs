@@ -339,29 +339,6 @@ fn an_image_a_killed_create_left_is_swept_by_the_next_command() {
     assert_eq!(debris(&s), Vec::<String>::new(), "debris left");
 }
 
-/// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, bytes: u64) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount a tmpfs at {}", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = common::detach(&self.0);
-    }
-}
-
 /// The number after `label` in `text`.
 fn number_after(text: &str, label: &str) -> u64 {
     let rest = &text[text
@@ -383,7 +360,7 @@ fn create_on_a_full_store_says_its_filesystem_is_full() {
     require_root_fuse!();
     let s = TestStore::uninitialised();
     let size = 3 << 20;
-    let _fs = Tmpfs::mount(&s.root(), size);
+    let _fs = common::Tmpfs::mount(&s.root(), size);
     s.run(&["init-store"]).ok();
     let big = common::tarball(s.dir.path(), &[("big", 6 << 20)]);
     let big = big.to_str().unwrap();

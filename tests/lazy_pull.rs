@@ -674,3 +674,28 @@ fn a_read_of_a_big_file_fetches_the_chunks_it_falls_in() {
     s.run(&["delete", "lazy"]).ok();
     assert!(mounts_under(s.dir.path()).is_empty());
 }
+
+#[test]
+fn a_fill_on_a_full_store_fails_with_enospc_and_works_once_there_is_room() {
+    require_root_fuse!();
+    let Lazy { reg, image, .. } = setup(&[]);
+    let s = TestStore::uninitialised();
+    let _fs = common::Tmpfs::mount(&s.root(), 24 << 20);
+    s.run(&["init-store"]).ok();
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    // Something else takes the room the image's data was counted on.
+    let free = rustix::fs::statvfs(s.root()).unwrap();
+    let filler = s.root().join("filler");
+    let _ = std::fs::write(&filler, vec![1u8; (free.f_bavail * free.f_frsize) as usize]);
+    let err = std::fs::read(rootfs.join("data/big1")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let vol = volumes(&s, "lazy")[1].clone();
+    assert!(marked(&vol).iter().any(|p| p.ends_with("data/big1")));
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big1")).unwrap(),
+        noise(1, BIG)
+    );
+    s.run(&["delete", "lazy"]).ok();
+    assert_eq!(mounts_under(s.dir.path()), [s.root().display().to_string()]);
+}

@@ -212,3 +212,26 @@ pub fn detach(p: &Path) -> std::io::Result<()> {
         rustix::mount::UnmountFlags::DETACH,
     )?)
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = detach(&self.0);
+    }
+}
