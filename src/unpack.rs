@@ -311,16 +311,96 @@ pub fn unpack(
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, ImageError> {
     let beneath = Beneath::new(dest).map_err(|e| invalid("open layer directory", e))?;
-    unpack_with(reader, dest, opts, beneath)
+    let has_beneath = beneath.is_some();
+    let done = unpack_with(reader, dest, opts, beneath)?;
+    finish(dest, has_beneath, done.entries, &done.dir_times)
 }
 
-/// [`unpack`], beneath `dest` through openat2 when `beneath` is given.
+/// Unpacks tar archives into `dest` (an existing, empty directory) phase by phase, each
+/// phase's parts at once on threads of their own: as one archive of them all in order would
+/// unpack, provided no entry of a part depends on an entry of another part of its phase (is
+/// in a directory, behind a link or at a name it makes). The bounds hold for them all.
+pub fn unpack_phases(
+    phases: &[Vec<Vec<u8>>],
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, ImageError> {
+    let has_beneath = Beneath::new(dest)
+        .map_err(|e| invalid("open layer directory", e))?
+        .is_some();
+    let (mut entries, mut bytes, mut dir_times) = (0, 0, Vec::new());
+    for parts in phases {
+        let done: Vec<Result<Unpacked, ImageError>> = std::thread::scope(|s| {
+            let threads: Vec<_> = parts
+                .iter()
+                .map(|part| {
+                    s.spawn(move || {
+                        let beneath =
+                            Beneath::new(dest).map_err(|e| invalid("open layer directory", e))?;
+                        unpack_with(&part[..], dest, opts, beneath)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("an unpack thread"))
+                .collect()
+        });
+        for d in done {
+            let d = d?;
+            entries += d.entries;
+            bytes += d.bytes;
+            dir_times.extend(d.dir_times);
+        }
+        if entries > opts.max_entries {
+            return Err(ImageError::TooManyEntries {
+                limit: opts.max_entries,
+            });
+        }
+        if bytes > opts.max_bytes {
+            return Err(ImageError::TooLarge {
+                limit: opts.max_bytes,
+                needed: bytes,
+            });
+        }
+    }
+    finish(dest, has_beneath, entries, &dir_times)
+}
+
+/// What unpacking one archive did.
+#[derive(Debug)]
+struct Unpacked {
+    entries: u64,
+    /// What the entries' sizes take in whole blocks.
+    bytes: u64,
+    /// Each directory's mtime, to give it once nothing is made in it any more.
+    dir_times: Vec<(PathBuf, u64)>,
+}
+
+/// Gives directories their mtimes and measures the layer.
+fn finish(
+    dest: &Path,
+    has_beneath: bool,
+    entries: u64,
+    dir_times: &[(PathBuf, u64)],
+) -> Result<UnpackStats, ImageError> {
+    if has_beneath {
+        let b = Beneath::new(dest)
+            .map_err(|e| invalid("open layer directory", e))?
+            .expect("openat2 worked before");
+        restore_dir_times(&b, dir_times).map_err(|e| invalid("restore directory times", e))?;
+    }
+    let bytes = nestfs_fuse::allocated_bytes(dest).map_err(|e| invalid("measure layer", e))?;
+    Ok(UnpackStats { bytes, entries })
+}
+
+/// The entries of `reader`, beneath `dest` through openat2 when `beneath` is given.
 fn unpack_with(
     reader: impl Read,
     dest: &Path,
     opts: &UnpackOptions,
     mut beneath: Option<Beneath>,
-) -> Result<UnpackStats, ImageError> {
+) -> Result<Unpacked, ImageError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
@@ -361,11 +441,11 @@ fn unpack_with(
             dir_times.push((rel, mtime));
         }
     }
-    if let Some(b) = &beneath {
-        restore_dir_times(b, &dir_times).map_err(|e| invalid("restore directory times", e))?;
-    }
-    let bytes = nestfs_fuse::allocated_bytes(dest).map_err(|e| invalid("measure layer", e))?;
-    Ok(UnpackStats { bytes, entries })
+    Ok(Unpacked {
+        entries,
+        bytes,
+        dir_times,
+    })
 }
 
 /// Gives directories the mtime their headers say, as Docker and GrootFS keep them: entries

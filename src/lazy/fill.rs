@@ -171,18 +171,15 @@ impl Filler {
 
     /// Fills the file open at `file` if it is marked (see [`nestfs_fuse::Fetch`]).
     fn fill_file(&self, file: BorrowedFd) -> io::Result<()> {
-        let Some((key, name)) = mark(file)? else {
-            return Ok(());
-        };
-        let Some(v) = self.volumes.get(&key) else {
+        let Some((v, name)) = self.marked(file)? else {
             return Ok(());
         };
         let w = reopen(file, OFlags::WRONLY)?;
         rustix::fs::flock(&w, FlockOperation::LockExclusive)?;
-        if mark(w.as_fd())?.is_none() {
+        if !is_marked(w.as_fd())? {
             return Ok(()); // another daemon filled it while we waited
         }
-        let chunks = v.chunks.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let chunks = v.chunks.get(name).map(Vec::as_slice).unwrap_or_default();
         let data = self.fetch(v, chunks).map_err(|why| {
             tracing::error!(layer = %v.layer.digest, file = %name, "lazy fetch failed: {why}");
             io::Error::from_raw_os_error(libc::EIO)
@@ -190,7 +187,36 @@ impl Filler {
         for (c, d) in chunks.iter().zip(&data) {
             write_all_at(&w, d, c.file_offset)?;
         }
-        finish(&w, v.mtimes.get(&name).copied().unwrap_or(0))
+        finish(&w, v.mtimes.get(name).copied().unwrap_or(0))
+    }
+
+    /// The volume and name of the file open at `file` if it is marked. The mark names a TOC
+    /// entry; that entry's file in a volume of this image must be this very inode (a layer
+    /// fully pulled may carry a mark of its own making, never to be filled by another's data).
+    fn marked(&self, file: BorrowedFd) -> io::Result<Option<(&Volume, &str)>> {
+        let mut buf = [0u8; 64];
+        let n = match rustix::fs::fgetxattr(file, MARK, &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::NODATA) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some((tag, index)) = super::parse_mark(&buf[..n]) else {
+            return Ok(None);
+        };
+        let st = rustix::fs::fstat(file)?;
+        for (_, v) in self.volumes.iter().filter(|(k, _)| k.starts_with(tag)) {
+            let Some(e) = v.index.toc.entries.get(index).filter(|e| e.kind == "reg") else {
+                continue;
+            };
+            let name = clean_name(&e.name);
+            if let Ok(at) = open_beneath(&v.root, name, OFlags::PATH)
+                && rustix::fs::fstat(&at)
+                    .is_ok_and(|s| (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino))
+            {
+                return Ok(Some((v, name)));
+            }
+        }
+        Ok(None)
     }
 
     /// Fills at once the files volume `key` names before its prefetch landmark (those its
@@ -219,7 +245,7 @@ impl Filler {
             }
             if let Ok(w) = open_beneath(&v.root, name, OFlags::WRONLY)
                 && rustix::fs::flock(&w, FlockOperation::LockExclusive).is_ok()
-                && mark(w.as_fd()).is_ok_and(|m| m.is_some())
+                && is_marked(w.as_fd()).unwrap_or(false)
             {
                 files.push((name, w));
             }
@@ -321,14 +347,10 @@ impl nestfs_fuse::Fetch for Filler {
     /// A file of one chunk is filled now; a bigger one as its reads come (see
     /// [`nestfs_fuse::Fetch::read`]).
     fn open(&self, file: BorrowedFd) -> io::Result<bool> {
-        let Some((key, name)) = mark(file)? else {
+        let Some((v, name)) = self.marked(file)? else {
             return Ok(true);
         };
-        let chunks = self
-            .volumes
-            .get(&key)
-            .and_then(|v| v.chunks.get(&name))
-            .map_or(0, Vec::len);
+        let chunks = v.chunks.get(name).map_or(0, Vec::len);
         if chunks > 1 {
             return Ok(false);
         }
@@ -339,13 +361,10 @@ impl nestfs_fuse::Fetch for Filler {
     /// Fetches the chunks of the file that `len` bytes at `offset` fall in and it lacks,
     /// with one range request; the file is complete once it has them all.
     fn read(&self, file: BorrowedFd, offset: u64, len: u64) -> io::Result<()> {
-        let Some((key, name)) = mark(file)? else {
+        let Some((v, name)) = self.marked(file)? else {
             return Ok(());
         };
-        let Some(v) = self.volumes.get(&key) else {
-            return Ok(());
-        };
-        let chunks = v.chunks.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let chunks = v.chunks.get(name).map(Vec::as_slice).unwrap_or_default();
         let wanted: Vec<usize> = (0..chunks.len())
             .filter(|&i| {
                 let c = &chunks[i];
@@ -364,7 +383,7 @@ impl nestfs_fuse::Fetch for Filler {
         }
         let w = reopen(file, OFlags::WRONLY)?;
         rustix::fs::flock(&w, FlockOperation::LockExclusive)?;
-        if mark(w.as_fd())?.is_none() {
+        if !is_marked(w.as_fd())? {
             return Ok(());
         }
         let mut got = have(w.as_fd())?;
@@ -381,7 +400,7 @@ impl nestfs_fuse::Fetch for Filler {
         for i in missing {
             got[i / 8] |= 1 << (i % 8);
         }
-        let mtime = v.mtimes.get(&name).copied().unwrap_or(0);
+        let mtime = v.mtimes.get(name).copied().unwrap_or(0);
         if (0..chunks.len()).all(|i| got[i / 8] & (1 << (i % 8)) != 0) {
             return finish(&w, mtime);
         }
@@ -438,11 +457,11 @@ fn fill_from_tar(
             continue;
         };
         let fail = |e: io::Error| io(&format!("fill {name:?}"), e);
-        if mark(w.as_fd()).map_err(fail)?.is_none() {
+        if !is_marked(w.as_fd()).map_err(fail)? {
             continue;
         }
         rustix::fs::flock(&w, FlockOperation::LockExclusive).map_err(|e| fail(e.into()))?;
-        if mark(w.as_fd()).map_err(fail)?.is_none() {
+        if !is_marked(w.as_fd()).map_err(fail)? {
             continue;
         }
         let mtime = entry.header().mtime().unwrap_or(0) as i64;
@@ -467,17 +486,12 @@ fn fill_from_tar(
     Ok(())
 }
 
-/// A marked file's volume key and name; `None` for a complete file.
-fn mark(file: BorrowedFd) -> io::Result<Option<(String, String)>> {
-    // Asked before every open and read of a layer file: nothing is allocated for a complete one.
-    let mut buf = [0u8; 4096];
-    match rustix::fs::fgetxattr(file, MARK, &mut buf) {
-        Ok(n) => {
-            let v = String::from_utf8_lossy(&buf[..n]);
-            Ok(v.split_once('/')
-                .map(|(k, n)| (k.to_string(), n.to_string())))
-        }
-        Err(rustix::io::Errno::NODATA) => Ok(None),
+/// Whether the file still lacks data (asked before every open and read of a layer file until
+/// its volume is complete, so nothing is allocated).
+fn is_marked(file: BorrowedFd) -> io::Result<bool> {
+    match rustix::fs::fgetxattr(file, MARK, &mut [0u8; 0]) {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::NODATA) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
