@@ -19,7 +19,7 @@ use crate::image::{ImageError, LayerInfo, Registry, Remote};
 use crate::unpack::{UnpackOptions, UnpackStats};
 
 /// Marks a file of a lazy volume whose data is not all there yet: `<tag>:<index>`, the
-/// volume key's first [`TAG_LEN`] characters and the file's entry in the TOC. Short enough for
+/// volume key's first 16 characters and the file's entry in the TOC. Short enough for
 /// the inode to hold it: on ext4 a value over about 30 bytes costs every file a block of its
 /// own, which made the skeleton several times slower to create.
 pub const MARK: &std::ffi::CStr = c"user.nestfs.lazy";
