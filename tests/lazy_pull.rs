@@ -23,12 +23,17 @@ use serde_json::Value;
 /// Bytes of each big file: 3 chunks.
 const BIG: usize = 3 << 19;
 
-/// Big files (of 3 chunks of 512 KiB) and small ones over a lower layer they white out.
-fn image(dir: &Path) -> PathBuf {
-    let lower = busybox_layer()
+/// The image's lower layer: busybox and a few files.
+fn lower() -> Layer {
+    busybox_layer()
         .dir("etc", 0o755)
         .file("etc/os-release", 0o644, "ID=lazy\n")
-        .file("etc/gone", 0o644, "old");
+        .file("etc/gone", 0o644, "old")
+}
+
+/// Big files (of 3 chunks of 512 KiB) and small ones over a lower layer they white out.
+fn image(dir: &Path) -> PathBuf {
+    let lower = lower();
     let mut upper = Layer::gzip()
         .dir("bin", 0o755)
         .file("bin/hello", 0o755, "#!/bin/sh\necho hello\n")
@@ -209,6 +214,84 @@ fn reads_fetch_only_the_files_they_open_and_see_what_a_full_pull_sees() {
     assert_same_tree(&rootfs, &full);
     s.run(&["delete", "lazy"]).ok();
     s2.run(&["delete", "full"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
+#[test]
+fn a_mark_a_fully_pulled_layer_carries_never_gets_its_file_filled() {
+    require_root_fuse!();
+    let Lazy {
+        reg,
+        image,
+        digest,
+        s,
+        ..
+    } = setup(&[]);
+    // The lower layer alone, converted the same way, pulled in full first: the lazy image
+    // then shares that volume and only its upper layer is lazy.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let one_layer = Image {
+        layers: vec![lower()],
+        env: None,
+        tag: Some("v1".into()),
+    };
+    write_layout(&src, &one_layer).unwrap();
+    let esgz = dir.path().join("esgz");
+    let out = Command::new(bin())
+        .args(["convert", "--chunk-size", "524288"])
+        .arg(format!("oci://{}:v1", src.display()))
+        .arg(&esgz)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let base = reg.push(&esgz, "base", "v1");
+    create(&s, &reg, &base, "base", &[], &["--without-lazy-pull"]);
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    let layers = volumes(&s, "lazy");
+    assert_eq!(
+        layers[0],
+        volumes(&s, "base")[0],
+        "the lower volume is shared"
+    );
+    assert!(!is_lazy(&layers[0]) && is_lazy(&layers[1]));
+
+    // The shared full volume's file claims to be the lazy layer's big0, with that layer's
+    // very tag and entry (as a layer's own xattrs would set it).
+    let toc: Value =
+        serde_json::from_slice(&std::fs::read(layers[1].with_extension("toc.json")).unwrap())
+            .unwrap();
+    let entry = toc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| e["name"].as_str().unwrap().trim_start_matches("./") == "data/big0")
+        .unwrap();
+    let key = layers[1].file_name().unwrap().to_str().unwrap();
+    let forged = format!("{}:{entry}", &key[..16]);
+    let victim = layers[0].join("etc/os-release");
+    rustix::fs::setxattr(
+        &victim,
+        "user.nestfs.lazy",
+        forged.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let served = reg.bytes_served(&digest);
+
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap(),
+        "ID=lazy\n"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "ID=lazy\n");
+    assert_eq!(reg.bytes_served(&digest), served, "nothing fetched for it");
+    // The real big0 is still filled from its own layer.
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big0")).unwrap(),
+        noise(0, BIG)
+    );
+    s.run(&["delete", "lazy"]).ok();
+    s.run(&["delete", "base"]).ok();
     assert!(mounts_under(s.dir.path()).is_empty());
 }
 
