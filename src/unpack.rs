@@ -489,7 +489,7 @@ fn unpack_entry<R: Read>(
     let device = kind.is_character_special() || kind.is_block_special() || kind.is_fifo();
     let fail = |e: std::io::Error| invalid(&format!("unpack {name:?}"), e);
     let at = match beneath {
-        Some(b) => place(b, entry, device).map_err(fail)?,
+        Some(b) => place(b, entry, device, opts.privileged).map_err(fail)?,
         None => unpack_in(dest, entry, &name, device)?,
     };
     let Some(at) = at else { return Ok(()) };
@@ -514,6 +514,7 @@ fn place<R: Read>(
     b: &mut Beneath,
     entry: &mut tar::Entry<R>,
     device: bool,
+    privileged: bool,
 ) -> std::io::Result<Option<PathBuf>> {
     let Some(rel) = placed(&entry.path()?) else {
         return Ok(None);
@@ -536,10 +537,110 @@ fn place<R: Read>(
             _ => {}
         }
         std::fs::File::create_new(&at)?;
+    } else if dataless(entry) {
+        make_dataless(entry, dir.as_fd(), file, privileged)?;
     } else {
         entry.unpack(&at)?;
     }
     Ok(Some(at))
+}
+
+/// Gives a regular file of a layer `mtime` as its access and modification time, as the tar
+/// crate unpacks one: never 0 (1 instead).
+pub fn set_file_times(fd: impl AsFd, mtime: i64) -> std::io::Result<()> {
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime.max(1),
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    Ok(rustix::fs::futimens(fd, &times)?)
+}
+
+/// Whether the entry is a regular file without data: empty (its size as the tar crate reads
+/// it, a PAX size included), or GNU sparse with no data block (all hole).
+fn dataless<R: Read>(entry: &tar::Entry<R>) -> bool {
+    let kind = entry.header().entry_type();
+    if kind.is_file() {
+        return entry.size() == 0;
+    }
+    let Some(gnu) = entry.header().as_gnu().filter(|_| kind.is_gnu_sparse()) else {
+        return false;
+    };
+    !gnu.is_extended()
+        && gnu
+            .sparse
+            .iter()
+            .all(|b| b.is_empty() || b.length().is_ok_and(|l| l == 0))
+}
+
+/// A regular file without data in the archive (empty, or all hole as a lazy volume's
+/// skeleton makes thousands of them), as the tar crate would make it but through its
+/// directory's fd, and without the chown and chmod that would change nothing: about half
+/// the syscalls that change the inode.
+fn make_dataless<R: Read>(
+    entry: &mut tar::Entry<R>,
+    dir: BorrowedFd,
+    name: &std::ffi::OsStr,
+    privileged: bool,
+) -> std::io::Result<()> {
+    let h = entry.header();
+    let (len, mode, mtime) = (h.size()?, h.mode()? & 0o7777, h.mtime().ok());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let create = || rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode & 0o777));
+    let fd = match create() {
+        // As the tar crate overwrites: the old entry goes (a directory stays, and fails).
+        Err(Errno::EXIST) => {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+            create()?
+        }
+        r => r?,
+    };
+    if len > 0 {
+        rustix::fs::ftruncate(&fd, len)?;
+    }
+    let st = rustix::fs::fstat(&fd)?;
+    // Owners are read only when they are to be set, as the tar crate does.
+    let owner = |id: u64| {
+        u32::try_from(id).map_err(|_| std::io::Error::other(format!("id {id} is too large")))
+    };
+    let owners = if privileged {
+        Some((owner(h.uid()?)?, owner(h.gid()?)?))
+    } else {
+        None
+    };
+    let chown = owners.filter(|&ids| (st.st_uid, st.st_gid) != ids);
+    if let Some((uid, gid)) = chown {
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
+    }
+    // After chown, which clears set-id bits.
+    if chown.is_some() || st.st_mode & 0o7777 != mode {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    }
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            if let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                let key = std::ffi::OsStr::from_bytes(key);
+                rustix::fs::fsetxattr(
+                    &fd,
+                    key,
+                    ext.value_bytes(),
+                    rustix::fs::XattrFlags::empty(),
+                )?;
+            }
+        }
+    }
+    if let Some(mtime) = mtime {
+        set_file_times(&fd, mtime as i64)?;
+    }
+    Ok(())
 }
 
 /// [`place`] where openat2 is missing: the tar crate's checks, device stand-ins made through

@@ -362,3 +362,111 @@ fn walkdir(root: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Files without data (empty, all hole, or empty in the header but not by its PAX size) come
+/// out as Debian's tar makes them: owner, set-id bits, xattrs, size, holes, mtime, contents.
+#[test]
+fn files_without_data_unpack_as_debian_tar_makes_them() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (chown to other owners)");
+        return;
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let header = |kind, mode, uid, gid| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(1_500_000_000);
+        h.set_size(0);
+        h
+    };
+    let mut h = header(tar::EntryType::Regular, 0o4755, 1000, 1001);
+    b.append_data(&mut h, "setuid", std::io::empty()).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.note", &b"kept"[..])])
+        .unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o600, 0, 0);
+    b.append_data(&mut h, "noted", std::io::empty()).unwrap();
+    // Given twice: the second, empty one is the file.
+    let mut h = header(tar::EntryType::Regular, 0o644, 0, 0);
+    h.set_size(3);
+    b.append_data(&mut h, "twice", &b"old"[..]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o640, 0, 0);
+    b.append_data(&mut h, "twice", std::io::empty()).unwrap();
+    // All hole: one empty block at the end of 1 MiB.
+    let mut h = header(tar::EntryType::GNUSparse, 0o644, 0, 0);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(1 << 20);
+    gnu.sparse[0].set_offset(1 << 20);
+    gnu.sparse[0].set_length(0);
+    b.append_data(&mut h, "hole", std::io::empty()).unwrap();
+    // Empty by its header, five bytes by its PAX size: readers that disagree differ here.
+    b.append_pax_extensions([("size", &b"5"[..])]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o644, 0, 0);
+    h.set_path("paxsize").unwrap();
+    h.set_cksum();
+    let raw = b.get_mut();
+    raw.extend_from_slice(h.as_bytes());
+    raw.extend_from_slice(b"hello");
+    raw.resize(raw.len() + 512 - 5, 0);
+    let tar = b.into_inner().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    let privileged = UnpackOptions {
+        privileged: true,
+        ..opts()
+    };
+    unpack(&tar[..], &ours, &privileged).unwrap();
+    let archive = dir.path().join("layer.tar");
+    std::fs::write(&archive, &tar).unwrap();
+    let out = std::process::Command::new("tar")
+        .args([
+            "--xattrs",
+            "--xattrs-include=*",
+            "--same-owner",
+            "--numeric-owner",
+            "-xpf",
+        ])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for name in ["setuid", "noted", "twice", "hole", "paxsize"] {
+        let (a, b) = (ours.join(name), theirs.join(name));
+        let (ma, mb) = (
+            std::fs::metadata(&a).unwrap(),
+            std::fs::metadata(&b).unwrap(),
+        );
+        let facts =
+            |m: &std::fs::Metadata| (m.mode(), m.uid(), m.gid(), m.len(), m.mtime(), m.blocks());
+        assert_eq!(facts(&ma), facts(&mb), "{name}");
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name}"
+        );
+        let note = |p: &Path| {
+            let mut buf = [0u8; 16];
+            rustix::fs::getxattr(p, "user.note", &mut buf)
+                .map(|n| buf[..n].to_vec())
+                .ok()
+        };
+        assert_eq!(note(&a), note(&b), "{name}");
+    }
+    assert_eq!(
+        std::fs::metadata(ours.join("setuid")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert_eq!(std::fs::read(ours.join("paxsize")).unwrap(), b"hello");
+    let mut buf = [0u8; 16];
+    let n = rustix::fs::getxattr(ours.join("noted"), "user.note", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"kept");
+    assert_eq!(std::fs::metadata(ours.join("hole")).unwrap().blocks(), 0);
+}

@@ -406,7 +406,7 @@ impl nestfs_fuse::Fetch for Filler {
         }
         // The data is on disk before the map says so, and the file keeps its layer's mtime.
         rustix::fs::fdatasync(&w)?;
-        super::set_times(&w, mtime)?;
+        crate::unpack::set_file_times(&w, mtime)?;
         rustix::fs::fsetxattr(&w, HAVE, &got, rustix::fs::XattrFlags::empty())?;
         Ok(())
     }
@@ -529,7 +529,7 @@ fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut at: u64) -> io::Result<()> {
 /// Syncs a filled file, gives it back its layer's mtime and drops its mark.
 fn finish(w: &OwnedFd, mtime: i64) -> io::Result<()> {
     rustix::fs::fdatasync(w)?;
-    super::set_times(w, mtime)?;
+    crate::unpack::set_file_times(w, mtime)?;
     rustix::fs::fremovexattr(w, MARK)?;
     match rustix::fs::fremovexattr(w, HAVE) {
         Ok(()) | Err(rustix::io::Errno::NODATA) => Ok(()),

@@ -71,19 +71,6 @@ fn mtime(e: &estargz::TocEntry) -> i64 {
     chrono::DateTime::parse_from_rfc3339(&e.modtime).map_or(0, |t| t.timestamp())
 }
 
-/// Gives a layer file `mtime` as its access and modification time, as unpacking does.
-fn set_times(fd: &std::os::fd::OwnedFd, mtime: i64) -> std::io::Result<()> {
-    let t = rustix::fs::Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
-    };
-    let times = rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
-    Ok(rustix::fs::futimens(fd, &times)?)
-}
-
 /// The TOC of volume `key` while it is lazy, beside its metadata.
 pub fn toc_path(volumes: &Path, key: &str) -> PathBuf {
     volumes.join(format!("{key}.toc.json"))
