@@ -336,3 +336,68 @@ fn a_corrupt_source_or_a_used_destination_fails_and_leaves_nothing() {
     left.sort();
     assert_eq!(left, ["src", "used"]);
 }
+
+#[test]
+fn a_convert_to_the_same_destination_removes_what_a_killed_one_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let big = Layer::gzip().file("big", 0o644, noise(7, 16 << 20));
+    let one = Image {
+        layers: vec![big],
+        env: None,
+        tag: None,
+    };
+    write_layout(&src, &one).unwrap();
+    let dest = dir.path().join("esgz");
+    let work = |d: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains(".esgz.converting-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut child = Command::new(bin())
+        .arg("convert")
+        .arg(format!("oci://{}", src.display()))
+        .arg(&dest)
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while work(dir.path()).is_empty() && t0.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed before it finished: {status:?}");
+    let killed = work(dir.path());
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    assert!(!dest.exists());
+
+    // Its debris is a minute old; beside it, another convert's work that is older but
+    // still locked (running), and one just made (not locked yet): both stay.
+    let aged = |p: &Path| {
+        let out = Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    aged(&killed[0]);
+    let live = dir.path().join(".esgz.converting-live");
+    std::fs::create_dir(&live).unwrap();
+    aged(&live);
+    let held = std::fs::File::open(&live).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let young = dir.path().join(".esgz.converting-young");
+    std::fs::create_dir(&young).unwrap();
+
+    let r = convert(&[&format!("oci://{}", src.display()), dest.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert!(dest.join("index.json").exists());
+    assert_eq!(work(dir.path()), [live, young]);
+}

@@ -9,6 +9,7 @@ use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use rustix::fs::FlockOperation;
 use serde_json::{Value, json};
 
 use super::{Ctx, Output};
@@ -48,10 +49,15 @@ pub fn run(ctx: &Ctx, req: Request) -> Output {
         .parent()
         .context("destination has no parent directory")?;
     let name = dest.file_name().context("destination has no name")?;
+    let prefix = format!(".{}.converting-", name.to_string_lossy());
+    sweep(parent, &prefix);
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.converting-", name.to_string_lossy()))
+        .prefix(&prefix)
         .tempdir_in(parent)
         .with_context(|| format!("make a directory in {}", parent.display()))?;
+    // Held until this process ends: how a later convert tells a killed one's debris.
+    let _busy = lock(tmp.path(), FlockOperation::LockExclusive)
+        .with_context(|| format!("lock {}", tmp.path().display()))?;
     let rt = super::runtime()?;
     ctx.log.info("resolving", json!({ "image": req.image }));
     let resolved = rt.block_on(image::resolve(&image_ref, &req.opts))?;
@@ -192,6 +198,36 @@ fn put_blob(blobs: &Path, media_type: &str, data: &[u8]) -> anyhow::Result<Value
 }
 
 /// Moves the finished layout to `dest` (replacing an empty directory there).
+/// Removes what converts to the same destination that were killed left in `parent` (their
+/// work directories, `<prefix>*`, unlocked and untouched for a minute: a convert starting
+/// now has not locked its own yet).
+fn sweep(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(prefix)
+            && e.metadata().is_ok_and(|m| {
+                m.is_dir()
+                    && m.modified()
+                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE)
+            });
+        if stale && let Ok(_held) = lock(&e.path(), FlockOperation::NonBlockingLockExclusive) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// How long a killed convert's work directory stays before another convert removes it.
+const STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Directory `dir`, locked with `how`.
+fn lock(dir: &Path, how: FlockOperation) -> std::io::Result<File> {
+    let f = File::open(dir)?;
+    rustix::fs::flock(&f, how)?;
+    Ok(f)
+}
+
 fn place(tmp: tempfile::TempDir, dest: &Path) -> anyhow::Result<()> {
     if dest.is_dir() {
         std::fs::remove_dir(dest).with_context(|| format!("replace {}", dest.display()))?;
