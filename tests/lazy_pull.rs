@@ -80,17 +80,7 @@ fn setup_on(reg: Registry, prefetch: &[&str]) -> Lazy {
     let dest = dir.path().join("esgz");
     let list = dir.path().join("prefetch");
     std::fs::write(&list, prefetch.join("\n")).unwrap();
-    let mut convert = Command::new(bin());
-    convert.args(["convert", "--chunk-size", "524288"]);
-    if !prefetch.is_empty() {
-        convert.arg("--prefetch-list").arg(&list);
-    }
-    let out = convert
-        .arg(format!("oci://{}:v1", src.display()))
-        .arg(&dest)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    convert(&src, &dest, Some(&list).filter(|_| !prefetch.is_empty()));
     let read =
         |p: PathBuf| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
     let blob = |d: &Value| {
@@ -108,6 +98,21 @@ fn setup_on(reg: Registry, prefetch: &[&str]) -> Lazy {
         reg,
         s: TestStore::new(),
     }
+}
+
+/// Converts the layout `src` (tag v1) to eStargz at `dest`, in chunks of 512 KiB.
+fn convert(src: &Path, dest: &Path, prefetch_list: Option<&PathBuf>) {
+    let mut convert = Command::new(bin());
+    convert.args(["convert", "--chunk-size", "524288"]);
+    if let Some(list) = prefetch_list {
+        convert.arg("--prefetch-list").arg(list);
+    }
+    let out = convert
+        .arg(format!("oci://{}:v1", src.display()))
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// `create` with environment `env` (the daemon inherits it).
@@ -238,13 +243,7 @@ fn a_mark_a_fully_pulled_layer_carries_never_gets_its_file_filled() {
     };
     write_layout(&src, &one_layer).unwrap();
     let esgz = dir.path().join("esgz");
-    let out = Command::new(bin())
-        .args(["convert", "--chunk-size", "524288"])
-        .arg(format!("oci://{}:v1", src.display()))
-        .arg(&esgz)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    convert(&src, &esgz, None);
     let base = reg.push(&esgz, "base", "v1");
     create(&s, &reg, &base, "base", &[], &["--without-lazy-pull"]);
     let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
