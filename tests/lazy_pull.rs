@@ -294,6 +294,96 @@ fn a_mark_a_fully_pulled_layer_carries_never_gets_its_file_filled() {
     assert!(mounts_under(s.dir.path()).is_empty());
 }
 
+/// A tarball of raw entries `(kind, name, link, data)`: names a well-behaved tool refuses.
+fn raw_tarball(path: &Path, entries: &[(tar::EntryType, &str, &str, &[u8])]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (kind, name, link, data) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+/// A TOC naming paths through `..` and a symlink out of the layer: the skeleton makes what a
+/// full pull of the same image makes (parallel runs or not), and nothing outside.
+#[test]
+fn a_hostile_toc_makes_nothing_outside_and_what_a_full_pull_makes() {
+    use tar::EntryType as T;
+    require_root_fuse!();
+    let reg = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let out = outside.to_str().unwrap();
+    // Every parent a directory entry, every name once: unpacked in parallel runs.
+    let dotdot: &[(T, &str, &str, &[u8])] = &[
+        (T::Directory, "a", "", b""),
+        (T::Directory, "a/..", "", b""),
+        (T::Regular, "a/../../escape", "", b"out"),
+        (T::Regular, "a/ok", "", b"fine"),
+        (T::Regular, "../escape", "", b"out"),
+    ];
+    // Through a symlink that points outside: in the TOC's order.
+    let symlink: &[(T, &str, &str, &[u8])] = &[
+        (T::Directory, "d", "", b""),
+        (T::Symlink, "d/l", out, b""),
+        (T::Regular, "d/l/pwned", "", b"pwned"),
+    ];
+    for (name, entries) in [("dotdot", dotdot), ("symlink", symlink)] {
+        let tarball = dir.path().join(format!("{name}.tar"));
+        raw_tarball(&tarball, entries);
+        let esgz = dir.path().join(name);
+        let out = Command::new(bin())
+            .arg("convert")
+            .arg(&tarball)
+            .arg(&esgz)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let image = reg.push(&esgz, name, "v1");
+        let (lazy, full) = (TestStore::new(), TestStore::new());
+        let create = |s: &TestStore, extra: &[&str]| -> common::Run {
+            let mut c = s.cmd();
+            c.env(NO_COMPLETION.0, NO_COMPLETION.1);
+            c.args(["create", "--insecure-registry", &reg.addr])
+                .args(extra)
+                .args([&image, "img"]);
+            c.output().unwrap().into()
+        };
+        let (l, f) = (create(&lazy, &[]), create(&full, &["--without-lazy-pull"]));
+        assert_eq!(l.code, f.code, "{name}: lazy {l:#?}\nfull {f:#?}");
+        if f.code == 0 {
+            let root = |s: &TestStore| s.root().join("images/img/rootfs");
+            assert_same_tree(&root(&lazy), &root(&full));
+            assert_eq!(std::fs::read(root(&lazy).join("a/ok")).unwrap(), b"fine");
+            lazy.run(&["delete", "img"]).ok();
+            full.run(&["delete", "img"]).ok();
+        } else {
+            assert!(l.stdout.contains("unpack"), "{name}: {l:#?}");
+        }
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{name}");
+        for s in [&lazy, &full] {
+            let found = Command::new("find")
+                .arg(s.dir.path())
+                .args(["-name", "escape", "-o", "-name", "pwned"])
+                .output()
+                .unwrap();
+            assert!(found.stdout.is_empty(), "{name}: {found:?}");
+            assert!(mounts_under(s.dir.path()).is_empty());
+            assert!(daemons_for(s.dir.path()).is_empty());
+        }
+    }
+}
+
 /// The volumes of `store`'s image `id`, bottom first.
 fn volumes(s: &TestStore, id: &str) -> Vec<PathBuf> {
     let meta: Value = serde_json::from_slice(

@@ -65,10 +65,14 @@ pub fn build(
 /// of another run: where every name is given once and every entry's parent is a directory
 /// entry. Otherwise all goes in order, in one part.
 fn phases(entries: &[TocEntry], threads: usize) -> Vec<Vec<Vec<(usize, &TocEntry)>>> {
+    // Names through `..` are left out, as the unpacker leaves them out of any layer.
     let listed: Vec<(usize, &TocEntry)> = entries
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.kind != "chunk" && !clean_name(&e.name).is_empty())
+        .filter(|(_, e)| {
+            let name = clean_name(&e.name);
+            e.kind != "chunk" && !name.is_empty() && !name.split('/').any(|c| c == "..")
+        })
         .collect();
     let dirs: HashSet<&str> = listed
         .iter()
