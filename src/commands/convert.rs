@@ -197,7 +197,6 @@ fn put_blob(blobs: &Path, media_type: &str, data: &[u8]) -> anyhow::Result<Value
     Ok(json!({ "mediaType": media_type, "digest": digest, "size": data.len() }))
 }
 
-/// Moves the finished layout to `dest` (replacing an empty directory there).
 /// Removes what converts to the same destination that were killed left in `parent` (their
 /// work directories, `<prefix>*`, unlocked and untouched for a minute: a convert starting
 /// now has not locked its own yet).
@@ -228,6 +227,7 @@ fn lock(dir: &Path, how: FlockOperation) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Moves the finished layout to `dest` (replacing an empty directory there).
 fn place(tmp: tempfile::TempDir, dest: &Path) -> anyhow::Result<()> {
     if dest.is_dir() {
         std::fs::remove_dir(dest).with_context(|| format!("replace {}", dest.display()))?;
