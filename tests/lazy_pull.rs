@@ -812,6 +812,44 @@ fn a_disk_limit_too_small_for_the_image_fails_a_lazy_create_as_a_full_one() {
     assert!(mounts_under(s.dir.path()).is_empty());
 }
 
+/// Stores lazily pulled by builds before marks were short (`<volume key>/<name>`) still fill
+/// as they are read once nestfs is upgraded.
+#[test]
+fn a_mark_written_by_an_older_build_is_still_filled() {
+    require_root_fuse!();
+    let Lazy { reg, image, s, .. } = setup(&[]);
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    let vol = volumes(&s, "lazy")[1].clone();
+    let key = vol.file_name().unwrap().to_str().unwrap().to_string();
+    for name in ["bin/hello", "data/big1"] {
+        let old = format!("{key}/{name}");
+        rustix::fs::setxattr(
+            vol.join(name),
+            "user.nestfs.lazy",
+            old.as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("bin/hello")).unwrap(),
+        "#!/bin/sh\necho hello\n"
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big1")).unwrap(),
+        noise(1, BIG)
+    );
+    let left = marked(&vol);
+    assert!(
+        !left
+            .iter()
+            .any(|p| p.ends_with("bin/hello") || p.ends_with("data/big1")),
+        "{left:?}"
+    );
+    s.run(&["delete", "lazy"]).ok();
+    assert!(mounts_under(s.dir.path()).is_empty());
+}
+
 #[test]
 fn a_read_of_a_big_file_fetches_the_chunks_it_falls_in() {
     require_root_fuse!();

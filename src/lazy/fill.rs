@@ -194,17 +194,36 @@ impl Filler {
     /// entry; that entry's file in a volume of this image must be this very inode (a layer
     /// fully pulled may carry a mark of its own making, never to be filled by another's data).
     fn marked(&self, file: BorrowedFd) -> io::Result<Option<(&Volume, &str)>> {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 4096];
         let n = match rustix::fs::fgetxattr(file, MARK, &mut buf) {
             Ok(n) => n,
             Err(rustix::io::Errno::NODATA) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let Some((tag, index)) = super::parse_mark(&buf[..n]) else {
-            return Ok(None);
+        let candidates: Vec<(&Volume, usize)> = match super::parse_mark(&buf[..n]) {
+            Some((tag, index)) => self
+                .volumes
+                .iter()
+                .filter(|(k, _)| k.starts_with(tag))
+                .map(|(_, v)| (v, index))
+                .collect(),
+            // Written by builds before 0b63b47: `<volume key>/<name>`, the name's last entry.
+            None => std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|m| m.split_once('/'))
+                .and_then(|(key, name)| {
+                    let v = self.volumes.get(key)?;
+                    let entries = &v.index.toc.entries;
+                    let index = entries
+                        .iter()
+                        .rposition(|e| e.kind == "reg" && clean_name(&e.name) == name)?;
+                    Some((v, index))
+                })
+                .into_iter()
+                .collect(),
         };
         let st = rustix::fs::fstat(file)?;
-        for (_, v) in self.volumes.iter().filter(|(k, _)| k.starts_with(tag)) {
+        for (v, index) in candidates {
             let Some(e) = v.index.toc.entries.get(index).filter(|e| e.kind == "reg") else {
                 continue;
             };
