@@ -6,9 +6,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
-use sha2::{Digest, Sha256};
-
 use super::{FOOTER_SIZE, TOC_NAME, Toc};
+use crate::image::sha256_hex;
 
 /// A TOC bigger than this (uncompressed) is refused: a layer of millions of files has a TOC
 /// of a few hundred MiB at most.
@@ -127,7 +126,7 @@ pub fn toc_json(member: &[u8]) -> Result<Vec<u8>, Error> {
 impl Index {
     /// Checks TOC JSON (whose member starts at `toc_offset`) against `want_digest`.
     pub fn parse(json: &[u8], toc_offset: u64, want_digest: &str) -> Result<Index, Error> {
-        let got = format!("sha256:{}", hex::encode(Sha256::digest(json)));
+        let got = sha256_hex(json);
         if got != want_digest {
             return Err(Error::TocDigest {
                 want: want_digest.to_string(),
@@ -197,7 +196,7 @@ impl Index {
         io::copy(&mut (&mut gz).take(c.inner_offset), &mut io::sink())?;
         let mut data = Vec::with_capacity(c.len as usize);
         gz.take(c.len).read_to_end(&mut data)?;
-        let got = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let got = sha256_hex(&data);
         if data.len() as u64 != c.len || got != c.digest {
             return Err(Error::ChunkDigest {
                 name: c.name.clone(),

@@ -14,6 +14,7 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 use super::{LANDMARK_CONTENT, TOC_NAME, Toc, TocEntry, clean_name};
+use crate::image::{sha256_digest, sha256_hex};
 
 /// Chunk size stargz-snapshotter's tools use.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
@@ -318,14 +319,14 @@ impl<W: Write> Blob<W> {
             c.offset = offset;
             c.chunk_offset = done;
             c.chunk_size = if done + n < size { n } else { 0 };
-            c.chunk_digest = digest(Sha256::digest(&*buf));
+            c.chunk_digest = sha256_hex(buf);
             self.toc.push(c);
             done += n;
         }
         if size == 0 {
             self.toc.push(toc);
         }
-        self.toc[first].digest = digest(whole.finalize());
+        self.toc[first].digest = sha256_digest(whole.finalize());
         self.pad(size)
     }
 
@@ -347,7 +348,7 @@ impl<W: Write> Blob<W> {
         self.put(h.as_bytes())?;
         let offset = self.close()?;
         self.put(&[LANDMARK_CONTENT])?;
-        let d = digest(Sha256::digest([LANDMARK_CONTENT]));
+        let d = sha256_hex(&[LANDMARK_CONTENT]);
         self.toc.push(TocEntry {
             name: name.into(),
             kind: "reg".into(),
@@ -384,18 +385,14 @@ impl<W: Write> Blob<W> {
         raw.write_all(&super::footer(toc_offset))?;
         raw.flush()?;
         Ok(Written {
-            digest: digest(raw.hash.finalize()),
+            digest: sha256_digest(raw.hash.finalize()),
             size: raw.n,
-            diff_id: digest(self.diff.finalize()),
+            diff_id: sha256_digest(self.diff.finalize()),
             uncompressed_size: self.uncompressed,
-            toc_digest: digest(Sha256::digest(&json)),
+            toc_digest: sha256_hex(&json),
             missing: Vec::new(),
         })
     }
-}
-
-fn digest(d: impl AsRef<[u8]>) -> String {
-    format!("sha256:{}", hex::encode(d))
 }
 
 /// The TOC's description of an entry (offsets and digests of payloads are filled in later).

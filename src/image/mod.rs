@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use reference::{Select, Source};
 pub use registry::{Registry, Remote};
-pub use verify::{chain_ids, sha256_hex};
+pub use verify::{chain_ids, sha256_digest, sha256_hex};
 
 use crate::unpack::{UnpackOptions, UnpackStats};
 

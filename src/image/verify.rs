@@ -31,10 +31,7 @@ impl<R: Read> Hashing<R> {
     /// Reads the rest, then returns `sha256:<hex>`.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((
-            format!("sha256:{}", hex::encode(self.hash.finalize())),
-            self.count,
-        ))
+        Ok((sha256_digest(self.hash.finalize()), self.count))
     }
 }
 
@@ -47,8 +44,14 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// `sha256:<hex>` of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    sha256_digest(Sha256::digest(data))
+}
+
+/// `sha256:<hex>` of a finished SHA-256 hash.
+pub fn sha256_digest(hash: impl AsRef<[u8]>) -> String {
+    format!("sha256:{}", hex::encode(hash))
 }
 
 /// How far past its declared size a blob is read to tell a corrupt blob from a wrong size

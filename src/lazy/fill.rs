@@ -497,7 +497,7 @@ fn fill_from_tar(
             at += n as u64;
         }
         // An earlier entry of a name given twice: its data is not the file's.
-        let got = format!("sha256:{}", hex::encode(hash.finalize()));
+        let got = crate::image::sha256_digest(hash.finalize());
         if digests.get(name) == Some(&got) {
             finish(&w, mtime).map_err(fail)?;
         }

@@ -179,7 +179,6 @@ fn tar_of(entries: Vec<(usize, &TocEntry)>, key: &str) -> Result<Vec<u8>, ImageE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
 
     /// A TOC whose one file claims `size` bytes.
     fn index(size: u64) -> Index {
@@ -188,7 +187,7 @@ mod tests {
              "chunkDigest": "sha256:00"},
         ]})
         .to_string();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&json)));
+        let digest = crate::image::sha256_hex(json.as_bytes());
         Index::parse(json.as_bytes(), 100, &digest).unwrap()
     }
 
