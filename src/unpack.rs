@@ -133,14 +133,7 @@ fn make_device<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Resul
 
 /// Gives a node made here (not by the tar crate, which does it itself) its header's mtime.
 fn set_mtime<R: Read>(path: &Path, entry: &tar::Entry<R>, name: &str) -> Result<(), ImageError> {
-    let t = rustix::fs::Timespec {
-        tv_sec: entry.header().mtime().unwrap_or(0) as i64,
-        tv_nsec: 0,
-    };
-    let times = rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
+    let times = layer_times(entry.header().mtime().unwrap_or(0) as i64);
     rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
         invalid(
             &format!("set the mtime of {name:?}"),
@@ -454,14 +447,7 @@ fn unpack_with(
 fn restore_dir_times(b: &Beneath, dirs: &[(PathBuf, u64)]) -> std::io::Result<()> {
     for (rel, mtime) in dirs {
         let fd = open_beneath(&b.root, rel)?;
-        let t = rustix::fs::Timespec {
-            tv_sec: *mtime as i64,
-            tv_nsec: 0,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: t,
-            last_modification: t,
-        };
+        let times = layer_times(*mtime as i64);
         rustix::fs::utimensat(
             rustix::fs::CWD,
             fd_path(fd.as_raw_fd()),
@@ -548,15 +534,19 @@ fn place<R: Read>(
 /// Gives a regular file of a layer `mtime` as its access and modification time, as the tar
 /// crate unpacks one: never 0 (1 instead).
 pub fn set_file_times(fd: impl AsFd, mtime: i64) -> std::io::Result<()> {
+    Ok(rustix::fs::futimens(fd, &layer_times(mtime.max(1)))?)
+}
+
+/// `mtime` (whole seconds) as both access and modification time, as layers carry them.
+fn layer_times(mtime: i64) -> rustix::fs::Timestamps {
     let t = rustix::fs::Timespec {
-        tv_sec: mtime.max(1),
+        tv_sec: mtime,
         tv_nsec: 0,
     };
-    let times = rustix::fs::Timestamps {
+    rustix::fs::Timestamps {
         last_access: t,
         last_modification: t,
-    };
-    Ok(rustix::fs::futimens(fd, &times)?)
+    }
 }
 
 /// Whether the entry is a regular file without data: empty (its size as the tar crate reads
