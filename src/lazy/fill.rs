@@ -7,8 +7,10 @@
 //! filled again), never unmarked and empty.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -185,7 +187,7 @@ impl Filler {
             io::Error::from_raw_os_error(libc::EIO)
         })?;
         for (c, d) in chunks.iter().zip(&data) {
-            write_all_at(&w, d, c.file_offset)?;
+            w.write_all_at(d, c.file_offset)?;
         }
         finish(&w, v.mtimes.get(name).copied().unwrap_or(0))
     }
@@ -193,49 +195,41 @@ impl Filler {
     /// The volume and name of the file open at `file` if it is marked. The mark names a TOC
     /// entry; that entry's file in a volume of this image must be this very inode (a layer
     /// fully pulled may carry a mark of its own making, never to be filled by another's data).
-    fn marked(&self, file: BorrowedFd) -> io::Result<Option<(&Volume, &str)>> {
+    fn marked<'a>(&'a self, file: BorrowedFd) -> io::Result<Option<(&'a Volume, &'a str)>> {
         let mut buf = [0u8; 4096];
         let n = match rustix::fs::fgetxattr(file, MARK, &mut buf) {
             Ok(n) => n,
             Err(rustix::io::Errno::NODATA) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let candidates: Vec<(&Volume, usize)> = match super::parse_mark(&buf[..n]) {
-            Some((tag, index)) => self
+        let st = rustix::fs::fstat(file)?;
+        // The entry's file in volume `v`, if it is this inode.
+        let this = |v: &'a Volume, index: usize| -> Option<(&'a Volume, &'a str)> {
+            let e = v.index.toc.entries.get(index).filter(|e| e.kind == "reg")?;
+            let name = clean_name(&e.name);
+            let at = open_beneath(&v.root, name, OFlags::PATH).ok()?;
+            let s = rustix::fs::fstat(&at).ok()?;
+            ((s.st_dev, s.st_ino) == (st.st_dev, st.st_ino)).then_some((v, name))
+        };
+        if let Some((tag, index)) = super::parse_mark(&buf[..n]) {
+            return Ok(self
                 .volumes
                 .iter()
                 .filter(|(k, _)| k.starts_with(tag))
-                .map(|(_, v)| (v, index))
-                .collect(),
-            // Written by builds before 0b63b47: `<volume key>/<name>`, the name's last entry.
-            None => std::str::from_utf8(&buf[..n])
-                .ok()
-                .and_then(|m| m.split_once('/'))
-                .and_then(|(key, name)| {
-                    let v = self.volumes.get(key)?;
-                    let entries = &v.index.toc.entries;
-                    let index = entries
-                        .iter()
-                        .rposition(|e| e.kind == "reg" && clean_name(&e.name) == name)?;
-                    Some((v, index))
-                })
-                .into_iter()
-                .collect(),
-        };
-        let st = rustix::fs::fstat(file)?;
-        for (v, index) in candidates {
-            let Some(e) = v.index.toc.entries.get(index).filter(|e| e.kind == "reg") else {
-                continue;
-            };
-            let name = clean_name(&e.name);
-            if let Ok(at) = open_beneath(&v.root, name, OFlags::PATH)
-                && rustix::fs::fstat(&at)
-                    .is_ok_and(|s| (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino))
-            {
-                return Ok(Some((v, name)));
-            }
+                .find_map(|(_, v)| this(v, index)));
         }
-        Ok(None)
+        // Written by builds before 0b63b47: `<volume key>/<name>`, the name's last entry.
+        let old = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|m| m.split_once('/'));
+        Ok(old.and_then(|(key, name)| {
+            let v = self.volumes.get(key)?;
+            let entries = &v.index.toc.entries;
+            let index = entries
+                .iter()
+                .rposition(|e| e.kind == "reg" && clean_name(&e.name) == name)?;
+            this(v, index)
+        }))
     }
 
     /// Fills at once the files volume `key` names before its prefetch landmark (those its
@@ -278,7 +272,8 @@ impl Filler {
             for (name, w) in &files {
                 for c in &v.chunks[*name] {
                     let d = data.next().expect("a chunk's data");
-                    write_all_at(w, d, c.file_offset).map_err(|e| e.to_string())?;
+                    w.write_all_at(d, c.file_offset)
+                        .map_err(|e| e.to_string())?;
                 }
                 finish(w, v.mtimes.get(*name).copied().unwrap_or(0)).map_err(|e| e.to_string())?;
             }
@@ -413,7 +408,7 @@ impl nestfs_fuse::Fetch for Filler {
             io::Error::from_raw_os_error(libc::EIO)
         })?;
         for (c, d) in picked.iter().zip(&data) {
-            write_all_at(&w, d, c.file_offset)?;
+            w.write_all_at(d, c.file_offset)?;
         }
         got.resize(chunks.len().div_ceil(8), 0);
         for i in missing {
@@ -493,7 +488,7 @@ fn fill_from_tar(
                 break;
             }
             hash.update(&buf[..n]);
-            write_all_at(&w, &buf[..n], at).map_err(fail)?;
+            w.write_all_at(&buf[..n], at).map_err(fail)?;
             at += n as u64;
         }
         // An earlier entry of a name given twice: its data is not the file's.
@@ -516,37 +511,28 @@ fn is_marked(file: BorrowedFd) -> io::Result<bool> {
 }
 
 /// A layer file by its name in the volume, never through a symlink or out of it.
-fn open_beneath(root: &OwnedFd, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat2(
+fn open_beneath(root: &OwnedFd, name: &str, flags: OFlags) -> io::Result<File> {
+    Ok(File::from(rustix::fs::openat2(
         root,
         name,
         flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )?)
+    )?))
 }
 
 /// The open file again, for writing.
-fn reopen(file: BorrowedFd, flags: OFlags) -> io::Result<OwnedFd> {
+fn reopen(file: BorrowedFd, flags: OFlags) -> io::Result<File> {
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-    Ok(rustix::fs::open(
+    Ok(File::from(rustix::fs::open(
         path,
         flags | OFlags::CLOEXEC,
         Mode::empty(),
-    )?)
-}
-
-fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut at: u64) -> io::Result<()> {
-    while !data.is_empty() {
-        let n = rustix::io::pwrite(fd, data, at)?;
-        data = &data[n..];
-        at += n as u64;
-    }
-    Ok(())
+    )?))
 }
 
 /// Syncs a filled file, gives it back its layer's mtime and drops its mark.
-fn finish(w: &OwnedFd, mtime: i64) -> io::Result<()> {
+fn finish(w: &File, mtime: i64) -> io::Result<()> {
     rustix::fs::fdatasync(w)?;
     crate::unpack::set_file_times(w, mtime)?;
     rustix::fs::fremovexattr(w, MARK)?;
