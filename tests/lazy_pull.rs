@@ -885,6 +885,48 @@ fn a_read_of_a_big_file_fetches_the_chunks_it_falls_in() {
     assert!(mounts_under(s.dir.path()).is_empty());
 }
 
+/// A store that runs out of inodes while the skeleton is made (its runs in parallel): the
+/// create fails saying so, leaves nothing behind, and works once there is room.
+#[test]
+fn a_skeleton_that_runs_out_of_inodes_fails_cleanly() {
+    require_root_fuse!();
+    let Lazy { reg, image, .. } = setup(&[]);
+    let s = TestStore::uninitialised();
+    let _fs = common::Tmpfs::mount_with(&s.root(), "size=64m,nr_inodes=120");
+    s.run(&["init-store"]).ok();
+    let mut c = s.cmd();
+    c.env(NO_COMPLETION.0, NO_COMPLETION.1).args([
+        "create",
+        "--insecure-registry",
+        &reg.addr,
+        &image,
+        "lazy",
+    ]);
+    let r: common::Run = c.output().unwrap().into();
+    assert_eq!(r.code, 1, "{r:#?}");
+    // Bytes were plenty; the message says what ran out.
+    assert!(
+        r.stdout.contains("filesystem is full") && r.stdout.contains("inodes were free"),
+        "{r:#?}"
+    );
+    let left = |dir: &str| std::fs::read_dir(s.root().join(dir)).map_or(0, |d| d.count());
+    assert_eq!((left("tmp"), left("images")), (0, 0), "{r:#?}");
+    assert!(daemons_for(s.dir.path()).is_empty());
+    let out = Command::new("mount")
+        .args(["-o", "remount,nr_inodes=100000"])
+        .arg(s.root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rootfs = create(&s, &reg, &image, "lazy", &[NO_COMPLETION], &[]);
+    assert_eq!(
+        std::fs::read(rootfs.join("data/big1")).unwrap(),
+        noise(1, BIG)
+    );
+    s.run(&["delete", "lazy"]).ok();
+    assert_eq!(mounts_under(s.dir.path()), [s.root().display().to_string()]);
+}
+
 #[test]
 fn a_fill_on_a_full_store_fails_with_enospc_and_works_once_there_is_room() {
     require_root_fuse!();

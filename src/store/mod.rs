@@ -65,13 +65,15 @@ pub enum StoreError {
     )]
     LimitTooSmall { limit: u64 },
     #[error(
-        "the store's filesystem is full (ENOSPC): {free} bytes were free in {}, the image needs \
-         at least {needed}",
+        "the store's filesystem is full (ENOSPC): {free} bytes and {inodes} inodes were free in \
+         {}, the image needs at least {needed} bytes",
         path.display()
     )]
     StoreFull {
         path: PathBuf,
         free: u64,
+        /// Files the filesystem could still make: a store can run out of these first.
+        inodes: u64,
         needed: u64,
     },
     #[error(transparent)]
@@ -258,6 +260,11 @@ impl Store {
     pub fn free_bytes(&self) -> Result<u64> {
         let st = statvfs(&self.root)?;
         Ok(st.f_bavail * st.f_frsize)
+    }
+
+    /// Files the store's filesystem can still make for unprivileged use.
+    pub fn free_inodes(&self) -> Result<u64> {
+        Ok(statvfs(&self.root)?.f_favail)
     }
 
     fn meta_path(&self) -> PathBuf {

@@ -74,7 +74,7 @@ impl Store {
             .iter()
             .map(|l| volume_key(&l.chain_id))
             .collect();
-        let free = self.free_bytes()?;
+        let (free, inodes) = (self.free_bytes()?, self.free_inodes()?);
         let opts = UnpackOptions {
             max_bytes: quota.unwrap_or(free),
             max_entries: 10_000_000,
@@ -134,16 +134,23 @@ impl Store {
         }
         match failure {
             Some(e) => {
-                Err(self.space_error(e, quota, free, placed.load(Ordering::Relaxed) + unplaced))
+                let needed = placed.load(Ordering::Relaxed) + unplaced;
+                Err(self.space_error(e, quota, (free, inodes), needed))
             }
             None => Ok(keys),
         }
     }
 
     /// Says what an unpack that ran out of room ran into: the image's disk limit, or the
-    /// store's filesystem (`free` bytes when the pull began; `needed`: what the layers that made
-    /// it and those that ran out had written, together).
-    fn space_error(&self, e: StoreError, quota: Option<u64>, free: u64, needed: u64) -> StoreError {
+    /// store's filesystem (`free` bytes and inodes when the pull began; `needed`: what the
+    /// layers that made it and those that ran out had written, together).
+    fn space_error(
+        &self,
+        e: StoreError,
+        quota: Option<u64>,
+        (free, inodes): (u64, u64),
+        needed: u64,
+    ) -> StoreError {
         match (e, quota) {
             (StoreError::Image(ImageError::TooLarge { .. }), Some(limit)) => {
                 StoreError::LimitTooSmall { limit }
@@ -152,6 +159,7 @@ impl Store {
                 StoreError::StoreFull {
                     path: self.root().to_path_buf(),
                     free,
+                    inodes,
                     needed,
                 }
             }

@@ -218,9 +218,14 @@ pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     pub fn mount(at: &Path, bytes: u64) -> Tmpfs {
+        Tmpfs::mount_with(at, &format!("size={bytes}"))
+    }
+
+    /// A tmpfs with mount options `opts` (`size=...,nr_inodes=...`).
+    pub fn mount_with(at: &Path, opts: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
             .arg(at)
             .status()
             .unwrap()
