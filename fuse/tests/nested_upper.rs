@@ -150,6 +150,37 @@ fn upper_on_the_kernels_union_mount_takes_oci_whiteouts() {
     check_oci_upper(&s, &Dirs::new(&outer));
 }
 
+/// A work dir keeps what the probe found on its filesystem; copied with its upper dir onto
+/// kernel overlayfs, it must not carry that over: the daemon probes again and writes OCI
+/// whiteouts there.
+#[test]
+fn a_work_dir_copied_onto_the_kernels_union_mount_probes_again() {
+    require_env!();
+    let s = Scratch::new();
+    let first = Dirs::new(&s.sub("first"));
+    drop(first.mount());
+    let record = std::fs::read_to_string(first.work.join("nestfs-probe"))
+        .expect("the work dir keeps the probe's result");
+    assert!(record.contains("overlay opaque="), "{record}");
+    let outer = s.sub("outer");
+    let _m = KernelOverlay::mount(&[s.sub("L")], Some((&s.sub("U"), &s.sub("W"))), &outer);
+    let status = Command::new("cp")
+        .args(["-a", "--"])
+        .arg(s.sub("first"))
+        .arg(&outer)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp -a of the dirs failed");
+    let moved = outer.join("first");
+    let dirs = Dirs {
+        lower: moved.join("lower"),
+        upper: moved.join("upper"),
+        work: moved.join("work"),
+        mnt: moved.join("mnt"),
+    };
+    check_oci_upper(&s, &dirs);
+}
+
 /// nestfs in nestfs: the inner daemon's origins are the outer's user's xattrs, stored escaped
 /// one level deeper, and read back (unescaped) after a remount.
 #[test]
