@@ -132,16 +132,23 @@ def kernel_overlay(s, image_id, dest):
     return dest / "mnt"
 
 
-def write_throughput(s, image, runs, size_mib, small_files=2000):
+def write_throughput(s, image, runs, size_mib, small_files=2000, before=None):
     """MiB/s writing size_mib in 1 MiB writes, and a quarter of it in 4 KiB writes (where the
     per-write cost of counting matters most), with and without a limit and on kernel overlayfs
-    over the same layers, order rotated; and files/s creating small_files files of 4 KiB."""
+    over the same layers, order rotated; and files/s creating small_files files of 4 KiB.
+    `before` (a Store of another build) adds that build's images without and with a limit."""
     s.run("create", image, "free")
     s.run("create", "--disk-limit-size-bytes", str(64 * 1024 * MiB),
           "--exclude-image-from-quota", image, "limited")
     kdir = s.root / "kernel-overlay"
     targets = {"free": s.rootfs("free"), "limited": s.rootfs("limited"),
                "kernel": kernel_overlay(s, "free", kdir)}
+    if before:
+        before.run("create", image, "free")
+        before.run("create", "--disk-limit-size-bytes", str(64 * 1024 * MiB),
+                   "--exclude-image-from-quota", image, "limited")
+        targets.update({"free_before": before.rootfs("free"),
+                        "limited_before": before.rootfs("limited")})
     names = list(targets)
     res = {}
     try:
@@ -150,7 +157,7 @@ def write_throughput(s, image, runs, size_mib, small_files=2000):
             out = {n: [] for n in names}
             chunk = os.urandom(chunk_size)
             for r in range(runs):
-                for name in names[r % 3:] + names[:r % 3]:
+                for name in names[r % len(names):] + names[:r % len(names)]:
                     path = targets[name] / "w"
 
                     def write():
@@ -171,15 +178,18 @@ def write_throughput(s, image, runs, size_mib, small_files=2000):
                         out[name].append(total / MiB / timed(write))
                         path.unlink()
             unit = "per_s" if label == "files" else "mib_s"
-            for name, key in (("free", "no_limit"), ("limited", "limit"), ("kernel", "kernel")):
-                res[f"write_{label}_{unit}_{key}"] = summary(out[name])
+            keys = {"free": "no_limit", "limited": "limit", "kernel": "kernel",
+                    "free_before": "no_limit_before", "limited_before": "limit_before"}
+            for name in names:
+                res[f"write_{label}_{unit}_{keys[name]}"] = summary(out[name])
             free, limited = res[f"write_{label}_{unit}_no_limit"], res[f"write_{label}_{unit}_limit"]
             res[f"write_{label}_limit_overhead_pct"] = 100 * (free["median"] / limited["median"] - 1)
     finally:
         subprocess.run(["umount", str(kdir / "mnt")], check=False)
         shutil.rmtree(kdir, ignore_errors=True)
-    s.run("delete", "free")
-    s.run("delete", "limited")
+    for store in [s] + ([before] if before else []):
+        store.run("delete", "free")
+        store.run("delete", "limited")
     return res
 
 
@@ -205,6 +215,9 @@ def main():
     ap.add_argument("--binary", default=str(REPO / "target/release/nestfs"))
     ap.add_argument("--image", help="default: the busybox test image, built by nestfs-testimages")
     ap.add_argument("--out", default=str(REPO / "target/bench-lifecycle.json"))
+    ap.add_argument("--before", help="another nestfs build whose write throughput is measured "
+                    "in the same run, in a store of its own")
+    ap.add_argument("--only-writes", action="store_true", help="measure write throughput only")
     args = ap.parse_args()
     if args.image is None:
         layout = subprocess.run(
@@ -215,16 +228,22 @@ def main():
         raise SystemExit("run as root: the benchmark mounts FUSE filesystems")
     scratch = Path(tempfile.mkdtemp(prefix="nestfs-bench-", dir="/var/tmp"))
     s = Store(args.binary, scratch / "store")
+    before = Store(args.before, scratch / "store-before") if args.before else None
     try:
         s.run("init-store")
+        if before:
+            before.run("init-store")
         res = {"image": args.image, "runs": args.runs}
-        res.update(lifecycle(s, args.image, args.runs))
-        res.update(write_throughput(s, args.image, args.runs, args.write_mib))
-        res.update(stats_latency(s, args.image, args.runs))
+        if not args.only_writes:
+            res.update(lifecycle(s, args.image, args.runs))
+        res.update(write_throughput(s, args.image, args.runs, args.write_mib, before=before))
+        if not args.only_writes:
+            res.update(stats_latency(s, args.image, args.runs))
     finally:
-        s.run("delete-store", check=False)
-        for pid in daemon_pids(s.root):
-            os.kill(pid, 9)
+        for store in [s] + ([before] if before else []):
+            store.run("delete-store", check=False)
+            for pid in daemon_pids(store.root):
+                os.kill(pid, 9)
         shutil.rmtree(scratch, ignore_errors=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     for k, v in res.items():

@@ -494,3 +494,74 @@ fn an_unlinked_open_file_stays_charged_until_its_last_close() {
     assert_eq!(stats(&s, "open").0, du(&upper(&s, "open")));
     std::fs::write(rootfs.join("after"), vec![5u8; 3 * MIB as usize]).unwrap();
 }
+
+/// Bytes the image daemon of `id` wrote with write(2) and friends (`wchar` of /proc/PID/io).
+fn daemon_wrote(s: &TestStore, id: &str) -> u64 {
+    let pid_file = s.root().join("images").join(id).join("daemon.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid = pid.split_whitespace().next().unwrap();
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Without a limit nothing must refuse a write, so the kernel writes upper files itself
+/// (passthrough) and the daemon never sees the data; `stats` still equals `du`, also while a
+/// file is open and growing and after the image is changed in every other way. With a limit
+/// the daemon sees every write (the EDQUOT tests above).
+#[test]
+fn without_a_limit_the_kernel_writes_and_stats_still_match_du() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let image = tarball(s.dir.path(), &[("lower", 300_000)]);
+    let rootfs = create(&s, image.to_str().unwrap(), "free", &[]);
+    let before = daemon_wrote(&s, "free");
+    let mut open = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(rootfs.join("growing"))
+        .unwrap();
+    let chunk = vec![7u8; 4096];
+    for _ in 0..2048 {
+        open.write_all(&chunk).unwrap();
+    }
+    let by_daemon = daemon_wrote(&s, "free") - before;
+    assert!(
+        by_daemon < MIB,
+        "the daemon wrote {by_daemon} bytes of 8 MiB written through the mount"
+    );
+    // Open and unseen: stats walks the upper dir.
+    let (excl, _, quota) = stats(&s, "free");
+    assert_eq!(quota, 0);
+    assert!(excl >= 8 * MIB, "{excl}");
+    assert_eq!(excl, du(&upper(&s, "free")));
+    open.write_all(&chunk).unwrap();
+    drop(open);
+    assert_eq!(stats(&s, "free").0, du(&upper(&s, "free")));
+    // A copy-up, a lower file appended to, one removed, a truncate: counted as before.
+    let mut lower = OpenOptions::new()
+        .append(true)
+        .open(rootfs.join("lower"))
+        .unwrap();
+    lower.write_all(&chunk).unwrap();
+    drop(lower);
+    std::fs::remove_file(rootfs.join("growing")).unwrap();
+    let small = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(rootfs.join("small"))
+        .unwrap();
+    small.set_len(3 * MIB).unwrap();
+    small.sync_all().unwrap();
+    drop(small);
+    let (excl, _, _) = stats(&s, "free");
+    assert_eq!(excl, du(&upper(&s, "free")));
+    assert!((300_000..2 * MIB).contains(&excl), "{excl}");
+    let data = std::fs::read(rootfs.join("lower")).unwrap();
+    assert_eq!(data.len(), 300_000 + 4096);
+}

@@ -83,16 +83,23 @@ impl Fs {
 
     /// Whether a first open of `ino` may use passthrough (`Some(lower)`): reads of a lower
     /// file with one name (a split of a shared inode would split all its names), and any open
-    /// of an upper file when no disk usage is counted (the daemon must see counted writes).
+    /// of an upper file unless the daemon must see every write (see `upper_passthrough`).
     fn passthrough_for(&self, ino: u64, flags: i32, fd: &OwnedFd) -> Option<bool> {
         if !self.ov.io.enabled() {
             return None;
         }
         if self.ov.in_upper(ino) {
-            return self.ov.quota.is_none().then_some(false);
+            return self.upper_passthrough();
         }
         let single = sys::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_nlink <= 1);
         (!wants_write(flags) && single).then_some(true)
+    }
+
+    /// Passthrough for an upper file (`Some(false)`), unless a limit needs the daemon to see
+    /// each write; usage without a limit is counted by walking the upper dir instead.
+    fn upper_passthrough(&self) -> Option<bool> {
+        let limited = self.ov.quota.as_ref().is_some_and(|q| q.sees_every_write());
+        (!limited).then_some(false)
     }
 
     /// The mode bits `ino` keeps after `change` by the caller of `req`, where the daemon must
@@ -811,7 +818,12 @@ impl Filesystem for Fs {
         );
         let _ = self.ov.identity.track_fd(attr.ino.0, fd.as_raw_fd(), true);
         // A new file is in the upper dir: see `passthrough_for`.
-        let fresh = (self.ov.io.enabled() && self.ov.quota.is_none()).then_some(false);
+        let fresh = self
+            .ov
+            .io
+            .enabled()
+            .then(|| self.upper_passthrough())
+            .flatten();
         let ttl = self.ov.ttl_of(&attr);
         match self
             .ov

@@ -16,6 +16,7 @@ use crate::OverlayConfig;
 use crate::identity::Identities;
 use crate::meta;
 use crate::node::{LayerDir, Node, ROOT, Table};
+use crate::passthrough::Passthrough;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Style};
 
@@ -59,7 +60,7 @@ pub struct Overlay {
     /// See [`crate::meta`].
     pub(crate) meta_xattrs: bool,
     /// Which open files the kernel serves itself (see [`crate::passthrough`]).
-    pub(crate) io: crate::passthrough::Passthrough,
+    pub(crate) io: Passthrough,
     /// Wanted by the configuration (the kernel has the last word, at init).
     pub(crate) want_passthrough: bool,
     fetch: Option<Arc<dyn crate::Fetch>>,
@@ -189,7 +190,7 @@ impl Overlay {
             ids: cfg.ids.clone(),
             meta_xattrs: cfg.meta_xattrs,
             fetch: cfg.fetch.clone(),
-            io: Default::default(),
+            io: Passthrough::new(cfg.quota.clone().filter(|_| has_upper)),
             // Registering a backing file takes CAP_SYS_ADMIN in the initial namespace.
             want_passthrough: !cfg.no_passthrough && admin,
             block: layers

@@ -1,6 +1,6 @@
-//! FUSE passthrough: the kernel reads a layer's file itself (and writes it, when nothing counts
-//! the upper dir's space), so file data never crosses the daemon and every mount of a layer
-//! shares that file's page cache.
+//! FUSE passthrough: the kernel reads a layer's file itself (and writes it, unless the upper dir
+//! has a limit the daemon must enforce on every write), so file data never crosses the daemon
+//! and every mount of a layer shares that file's page cache.
 //!
 //! The kernel's rules shape this. All open files of one FUSE inode use the same backing file,
 //! and an inode is in passthrough or in cached mode, never both at once. A lower file read
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::BackingId;
 
+use crate::Quota;
 use crate::overlay::{Changes, Overlay, Target, UPPER};
 use crate::sys;
 
@@ -68,9 +69,18 @@ pub fn stack_depth(layers: &[impl AsRawFd]) -> u32 {
 pub struct Passthrough {
     enabled: AtomicBool,
     nodes: Mutex<HashMap<u64, Io>>,
+    /// The upper dir's usage counter, told which upper files the kernel may write unseen.
+    usage: Option<Arc<Quota>>,
 }
 
 impl Passthrough {
+    pub fn new(usage: Option<Arc<Quota>>) -> Passthrough {
+        Passthrough {
+            usage,
+            ..Default::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Io>> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -120,6 +130,9 @@ impl Passthrough {
             None => Mode::Cached,
         };
         let open = mode.answer();
+        if let (Mode::Passthrough { lower: false, .. }, Some(q)) = (&mode, &self.usage) {
+            q.unseen_writes(true);
+        }
         nodes.insert(ino, Io { mode, opens: 1 });
         open
     }
@@ -129,8 +142,11 @@ impl Passthrough {
         let mut nodes = self.lock();
         if let Some(io) = nodes.get_mut(&ino) {
             io.opens -= 1;
-            if io.opens == 0 {
-                nodes.remove(&ino);
+            if io.opens == 0
+                && let Some(io) = nodes.remove(&ino)
+                && let (Mode::Passthrough { lower: false, .. }, Some(q)) = (io.mode, &self.usage)
+            {
+                q.unseen_writes(false);
             }
         }
     }

@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,11 @@ pub struct Quota {
     settled: AtomicU64,
     /// `settled` at the last reconcile, and when it was last seen to move.
     reconciled: Mutex<(u64, Instant)>,
+    /// Upper files open in passthrough: without a limit the kernel writes them itself, unseen
+    /// by the daemon, so only a walk of the upper dir counts what they gained.
+    unseen: AtomicU64,
+    /// Whether such a file was open since the last reconcile.
+    unseen_since: AtomicBool,
 }
 
 /// A change of the upper dir in progress, from its first measurement to its settling. Only
@@ -67,6 +72,8 @@ impl Quota {
             busy: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             reconciled: Mutex::new((0, Instant::now())),
+            unseen: AtomicU64::new(0),
+            unseen_since: AtomicBool::new(false),
         }
     }
 
@@ -84,6 +91,22 @@ impl Quota {
         self.limit
     }
 
+    /// Whether the daemon must see every write (to refuse those past the limit); without a
+    /// limit, the kernel may write upper files itself (see `unseen_writes`).
+    pub fn sees_every_write(&self) -> bool {
+        self.limit > 0
+    }
+
+    /// An upper file was opened in passthrough (`open`) or its last such open released.
+    pub(crate) fn unseen_writes(&self, open: bool) {
+        if open {
+            self.unseen.fetch_add(1, Ordering::SeqCst);
+            self.unseen_since.store(true, Ordering::SeqCst);
+        } else {
+            self.unseen.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     pub(crate) fn file_lock(&self, ino: u64) -> MutexGuard<'_, ()> {
         self.stripes[(ino as usize) % STRIPES]
             .lock()
@@ -95,18 +118,30 @@ impl Quota {
     /// the correction made, or None when a change got in the way.
     pub fn reconcile(&self, upper: &Path) -> io::Result<Option<i64>> {
         let mut last = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
+        // Upper files open in passthrough keep any reconcile from being the last one needed;
+        // one that fails leaves the mark it found.
+        let unseen = self.unseen.load(Ordering::SeqCst) > 0;
+        let was_unseen = self.unseen_since.swap(unseen, Ordering::SeqCst);
         let settled = self.settled.load(Ordering::SeqCst);
+        let done = self.set_to_truth(upper, settled, unseen);
+        if was_unseen && !matches!(done, Ok(Some(_))) {
+            self.unseen_since.store(true, Ordering::SeqCst);
+        }
+        if matches!(done, Ok(Some(_))) && last.0 != settled {
+            *last = (settled, Instant::now());
+        }
+        done
+    }
+
+    /// [`Self::reconcile`]'s walk and swap, `settled` changes having been settled before it.
+    fn set_to_truth(&self, upper: &Path, settled: u64, unseen: bool) -> io::Result<Option<i64>> {
         let used = self.used();
         if self.busy.load(Ordering::SeqCst) > 0 {
             return Ok(None);
         }
-        let measure = || io::Result::Ok(allocated_bytes(upper)? + open_nameless_bytes(upper));
-        let truth = measure()?;
-        // Writeback moves a file's blocks from reserved to allocated, and a stat in between
-        // reads a passing value: only a second walk that agrees counts.
-        if truth != used && measure()? != truth {
+        let Some(truth) = self.measure_truth(upper, used, unseen)? else {
             return Ok(None);
-        }
+        };
         if self.busy.load(Ordering::SeqCst) > 0 || self.settled.load(Ordering::SeqCst) != settled {
             return Ok(None);
         }
@@ -119,17 +154,30 @@ impl Quota {
         {
             return Ok(None);
         }
-        if last.0 != settled {
-            *last = (settled, Instant::now());
-        }
         Ok(Some(truth as i64 - used as i64))
+    }
+
+    /// What the upper dir holds, or None while it is still moving. Writeback moves a file's
+    /// blocks from reserved to allocated, and a stat in between reads a passing value: only a
+    /// second walk that agrees counts, unless the kernel writes files unseen right now (then
+    /// the latest walk is as true as any).
+    fn measure_truth(&self, upper: &Path, used: u64, unseen: bool) -> io::Result<Option<u64>> {
+        let measure = || io::Result::Ok(allocated_bytes(upper)? + open_nameless_bytes(upper));
+        let truth = measure()?;
+        if truth == used {
+            return Ok(Some(truth));
+        }
+        let again = measure()?;
+        Ok((again == truth || unseen).then_some(again))
     }
 
     /// Whether the upper dir changed since the last reconcile, or recently enough that the
     /// filesystem may still be allocating for it.
     fn unsettled(&self, within: Duration) -> bool {
         let (settled, at) = *self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
-        settled != self.settled.load(Ordering::SeqCst) || at.elapsed() < within
+        settled != self.settled.load(Ordering::SeqCst)
+            || at.elapsed() < within
+            || self.unseen_since.load(Ordering::SeqCst)
     }
 
     /// [`Self::reconcile`], if a change was counted since the last one (what `stats` asks
@@ -503,6 +551,37 @@ mod tests {
         assert_eq!(q.reconcile(dir.path()).unwrap(), Some(4_096));
         assert_eq!(q.used(), truth);
         assert_eq!(q.reconcile(dir.path()).unwrap(), Some(0));
+    }
+
+    /// Files the kernel writes unseen keep `stats` walking while one is open and until a walk
+    /// after the last closed; a walk that fails to set the counter keeps that need.
+    #[test]
+    fn unseen_writes_keep_the_usage_unsettled_until_a_walk_after_them() {
+        let dir = upper_with(&[("a", 10_000)]);
+        let truth = allocated_bytes(dir.path()).unwrap();
+        let q = Quota::new(0, truth);
+        assert!(!q.unsettled(Duration::ZERO));
+        q.unseen_writes(true);
+        std::fs::write(dir.path().join("b"), vec![1u8; 8_192]).unwrap();
+        assert!(q.unsettled(Duration::ZERO));
+        assert_eq!(q.reconcile_if_changed(dir.path()).unwrap(), Some(8_192));
+        assert!(q.unsettled(Duration::ZERO), "the file is still open");
+        q.unseen_writes(false);
+        assert!(
+            q.unsettled(Duration::ZERO),
+            "its last writes are not walked yet"
+        );
+        {
+            let _change = q.busy();
+            assert_eq!(q.reconcile_if_changed(dir.path()).unwrap(), None);
+        }
+        assert!(
+            q.unsettled(Duration::ZERO),
+            "a walk that counted nothing settles nothing"
+        );
+        assert_eq!(q.reconcile_if_changed(dir.path()).unwrap(), Some(0));
+        assert!(!q.unsettled(Duration::ZERO));
+        assert_eq!(q.used(), allocated_bytes(dir.path()).unwrap());
     }
 
     #[test]
