@@ -77,6 +77,11 @@ struct Server {
 
 impl Server {
     fn start(pki: &Path, root: &Path) -> Server {
+        Server::start_as(pki, root, "server")
+    }
+
+    /// With `NAME.pem` and `NAME.key` of `pki` as the server's certificate and key.
+    fn start_as(pki: &Path, root: &Path, name: &str) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -88,9 +93,9 @@ impl Server {
             .arg("-accept")
             .arg(format!("127.0.0.1:{port}"))
             .arg("-cert")
-            .arg(pki.join("server.pem"))
+            .arg(pki.join(format!("{name}.pem")))
             .arg("-key")
-            .arg(pki.join("server.key"))
+            .arg(pki.join(format!("{name}.key")))
             .arg("-CAfile")
             .arg(pki.join("ca.pem"))
             .stdin(Stdio::null())
@@ -324,4 +329,92 @@ fn foreign_layer_stalling_mid_body_fails_in_bounded_time() {
     assert!(r.stdout.contains("timed out"), "{r:#?}");
     assert!(start.elapsed() < Duration::from_secs(20));
     nothing_cached(&s);
+}
+
+/// A self-signed server certificate made the way `openssl req -x509` makes one (`CA:TRUE`)
+/// and trusted as a CA: Go's TLS, and so GrootFS, accepts it as the server's own; webpki alone
+/// refuses a CA as end entity. Accepted only for the names it holds, and only once trusted.
+#[test]
+fn a_trusted_self_signed_server_certificate_is_accepted_as_grootfs_accepts_it() {
+    require_root_fuse!();
+    let f = Fixture::new();
+    let pki = f.tmp.path().join("pki");
+    for (name, san) in [
+        ("selfsigned", "IP:127.0.0.1"),
+        ("othername", "DNS:other.example"),
+    ] {
+        let (key, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.pem"),
+            format!("subjectAltName={san}"),
+        );
+        openssl(
+            &pki,
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "1",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=registry",
+                "-addext",
+                &ext,
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+            ],
+        );
+        let text = Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(pki.join(&pem))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"),
+            "openssl made {name} without CA:TRUE"
+        );
+    }
+    // A store each: the two images share their layer, which the first would cache.
+    for name in ["selfsigned", "othername"] {
+        let s = TestStore::new();
+        let served = f.tmp.path().join(format!("www-{name}"));
+        std::fs::create_dir(&served).unwrap();
+        let server = Server::start_as(&pki, &served, name);
+        let url = format!("https://127.0.0.1:{}/layer", server.port);
+        let layout = f.tmp.path().join(format!("layout-{name}"));
+        foreign_layout(&layout, &served, &url);
+        let image = format!("oci://{}", layout.display());
+        let certs = f.tmp.path().join(format!("certs-{name}"));
+        std::fs::create_dir(&certs).unwrap();
+        std::fs::copy(pki.join("client.pem"), certs.join("client.cert")).unwrap();
+        std::fs::copy(pki.join("client.key"), certs.join("client.key")).unwrap();
+        let cfg = config(&s, "certs.yml", &certs);
+        let cfg = cfg.to_str().unwrap();
+        let untrusted = s.run(&["--config", cfg, "create", &image, "untrusted"]);
+        assert_eq!(untrusted.code, 1, "{untrusted:#?}");
+        assert!(
+            untrusted.stdout.contains("untrusted TLS certificate"),
+            "{untrusted:#?}"
+        );
+        std::fs::copy(pki.join(format!("{name}.pem")), certs.join("registry.crt")).unwrap();
+        let trusted = s.run(&["--config", cfg, "create", &image, "trusted"]);
+        if name == "selfsigned" {
+            assert_eq!(trusted.code, 0, "{trusted:#?}");
+            let file = s.root().join("images/trusted/rootfs/etc/foreign");
+            assert_eq!(std::fs::read_to_string(file).unwrap(), "from afar\n");
+        } else {
+            // Trusted, but made for another name than the server's.
+            assert_eq!(trusted.code, 1, "{trusted:#?}");
+            assert!(
+                trusted.stdout.contains("untrusted TLS certificate"),
+                "{trusted:#?}"
+            );
+        }
+    }
 }

@@ -5,19 +5,23 @@
 //! against the descriptor's digest and size by the caller, like any blob off the network.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
-use reqwest::{Certificate, Client, Identity, Response, Url};
+use reqwest::{Client, Response, Url};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::transport::{self, Cause};
+use super::trusted_leaf::TrustedLeaf;
 use super::{ImageError, LayerInfo};
 
 /// The trust and identity read from a certificates directory.
 #[derive(Default)]
 struct TlsMaterial {
-    roots: Vec<Certificate>,
-    /// Client certificate pairs by file name; the first is presented (reqwest takes one).
-    identities: Vec<Identity>,
+    roots: Vec<CertificateDer<'static>>,
+    /// Client certificate chains and keys by file name; the first is presented.
+    identities: Vec<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
 
 fn certs_error(dir: &Path, reason: impl std::fmt::Display) -> ImageError {
@@ -48,10 +52,7 @@ fn tls_material(dir: &Path) -> Result<TlsMaterial, ImageError> {
     let mut m = TlsMaterial::default();
     for name in &names {
         if name.ends_with(".crt") {
-            let pem = read(dir, name)?;
-            let certs = Certificate::from_pem_bundle(&pem)
-                .map_err(|e| certs_error(dir, format!("{name}: {e}")))?;
-            m.roots.extend(certs);
+            m.roots.extend(certificates(dir, name)?);
         } else if let Some(base) = name.strip_suffix(".cert") {
             let key = format!("{base}.key");
             if !has(&key) {
@@ -62,11 +63,10 @@ fn tls_material(dir: &Path) -> Result<TlsMaterial, ImageError> {
                     ),
                 ));
             }
-            let mut pem = read(dir, name)?;
-            pem.extend(read(dir, &key)?);
-            let id = Identity::from_pem(&pem)
-                .map_err(|e| certs_error(dir, format!("{name} and {key}: {e}")))?;
-            m.identities.push(id);
+            let chain = certificates(dir, name)?;
+            let secret = PrivateKeyDer::from_pem_slice(&read(dir, &key)?)
+                .map_err(|e| certs_error(dir, format!("{key}: {e}")))?;
+            m.identities.push((chain, secret));
         } else if let Some(base) = name.strip_suffix(".key")
             && !has(&format!("{base}.cert"))
         {
@@ -79,19 +79,48 @@ fn tls_material(dir: &Path) -> Result<TlsMaterial, ImageError> {
     Ok(m)
 }
 
+/// The certificates of a PEM file: at least one, or an error naming the file.
+fn certificates(dir: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, ImageError> {
+    let certs = CertificateDer::pem_slice_iter(&read(dir, name)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| certs_error(dir, format!("{name}: {e}")))?;
+    if certs.is_empty() {
+        return Err(certs_error(dir, format!("{name}: no certificate in it")));
+    }
+    Ok(certs)
+}
+
+/// TLS that trusts the system's CAs and the directory's, also as server certificates
+/// themselves (see [`TrustedLeaf`]), and presents the directory's first client pair.
+fn tls_config(dir: &Path, m: TlsMaterial) -> Result<rustls::ClientConfig, ImageError> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let system =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(m.roots.clone(), provider.clone())
+            .map_err(|e| certs_error(dir, e))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| certs_error(dir, e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TrustedLeaf::new(Arc::new(system), m.roots)));
+    let mut cfg = match m.identities.into_iter().next() {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| certs_error(dir, format!("client certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 fn client(certs: Option<&Path>) -> Result<Client, ImageError> {
     let (connect, read, _) = super::registry::timeouts();
     let mut b = Client::builder()
         .connect_timeout(connect)
         .read_timeout(read);
     if let Some(dir) = certs {
-        let m = tls_material(dir)?;
-        for root in m.roots {
-            b = b.add_root_certificate(root);
-        }
-        if let Some(id) = m.identities.into_iter().next() {
-            b = b.identity(id);
-        }
+        b = b.tls_backend_preconfigured(tls_config(dir, tls_material(dir)?)?);
     }
     // Only TLS material makes building fail; reqwest's own text is just "builder error".
     b.build().map_err(|e| {

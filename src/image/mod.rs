@@ -11,6 +11,7 @@ mod manifest;
 mod reference;
 mod registry;
 mod transport;
+mod trusted_leaf;
 mod verify;
 
 use std::path::{Path, PathBuf};
