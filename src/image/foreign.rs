@@ -64,6 +64,9 @@ fn tls_material(dir: &Path) -> Result<TlsMaterial, ImageError> {
                 ));
             }
             let chain = certificates(dir, name)?;
+            if chain.is_empty() {
+                return Err(certs_error(dir, format!("{name}: no certificate in it")));
+            }
             let secret = PrivateKeyDer::from_pem_slice(&read(dir, &key)?)
                 .map_err(|e| certs_error(dir, format!("{key}: {e}")))?;
             m.identities.push((chain, secret));
@@ -79,15 +82,11 @@ fn tls_material(dir: &Path) -> Result<TlsMaterial, ImageError> {
     Ok(m)
 }
 
-/// The certificates of a PEM file: at least one, or an error naming the file.
+/// The certificates of a PEM file (a `.crt` with none adds nothing, as for GrootFS).
 fn certificates(dir: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, ImageError> {
-    let certs = CertificateDer::pem_slice_iter(&read(dir, name)?)
+    CertificateDer::pem_slice_iter(&read(dir, name)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| certs_error(dir, format!("{name}: {e}")))?;
-    if certs.is_empty() {
-        return Err(certs_error(dir, format!("{name}: no certificate in it")));
-    }
-    Ok(certs)
+        .map_err(|e| certs_error(dir, format!("{name}: {e}")))
 }
 
 /// TLS that trusts the system's CAs and the directory's, also as server certificates
@@ -194,5 +193,40 @@ mod tests {
         std::fs::write(dir.path().join("client.key"), "x").unwrap();
         let e = tls_material(dir.path()).err().unwrap().to_string();
         assert!(e.contains("missing client certificate client.cert"), "{e}");
+    }
+
+    /// A `.crt` without certificates adds nothing, as GrootFS reads it; a client pair must hold
+    /// a certificate and a key, and a broken file is named.
+    #[test]
+    fn empty_and_broken_pem_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let error = || tls_material(dir.path()).err().unwrap().to_string();
+        write("empty.crt", "");
+        assert!(tls_material(dir.path()).unwrap().roots.is_empty());
+        write("client.cert", "");
+        write("client.key", "");
+        assert!(
+            error().contains("client.cert: no certificate in it"),
+            "{}",
+            error()
+        );
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        write("client.cert", cert);
+        assert!(error().contains("client.key"), "{}", error());
+        write(
+            "client.key",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        let m = tls_material(dir.path()).unwrap();
+        assert_eq!(m.identities.len(), 1);
+        // PEM-shaped but no key: refused when the TLS client is made, before any request.
+        let e = tls_config(dir.path(), m).err().unwrap().to_string();
+        assert!(e.contains("client certificate"), "{e}");
+        write(
+            "broken.crt",
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        );
+        assert!(error().contains("broken.crt"), "{}", error());
     }
 }

@@ -3,7 +3,8 @@
 //! `CA:TRUE`, and a directory of trusted certificates often holds exactly the server's.
 //! webpki refuses any CA certificate as an end entity (`CaUsedAsEndEntity`); this verifier
 //! accepts one only when it is byte for byte a certificate it was given to trust, its validity
-//! period holds (webpki checks that before the CA flag) and it names the server.
+//! period holds (webpki checks that before the CA flag) and it names the server. Its extended
+//! key usage is not checked: trusting that very certificate is the user's decision.
 
 use std::sync::Arc;
 
