@@ -192,6 +192,12 @@ fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
+/// Whether the open file can be written through (its access mode, as the release's flags,
+/// the file's own, still say; O_TRUNC is gone from them by then).
+fn writable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
 macro_rules! tryr {
     ($reply:expr, $e:expr) => {
         match $e {
@@ -513,7 +519,11 @@ impl Filesystem for Fs {
         let _ = self.ov.identity.track_fd(ino, fd.as_raw_fd(), true);
         // A file still being fetched is read through the daemon, which fetches what is read.
         let fresh = self.passthrough_for(ino, flags, &fd).filter(|_| complete);
-        match self.ov.io.open(ino, fresh, || reply.open_backing(&fd)) {
+        match self
+            .ov
+            .io
+            .open(ino, fresh, writable(flags), || reply.open_backing(&fd))
+        {
             Open::Passthrough(b) => reply.opened_passthrough(
                 FileHandle(fd.into_raw_fd() as u64),
                 FopenFlags::FOPEN_NOFLUSH,
@@ -593,12 +603,12 @@ impl Filesystem for Fs {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.ov.io.release(ino.0);
+        self.ov.io.release(ino.0, writable(flags.0));
         if self.ov.identity.track_fd(ino.0, fh.0 as RawFd, false) {
             self.ov.close_last(fh.0 as RawFd);
         } else {
@@ -825,11 +835,9 @@ impl Filesystem for Fs {
             .then(|| self.upper_passthrough())
             .flatten();
         let ttl = self.ov.ttl_of(&attr);
-        match self
-            .ov
-            .io
-            .open(attr.ino.0, fresh, || reply.open_backing(&fd))
-        {
+        match self.ov.io.open(attr.ino.0, fresh, writable(flags), || {
+            reply.open_backing(&fd)
+        }) {
             Open::Passthrough(b) => reply.created_passthrough(
                 &ttl,
                 &attr,

@@ -36,6 +36,11 @@ impl Mode {
             Mode::Passthrough { backing, .. } => Open::Passthrough(backing.clone()),
         }
     }
+
+    /// Whether the kernel writes through an open for writing in this mode, unseen.
+    fn writes_unseen(&self) -> bool {
+        matches!(self, Mode::Passthrough { lower: false, .. })
+    }
 }
 
 struct Io {
@@ -105,16 +110,18 @@ impl Passthrough {
     /// Chooses the I/O mode of a new open of `ino`: the mode its other open files use, else
     /// passthrough when `fresh` says so (`Some(lower)`), registering the backing file with
     /// `register`. A kernel that refuses backing files (no CAP_SYS_ADMIN, a layer stacked too
-    /// deep) turns passthrough off for the mount.
+    /// deep) turns passthrough off for the mount. `writes`: the open may write.
     pub fn open(
         &self,
         ino: u64,
         fresh: Option<bool>,
+        writes: bool,
         register: impl FnOnce() -> io::Result<BackingId>,
     ) -> Open {
         let mut nodes = self.lock();
         if let Some(io) = nodes.get_mut(&ino) {
             io.opens += 1;
+            self.count_unseen(&io.mode, writes, true);
             return io.mode.answer();
         }
         let mode = match fresh.filter(|_| self.enabled()).map(|l| (l, register())) {
@@ -130,24 +137,32 @@ impl Passthrough {
             None => Mode::Cached,
         };
         let open = mode.answer();
-        if let (Mode::Passthrough { lower: false, .. }, Some(q)) = (&mode, &self.usage) {
-            q.unseen_writes(true);
-        }
+        self.count_unseen(&mode, writes, true);
         nodes.insert(ino, Io { mode, opens: 1 });
         open
     }
 
-    /// An open of `ino` was released; the last one frees the backing file.
-    pub fn release(&self, ino: u64) {
+    /// An open of `ino` was released (`writes`: it could write); the last one frees the
+    /// backing file.
+    pub fn release(&self, ino: u64, writes: bool) {
         let mut nodes = self.lock();
         if let Some(io) = nodes.get_mut(&ino) {
             io.opens -= 1;
-            if io.opens == 0
-                && let Some(io) = nodes.remove(&ino)
-                && let (Mode::Passthrough { lower: false, .. }, Some(q)) = (io.mode, &self.usage)
-            {
-                q.unseen_writes(false);
+            self.count_unseen(&io.mode, writes, false);
+            if io.opens == 0 {
+                nodes.remove(&ino);
             }
+        }
+    }
+
+    /// Tells the usage counter of an open for writing the kernel serves unseen, or its end.
+    fn count_unseen(&self, mode: &Mode, writes: bool, open: bool) {
+        if let Some(q) = self
+            .usage
+            .as_ref()
+            .filter(|_| writes && mode.writes_unseen())
+        {
+            q.unseen_writes(open);
         }
     }
 }
@@ -189,14 +204,17 @@ mod tests {
     fn a_refused_backing_file_turns_passthrough_off() {
         let p = Passthrough::default();
         p.enable();
-        assert!(matches!(p.open(1, Some(true), refused), Open::Cached));
+        assert!(matches!(
+            p.open(1, Some(true), false, refused),
+            Open::Cached
+        ));
         assert!(!p.enabled());
-        assert!(matches!(p.open(1, Some(true), never), Open::Cached));
-        assert!(matches!(p.open(2, Some(false), never), Open::Cached));
+        assert!(matches!(p.open(1, Some(true), false, never), Open::Cached));
+        assert!(matches!(p.open(2, Some(false), true, never), Open::Cached));
         assert!(!p.backs_lower(1));
-        p.release(1);
-        p.release(1);
-        p.release(2);
+        p.release(1, false);
+        p.release(1, false);
+        p.release(2, true);
         assert!(p.lock().is_empty(), "released opens leave nothing behind");
     }
 }

@@ -45,10 +45,10 @@ pub struct Quota {
     settled: AtomicU64,
     /// `settled` at the last reconcile, and when it was last seen to move.
     reconciled: Mutex<(u64, Instant)>,
-    /// Upper files open in passthrough: without a limit the kernel writes them itself, unseen
-    /// by the daemon, so only a walk of the upper dir counts what they gained.
+    /// Opens for writing of upper files in passthrough: without a limit the kernel writes them
+    /// itself, unseen by the daemon, so only a walk of the upper dir counts what they gained.
     unseen: AtomicU64,
-    /// Whether such a file was open since the last reconcile.
+    /// Whether such an open was made since the last reconcile.
     unseen_since: AtomicBool,
 }
 
@@ -97,7 +97,7 @@ impl Quota {
         self.limit > 0
     }
 
-    /// An upper file was opened in passthrough (`open`) or its last such open released.
+    /// An upper file was opened for writing in passthrough (`open`), or such an open released.
     pub(crate) fn unseen_writes(&self, open: bool) {
         if open {
             self.unseen.fetch_add(1, Ordering::SeqCst);
@@ -118,16 +118,22 @@ impl Quota {
     /// the correction made, or None when a change got in the way.
     pub fn reconcile(&self, upper: &Path) -> io::Result<Option<i64>> {
         let mut last = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
-        // Upper files open in passthrough keep any reconcile from being the last one needed;
+        // Upper files open for writing in passthrough keep any reconcile from being the last
+        // one needed (the mark is taken first: an open that lands meanwhile sets it again);
         // one that fails leaves the mark it found.
+        let was_unseen = self.unseen_since.swap(false, Ordering::SeqCst);
         let unseen = self.unseen.load(Ordering::SeqCst) > 0;
-        let was_unseen = self.unseen_since.swap(unseen, Ordering::SeqCst);
-        let settled = self.settled.load(Ordering::SeqCst);
-        let done = self.set_to_truth(upper, settled, unseen);
-        if was_unseen && !matches!(done, Ok(Some(_))) {
+        if unseen {
             self.unseen_since.store(true, Ordering::SeqCst);
         }
-        if matches!(done, Ok(Some(_))) && last.0 != settled {
+        let settled = self.settled.load(Ordering::SeqCst);
+        let done = self.set_to_truth(upper, settled, unseen);
+        let counted = matches!(done, Ok(Some(_)));
+        if was_unseen && !counted {
+            self.unseen_since.store(true, Ordering::SeqCst);
+        }
+        // Unseen writes are changes too: the filesystem may allocate for them at writeback.
+        if counted && (last.0 != settled || was_unseen) {
             *last = (settled, Instant::now());
         }
         done
@@ -177,6 +183,7 @@ impl Quota {
         let (settled, at) = *self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
         settled != self.settled.load(Ordering::SeqCst)
             || at.elapsed() < within
+            || self.unseen.load(Ordering::SeqCst) > 0
             || self.unseen_since.load(Ordering::SeqCst)
     }
 
