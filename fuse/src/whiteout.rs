@@ -119,8 +119,11 @@ const PROBE_DIR: &CStr = c"#nestfs-probe";
 /// filesystem: the probe's metadata changes are most of a mount's own time (0.3-0.5 ms on
 /// ext4, against 0.05 ms for the rest of the overlay's setup).
 pub fn probe_upper(work: RawFd, admin: bool, devices: bool) -> io::Result<Upper> {
-    let key = probe_key(work, admin, devices)?;
-    if let Some(found) = cached_probe(work, &key) {
+    // Without a key (no mount ids before Linux 5.8, statx refused by a seccomp filter) the
+    // probe runs every time, as it always did.
+    let key = probe_key(work, admin, devices);
+    let possible = |u: &Upper| possible(u, admin, devices);
+    if let Some(found) = key.as_ref().and_then(|k| cached_probe(work, k, possible)) {
         return Ok(found);
     }
     sys::mkdir_at(work, PROBE_DIR, 0o700)?;
@@ -128,26 +131,43 @@ pub fn probe_upper(work: RawFd, admin: bool, devices: bool) -> io::Result<Upper>
         sys::open_dir_path(work, PROBE_DIR).and_then(|d| probe_in(d_raw(&d), admin, devices));
     crate::overlay::remove_tree(work, PROBE_DIR)?;
     let found = found?;
-    if let Err(e) = keep_probe(work, &key, found) {
+    if let Some(key) = key
+        && let Err(e) = keep_probe(work, &key, found)
+    {
         tracing::debug!("keep the probe's result in the work dir: {e}");
     }
     Ok(found)
+}
+
+/// Whether a probe by a daemon with these privileges can find `u` (a record saying otherwise
+/// is not believed).
+fn possible(u: &Upper, admin: bool, devices: bool) -> bool {
+    let trusted = |k: &CStr| k.to_bytes().starts_with(b"trusted.");
+    let style_ok = match u.style {
+        Style::Oci => true,
+        Style::Overlay { opaque, .. } => devices && (admin || !trusted(opaque)),
+    };
+    style_ok && (admin || !trusted(u.origin_key))
 }
 
 /// The work dir's record of what [`probe_upper`] found (a name the mount-time cleaning of
 /// `#nestfs-` names leaves alone).
 pub const PROBE_CACHE: &CStr = c"nestfs-probe";
 
-/// What a probe's result depends on: the very mount of the upper filesystem (a unique mount id
-/// where the kernel has them, 6.8+, so a remount or another filesystem probes again) and what
-/// the daemon may do.
-fn probe_key(work: RawFd, admin: bool, devices: bool) -> io::Result<String> {
-    let (mnt, unique) = sys::mount_id(work)?;
-    Ok(format!(
-        "v1 mnt={mnt}{} dev={} fs={:x} admin={admin} devices={devices}",
+/// What a probe's result depends on: the very mount of the upper filesystem in this boot (a
+/// unique mount id where the kernel has them, 6.8+; so a remount, another filesystem or a
+/// reboot, perhaps into another kernel, probes again), whether it is read-only (the probe's
+/// mkdir is what refused a read-only upper dir at mount), and what the daemon may do.
+fn probe_key(work: RawFd, admin: bool, devices: bool) -> Option<String> {
+    let (mnt, unique) = sys::mount_id(work).ok()??;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let read_only = sys::fstatvfs(work).ok()?.f_flag & libc::ST_RDONLY != 0;
+    Some(format!(
+        "v1 boot={} mnt={mnt}{} dev={} fs={:x} ro={read_only} admin={admin} devices={devices}",
+        boot.trim(),
         if unique { "" } else { "?" },
-        sys::fstat(work)?.st_dev,
-        sys::fs_type(work)?,
+        sys::fstat(work).ok()?.st_dev,
+        sys::fs_type(work).ok()?,
     ))
 }
 
@@ -179,9 +199,18 @@ fn outcomes() -> impl Iterator<Item = (Upper, String)> {
         })
 }
 
-/// The recorded result, if it was recorded under `key`.
-fn cached_probe(work: RawFd, key: &str) -> Option<Upper> {
-    let fd = sys::open_at(work, PROBE_CACHE, libc::O_RDONLY, 0).ok()?;
+/// The recorded result, if it was recorded under `key` (in a regular file: a fifo there must
+/// not hang the mount) and is `possible`.
+fn cached_probe(work: RawFd, key: &str, possible: impl Fn(&Upper) -> bool) -> Option<Upper> {
+    let fd = sys::open_at(work, PROBE_CACHE, libc::O_RDONLY | libc::O_NONBLOCK, 0).ok()?;
+    if sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))
+        .ok()?
+        .st_mode
+        & libc::S_IFMT
+        != libc::S_IFREG
+    {
+        return None;
+    }
     let mut text = String::new();
     std::fs::File::from(fd)
         .take(4096)
@@ -191,7 +220,9 @@ fn cached_probe(work: RawFd, key: &str) -> Option<Upper> {
     if found_key != key {
         return None;
     }
-    outcomes().find(|(_, l)| l == line).map(|(u, _)| u)
+    outcomes()
+        .find(|(u, l)| l == line && possible(u))
+        .map(|(u, _)| u)
 }
 
 /// Records `found` under `key`, replacing any older record at once (a rename).
@@ -275,7 +306,7 @@ mod tests {
     use super::*;
 
     /// The probe runs once per filesystem: later mounts read its record, which counts only
-    /// under the key it was made with and only if it names a result a probe can give.
+    /// under the key it was made with and only if it names a result such a probe can give.
     #[test]
     fn a_probe_is_kept_for_its_filesystem_and_privileges() {
         use std::os::fd::AsRawFd;
@@ -284,35 +315,40 @@ mod tests {
             sys::open_path(&sys::cname(dir.path().as_os_str()).unwrap(), libc::O_PATH).unwrap();
         let w = work.as_raw_fd();
         let record = dir.path().join("nestfs-probe");
-        let found = probe_upper(w, false, false).unwrap();
-        assert_eq!(
-            found.style,
-            Style::Oci,
-            "an unprivileged probe writes OCI whiteouts"
-        );
-        let key = probe_key(w, false, false).unwrap();
+        let found = probe_upper(w, true, true).unwrap();
+        let key = probe_key(w, true, true).unwrap();
         let kept = std::fs::read_to_string(&record).unwrap();
-        assert!(kept.starts_with(&format!("{key}\n")), "{kept}");
+        assert_eq!(kept.lines().next(), Some(key.as_str()), "{kept}");
         // A record under the same key is believed: the probe does not run again.
         let (other, line) = outcomes().find(|(u, _)| *u != found).unwrap();
         std::fs::write(&record, format!("{key}\n{line}\n")).unwrap();
-        assert_eq!(probe_upper(w, false, false).unwrap(), other);
-        // Other privileges, or a record that names nothing a probe finds, probe again.
-        assert_eq!(probe_upper(w, true, false).unwrap().style, Style::Oci);
-        let admin_key = probe_key(w, true, false).unwrap();
+        assert_eq!(probe_upper(w, true, true).unwrap(), other);
+        // Other privileges probe again; an unprivileged daemon writes OCI whiteouts.
+        let plain = probe_upper(w, false, false).unwrap();
+        assert_eq!(plain.style, Style::Oci);
+        let plain_key = probe_key(w, false, false).unwrap();
         assert!(
             std::fs::read_to_string(&record)
                 .unwrap()
-                .starts_with(&admin_key)
+                .starts_with(&plain_key)
         );
-        std::fs::write(&record, format!("{key}\noverlay opaque=evil\n")).unwrap();
-        assert_eq!(probe_upper(w, false, false).unwrap(), found);
-        assert_eq!(std::fs::read_to_string(&record).unwrap(), kept);
+        // A record naming what these privileges cannot get, or nothing, is not believed.
+        let (_, privileged) = outcomes()
+            .find(|(u, _)| !possible(u, false, false))
+            .unwrap();
+        for line in [privileged.as_str(), "overlay opaque=evil"] {
+            std::fs::write(&record, format!("{plain_key}\n{line}\n")).unwrap();
+            assert_eq!(probe_upper(w, false, false).unwrap(), plain, "{line}");
+        }
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["nestfs-probe"], "the probe leaves only its record");
+        // A fifo in its place is passed over, not waited on.
+        std::fs::remove_file(&record).unwrap();
+        sys::mknod_at(w, PROBE_CACHE, libc::S_IFIFO | 0o600, 0).unwrap();
+        assert!(cached_probe(w, &plain_key, |_| true).is_none());
     }
 
     #[test]

@@ -550,3 +550,73 @@ fn chmod_and_xattrs_work_where_seccomp_refuses_new_calls() {
     fusermount_u(&s.mnt);
     assert!(wait_with_limit(child, "daemon under seccomp").success());
 }
+
+/// Runs the mount command over `lower`, `fs/upper` and `fs/work` at `mnt`, to its exit.
+fn mount_over(lower: &Path, fs: &Path, mnt: &Path) -> std::process::Output {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        fs.join("upper").display(),
+        fs.join("work").display()
+    );
+    Command::new(overlay_bin())
+        .arg("-o")
+        .arg(opts)
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nestfs-overlay")
+}
+
+/// The work dir keeps what the first mount's probe found, yet an upper filesystem remounted
+/// read-only is still refused at mount time, as kernel overlayfs refuses it, not at each
+/// write later.
+#[test]
+fn a_read_only_upper_filesystem_is_refused_also_after_a_first_mount() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let (lower, fs, mnt) = (scratch.sub("lower"), scratch.sub("fs"), scratch.sub("mnt"));
+    std::fs::write(lower.join("f"), "x").unwrap();
+    let tmpfs = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .unwrap();
+    assert!(tmpfs.success());
+    let _fs = Unmount(fs.clone());
+    let _mnt = Unmount(mnt.clone());
+    for d in ["upper", "work"] {
+        std::fs::create_dir(fs.join(d)).unwrap();
+    }
+    let first = mount_over(&lower, &fs, &mnt);
+    assert!(first.status.success(), "{first:?}");
+    fusermount_u(&mnt);
+    assert!(fs.join("work/nestfs-probe").is_file());
+    let ro = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&fs)
+        .status()
+        .unwrap();
+    assert!(ro.success());
+    let again = mount_over(&lower, &fs, &mnt);
+    assert!(
+        !again.status.success(),
+        "mounted over a read-only upper dir"
+    );
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!is_mounted(&mnt));
+    let kernel = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            fs.join("upper").display(),
+            fs.join("work").display()
+        ))
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!kernel.success(), "kernel overlayfs mounted it");
+}

@@ -104,14 +104,15 @@ pub fn fs_type(fd: RawFd) -> io::Result<i64> {
 }
 
 /// The id of the mount holding `fd`, and whether it is unique for the boot (Linux 6.8+) rather
-/// than one a later mount may be given again.
-pub fn mount_id(fd: RawFd) -> io::Result<(u64, bool)> {
+/// than one a later mount may be given again; None where the kernel gives none (before 5.8).
+pub fn mount_id(fd: RawFd) -> io::Result<Option<(u64, bool)>> {
     // SAFETY: `libc::statx` is plain integers, for which all-zero bytes are a valid value.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     let mask = libc::STATX_MNT_ID | libc::STATX_MNT_ID_UNIQUE;
     // SAFETY: the empty name is NUL-terminated and `st` a live, writable statx to fill.
     cvt(unsafe { libc::statx(fd, c"".as_ptr(), libc::AT_EMPTY_PATH, mask, &mut st) })?;
-    Ok((st.stx_mnt_id, st.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0))
+    let unique = st.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0;
+    Ok((unique || st.stx_mask & libc::STATX_MNT_ID != 0).then_some((st.stx_mnt_id, unique)))
 }
 
 /// Opens `name` beneath `dir` without following a symlink in it.
