@@ -100,4 +100,51 @@ mod tests {
             )));
         }
     }
+
+    /// Made once with `openssl req -x509 -days 36500 -newkey ec -pkeyopt
+    /// ec_paramgen_curve:prime256v1 -nodes -subj /CN=registry -addext
+    /// subjectAltName=DNS:localhost` (so `CA:TRUE`), valid from 2026-12-06 to 2126-11-12.
+    const SELF_SIGNED: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBkzCCATmgAwIBAgIUYfx3QOl+8hkmiMtgHee5NRdij1UwCgYIKoZIzj0EAwIw\n\
+EzERMA8GA1UEAwwIcmVnaXN0cnkwIBcNMjYxMjA2MTQzNjExWhgPMjEyNjExMTIx\n\
+NDM2MTFaMBMxETAPBgNVBAMMCHJlZ2lzdHJ5MFkwEwYHKoZIzj0CAQYIKoZIzj0D\n\
+AQcDQgAEdTcVDD4thNe5jHWt5xPNru2Me4uxcVB4qmWlOzysmo+eINm+JXrnsTNp\n\
+pnjfmCsrvROaOzvlW4Lphp5sTSAmpaNpMGcwHQYDVR0OBBYEFBuJG4g6d4gheab5\n\
+d3qv3LyICAKPMB8GA1UdIwQYMBaAFBuJG4g6d4gheab5d3qv3LyICAKPMA8GA1Ud\n\
+EwEB/wQFMAMBAf8wFAYDVR0RBA0wC4IJbG9jYWxob3N0MAoGCCqGSM49BAMCA0gA\n\
+MEUCIQCyjmXnX+xkNYVuFzU9+900tbXIWUFktC7Tvn3VR+8UrAIgWSeAB9PgMo/u\n\
+JfgKYgzCpoQr5ute/Eb5WaC+mbp4LzU=\n\
+-----END CERTIFICATE-----\n\
+";
+
+    /// Against rustls' own webpki verifier (so a rustls on another webpki than this crate's
+    /// would fail here): accepted for its name while valid; not for another name, not once
+    /// expired, not unless trusted.
+    #[test]
+    fn a_trusted_self_signed_certificate_passes_only_for_its_name_and_time() {
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_slice(SELF_SIGNED.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let webpki: Arc<dyn ServerCertVerifier> =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        let at = |secs| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        let (y2030, y2200) = (at(1_900_000_000), at(7_258_118_400));
+        let check = |v: &dyn ServerCertVerifier, host: &str, now| {
+            v.verify_server_cert(&cert, &[], &name(host), &[], now)
+        };
+        let refused = check(&*webpki, "localhost", y2030).unwrap_err();
+        assert!(ca_used_as_end_entity(&refused), "{refused}");
+        let leaf = TrustedLeaf::new(webpki.clone(), vec![cert.clone()]);
+        assert!(check(&leaf, "localhost", y2030).is_ok());
+        assert!(check(&leaf, "other.example", y2030).is_err());
+        assert!(check(&leaf, "localhost", y2200).is_err());
+        let not_trusted = TrustedLeaf::new(webpki, Vec::new());
+        assert!(check(&not_trusted, "localhost", y2030).is_err());
+    }
 }
