@@ -99,7 +99,7 @@ fn answer(
             let _ = quota.reconcile_if_changed(upper);
             serde_json::to_string(&Status {
                 pid: std::process::id(),
-                used: quota.used(),
+                used: quota.reported(),
                 limit: quota.limit(),
             })
         }

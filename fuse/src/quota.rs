@@ -50,6 +50,8 @@ pub struct Quota {
     unseen: AtomicU64,
     /// Whether such an open was made since the last reconcile.
     unseen_since: AtomicBool,
+    /// What the latest walk of the upper dir found (see [`Quota::reported`]).
+    walked: AtomicU64,
 }
 
 /// A change of the upper dir in progress, from its first measurement to its settling. Only
@@ -74,6 +76,7 @@ impl Quota {
             reconciled: Mutex::new((0, Instant::now())),
             unseen: AtomicU64::new(0),
             unseen_since: AtomicBool::new(false),
+            walked: AtomicU64::new(used),
         }
     }
 
@@ -85,6 +88,17 @@ impl Quota {
 
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
+    }
+
+    /// The usage `stats` reports, after [`Self::reconcile_if_changed`]: the counter, unless
+    /// the kernel wrote upper files unseen since the counter last took a walk's figure (a
+    /// change running meanwhile voids that); then the latest walk, which has those writes.
+    pub fn reported(&self) -> u64 {
+        if self.unseen_since.load(Ordering::SeqCst) || self.unseen.load(Ordering::SeqCst) > 0 {
+            self.walked.load(Ordering::SeqCst)
+        } else {
+            self.used()
+        }
     }
 
     pub fn limit(&self) -> u64 {
@@ -127,7 +141,7 @@ impl Quota {
             self.unseen_since.store(true, Ordering::SeqCst);
         }
         let settled = self.settled.load(Ordering::SeqCst);
-        let done = self.set_to_truth(upper, settled, unseen);
+        let done = self.set_to_truth(upper, settled, unseen, unseen || was_unseen);
         let counted = matches!(done, Ok(Some(_)));
         if was_unseen && !counted {
             self.unseen_since.store(true, Ordering::SeqCst);
@@ -140,15 +154,26 @@ impl Quota {
     }
 
     /// [`Self::reconcile`]'s walk and swap, `settled` changes having been settled before it.
-    fn set_to_truth(&self, upper: &Path, settled: u64, unseen: bool) -> io::Result<Option<i64>> {
+    /// `report`: walk even while a change runs, for [`Self::reported`].
+    fn set_to_truth(
+        &self,
+        upper: &Path,
+        settled: u64,
+        unseen: bool,
+        report: bool,
+    ) -> io::Result<Option<i64>> {
         let used = self.used();
-        if self.busy.load(Ordering::SeqCst) > 0 {
+        let busy = self.busy.load(Ordering::SeqCst) > 0;
+        if busy && !report {
             return Ok(None);
         }
         let Some(truth) = self.measure_truth(upper, used, unseen)? else {
             return Ok(None);
         };
-        if self.busy.load(Ordering::SeqCst) > 0 || self.settled.load(Ordering::SeqCst) != settled {
+        if busy
+            || self.busy.load(Ordering::SeqCst) > 0
+            || self.settled.load(Ordering::SeqCst) != settled
+        {
             return Ok(None);
         }
         // A change that starts from here on measured the tree just walked: its settling adds
@@ -168,7 +193,11 @@ impl Quota {
     /// second walk that agrees counts, unless the kernel writes files unseen right now (then
     /// the latest walk is as true as any).
     fn measure_truth(&self, upper: &Path, used: u64, unseen: bool) -> io::Result<Option<u64>> {
-        let measure = || io::Result::Ok(allocated_bytes(upper)? + open_nameless_bytes(upper));
+        let measure = || {
+            let found = allocated_bytes(upper)? + open_nameless_bytes(upper);
+            self.walked.store(found, Ordering::SeqCst);
+            io::Result::Ok(found)
+        };
         let truth = measure()?;
         if truth == used {
             return Ok(Some(truth));
@@ -578,15 +607,20 @@ mod tests {
             q.unsettled(Duration::ZERO),
             "its last writes are not walked yet"
         );
+        std::fs::write(dir.path().join("c"), vec![1u8; 4_096]).unwrap();
         {
+            // A change running voids the walk for the counter, not for `stats`.
             let _change = q.busy();
             assert_eq!(q.reconcile_if_changed(dir.path()).unwrap(), None);
+            assert_eq!(q.used(), truth + 8_192);
+            assert_eq!(q.reported(), allocated_bytes(dir.path()).unwrap());
         }
         assert!(
             q.unsettled(Duration::ZERO),
             "a walk that counted nothing settles nothing"
         );
-        assert_eq!(q.reconcile_if_changed(dir.path()).unwrap(), Some(0));
+        assert_eq!(q.reconcile_if_changed(dir.path()).unwrap(), Some(4_096));
+        assert_eq!(q.reported(), q.used());
         assert!(!q.unsettled(Duration::ZERO));
         assert_eq!(q.used(), allocated_bytes(dir.path()).unwrap());
     }
