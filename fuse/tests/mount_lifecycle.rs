@@ -620,3 +620,38 @@ fn a_read_only_upper_filesystem_is_refused_also_after_a_first_mount() {
         .unwrap();
     assert!(!kernel.success(), "kernel overlayfs mounted it");
 }
+
+/// An upper filesystem too full to keep the probe's record still mounts: the record is an
+/// optimisation, so the daemon probes again next time and leaves nothing half-written.
+#[test]
+fn a_full_upper_filesystem_mounts_without_keeping_the_probe() {
+    require_env!();
+    let scratch = common::Scratch::new();
+    let (lower, fs, mnt) = (scratch.sub("lower"), scratch.sub("fs"), scratch.sub("mnt"));
+    std::fs::write(lower.join("f"), "x").unwrap();
+    let tmpfs = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .unwrap();
+    assert!(tmpfs.success());
+    let _fs = Unmount(fs.clone());
+    let _mnt = Unmount(mnt.clone());
+    for d in ["upper", "work"] {
+        std::fs::create_dir(fs.join(d)).unwrap();
+    }
+    // Fill every data page; directories and empty files still fit (tmpfs counts inodes apart).
+    let mut filler = std::fs::File::create(fs.join("filler")).unwrap();
+    let page = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &page).is_ok() {}
+    drop(filler);
+    let out = mount_over(&lower, &fs, &mnt);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "x");
+    fusermount_u(&mnt);
+    let left: Vec<_> = std::fs::read_dir(fs.join("work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the work dir holds {left:?}");
+}
