@@ -495,11 +495,12 @@ fn an_unlinked_open_file_stays_charged_until_its_last_close() {
     std::fs::write(rootfs.join("after"), vec![5u8; 3 * MIB as usize]).unwrap();
 }
 
-/// Bytes the image daemon of `id` wrote with write(2) and friends (`wchar` of /proc/PID/io).
-fn daemon_wrote(s: &TestStore, id: &str) -> u64 {
-    let pid_file = s.root().join("images").join(id).join("daemon.pid");
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    let pid = pid.split_whitespace().next().unwrap();
+/// Bytes the store's one image daemon wrote with write(2) and friends (`wchar` of
+/// /proc/PID/io).
+fn daemon_wrote(s: &TestStore) -> u64 {
+    let [pid] = common::daemons_for(s.dir.path())[..] else {
+        panic!("not one daemon for the store");
+    };
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     io.lines()
         .find_map(|l| l.strip_prefix("wchar: "))
@@ -518,7 +519,7 @@ fn without_a_limit_the_kernel_writes_and_stats_still_match_du() {
     let s = TestStore::new();
     let image = tarball(s.dir.path(), &[("lower", 300_000)]);
     let rootfs = create(&s, image.to_str().unwrap(), "free", &[]);
-    let before = daemon_wrote(&s, "free");
+    let before = daemon_wrote(&s);
     let mut open = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -529,7 +530,7 @@ fn without_a_limit_the_kernel_writes_and_stats_still_match_du() {
     for _ in 0..2048 {
         open.write_all(&chunk).unwrap();
     }
-    let by_daemon = daemon_wrote(&s, "free") - before;
+    let by_daemon = daemon_wrote(&s) - before;
     assert!(
         by_daemon < MIB,
         "the daemon wrote {by_daemon} bytes of 8 MiB written through the mount"

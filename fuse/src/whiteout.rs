@@ -203,12 +203,7 @@ fn outcomes() -> impl Iterator<Item = (Upper, String)> {
 /// not hang the mount) and is `possible`.
 fn cached_probe(work: RawFd, key: &str, possible: impl Fn(&Upper) -> bool) -> Option<Upper> {
     let fd = sys::open_at(work, PROBE_CACHE, libc::O_RDONLY | libc::O_NONBLOCK, 0).ok()?;
-    if sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))
-        .ok()?
-        .st_mode
-        & libc::S_IFMT
-        != libc::S_IFREG
-    {
+    if sys::fstat(d_raw(&fd)).ok()?.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
     let mut text = String::new();

@@ -551,21 +551,58 @@ fn chmod_and_xattrs_work_where_seccomp_refuses_new_calls() {
     assert!(wait_with_limit(child, "daemon under seccomp").success());
 }
 
-/// Runs the mount command over `lower`, `fs/upper` and `fs/work` at `mnt`, to its exit.
-fn mount_over(lower: &Path, fs: &Path, mnt: &Path) -> std::process::Output {
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        fs.join("upper").display(),
-        fs.join("work").display()
-    );
-    Command::new(overlay_bin())
-        .arg("-o")
-        .arg(opts)
-        .arg(mnt)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run nestfs-overlay")
+/// A lower dir holding `f`, a tmpfs (mounted with `opts`) holding `upper/` and `work/`, and a
+/// mount point; everything unmounted on drop, the overlay first.
+struct TmpfsUpper {
+    lower: PathBuf,
+    fs: PathBuf,
+    mnt: PathBuf,
+    _mnt: Unmount,
+    _fs: Unmount,
+}
+
+impl TmpfsUpper {
+    fn new(scratch: &common::Scratch, opts: &str) -> TmpfsUpper {
+        let (lower, fs, mnt) = (scratch.sub("lower"), scratch.sub("fs"), scratch.sub("mnt"));
+        std::fs::write(lower.join("f"), "x").unwrap();
+        let tmpfs = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&fs)
+            .status()
+            .unwrap();
+        assert!(tmpfs.success());
+        let t = TmpfsUpper {
+            _mnt: Unmount(mnt.clone()),
+            _fs: Unmount(fs.clone()),
+            lower,
+            fs,
+            mnt,
+        };
+        for d in ["upper", "work"] {
+            std::fs::create_dir(t.fs.join(d)).unwrap();
+        }
+        t
+    }
+
+    fn opts(&self) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.fs.join("upper").display(),
+            self.fs.join("work").display()
+        )
+    }
+
+    /// Runs the mount command over the dirs, to its exit.
+    fn mount(&self) -> std::process::Output {
+        Command::new(overlay_bin())
+            .arg("-o")
+            .arg(self.opts())
+            .arg(&self.mnt)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nestfs-overlay")
+    }
 }
 
 /// The work dir keeps what the first mount's probe found, yet an upper filesystem remounted
@@ -575,46 +612,29 @@ fn mount_over(lower: &Path, fs: &Path, mnt: &Path) -> std::process::Output {
 fn a_read_only_upper_filesystem_is_refused_also_after_a_first_mount() {
     require_env!();
     let scratch = common::Scratch::new();
-    let (lower, fs, mnt) = (scratch.sub("lower"), scratch.sub("fs"), scratch.sub("mnt"));
-    std::fs::write(lower.join("f"), "x").unwrap();
-    let tmpfs = Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&fs)
-        .status()
-        .unwrap();
-    assert!(tmpfs.success());
-    let _fs = Unmount(fs.clone());
-    let _mnt = Unmount(mnt.clone());
-    for d in ["upper", "work"] {
-        std::fs::create_dir(fs.join(d)).unwrap();
-    }
-    let first = mount_over(&lower, &fs, &mnt);
+    let t = TmpfsUpper::new(&scratch, "size=16m");
+    let first = t.mount();
     assert!(first.status.success(), "{first:?}");
-    fusermount_u(&mnt);
-    assert!(fs.join("work/nestfs-probe").is_file());
+    fusermount_u(&t.mnt);
+    assert!(t.fs.join("work/nestfs-probe").is_file());
     let ro = Command::new("mount")
         .args(["-o", "remount,ro"])
-        .arg(&fs)
+        .arg(&t.fs)
         .status()
         .unwrap();
     assert!(ro.success());
-    let again = mount_over(&lower, &fs, &mnt);
+    let again = t.mount();
     assert!(
         !again.status.success(),
         "mounted over a read-only upper dir"
     );
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("Read-only file system"), "{err}");
-    assert!(!is_mounted(&mnt));
+    assert!(!is_mounted(&t.mnt));
     let kernel = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            fs.join("upper").display(),
-            fs.join("work").display()
-        ))
-        .arg(&mnt)
+        .arg(t.opts())
+        .arg(&t.mnt)
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -627,29 +647,17 @@ fn a_read_only_upper_filesystem_is_refused_also_after_a_first_mount() {
 fn a_full_upper_filesystem_mounts_without_keeping_the_probe() {
     require_env!();
     let scratch = common::Scratch::new();
-    let (lower, fs, mnt) = (scratch.sub("lower"), scratch.sub("fs"), scratch.sub("mnt"));
-    std::fs::write(lower.join("f"), "x").unwrap();
-    let tmpfs = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&fs)
-        .status()
-        .unwrap();
-    assert!(tmpfs.success());
-    let _fs = Unmount(fs.clone());
-    let _mnt = Unmount(mnt.clone());
-    for d in ["upper", "work"] {
-        std::fs::create_dir(fs.join(d)).unwrap();
-    }
+    let t = TmpfsUpper::new(&scratch, "size=64k");
     // Fill every data page; directories and empty files still fit (tmpfs counts inodes apart).
-    let mut filler = std::fs::File::create(fs.join("filler")).unwrap();
+    let mut filler = std::fs::File::create(t.fs.join("filler")).unwrap();
     let page = vec![0u8; 4096];
     while std::io::Write::write_all(&mut filler, &page).is_ok() {}
     drop(filler);
-    let out = mount_over(&lower, &fs, &mnt);
+    let out = t.mount();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "x");
-    fusermount_u(&mnt);
-    let left: Vec<_> = std::fs::read_dir(fs.join("work"))
+    assert_eq!(std::fs::read_to_string(t.mnt.join("f")).unwrap(), "x");
+    fusermount_u(&t.mnt);
+    let left: Vec<_> = std::fs::read_dir(t.fs.join("work"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
