@@ -25,6 +25,9 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
+    /// The keeper holding the daemon's FUSE connection, if one does.
+    #[serde(default)]
+    pub keeper: Option<u32>,
     /// Bytes the upper dir holds now.
     pub used: u64,
     /// The upper dir's limit (0: none).
@@ -65,6 +68,7 @@ pub fn request<T: for<'de> Deserialize<'de>>(dir: &Path, what: &str) -> anyhow::
 pub fn listen(
     dir: &Path,
     quota: Arc<Quota>,
+    keeper: Option<u32>,
     unmount: impl Fn() -> std::io::Result<()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (_fd, path) = short_path(dir)?;
@@ -76,7 +80,7 @@ pub fn listen(
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let _ = answer(conn, &quota, &upper, &unmount);
+                let _ = answer(conn, &quota, keeper, &upper, &unmount);
             }
         })?;
     Ok(())
@@ -85,6 +89,7 @@ pub fn listen(
 fn answer(
     conn: UnixStream,
     quota: &Quota,
+    keeper: Option<u32>,
     upper: &Path,
     unmount: &impl Fn() -> std::io::Result<()>,
 ) -> std::io::Result<()> {
@@ -99,6 +104,7 @@ fn answer(
             let _ = quota.reconcile_if_changed(upper);
             serde_json::to_string(&Status {
                 pid: std::process::id(),
+                keeper,
                 used: quota.reported(),
                 limit: quota.limit(),
             })

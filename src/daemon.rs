@@ -7,12 +7,14 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use nestfs_fuse::handover::Connection;
 use nestfs_fuse::mounts::{is_mounted, unmount};
 use nestfs_fuse::ready::{self, Reporter, Verdict};
 use nestfs_fuse::{OverlayConfig, Quota};
@@ -173,10 +175,15 @@ impl Daemon {
     /// The daemon itself (in the `serve-image` process): mounts `cfg` on the rootfs, counts the
     /// upper dir's usage against `limit` (0: none), answers the control socket, tells its
     /// starter once the mount is up, and serves until the rootfs is unmounted.
-    pub fn serve(&self, cfg: OverlayConfig, limit: u64) -> anyhow::Result<()> {
+    pub fn serve(
+        &self,
+        cfg: OverlayConfig,
+        limit: u64,
+        conn: Option<Connection>,
+    ) -> anyhow::Result<()> {
         log_overlay_warnings();
         let report = sys::inherited_pipe(READY_FD).map(Reporter::new);
-        let prepared = self.prepare(cfg, limit);
+        let prepared = self.prepare(cfg, limit, conn);
         if let Some(r) = report {
             match &prepared {
                 Ok(_) => r.ready(),
@@ -189,8 +196,45 @@ impl Daemon {
         served
     }
 
+    /// Replaces this process (`serve-image`, as root) with a keeper that mounts the rootfs,
+    /// holds its FUSE connection and starts this command again to serve it, and again when
+    /// that server dies (see docs/failover.md). Returns where there is no keeper: not root, or
+    /// no `nestfs-keeper` beside this binary.
+    pub fn exec_keeper(&self, cfg: &OverlayConfig) {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let (Ok(exe), Some(keeper)) = (std::env::current_exe(), keeper_binary()) else {
+            eprintln!("nestfs-keeper not found beside nestfs: this rootfs dies with its daemon");
+            return;
+        };
+        let m = cfg.keeper_mount();
+        let e = Command::new(&keeper)
+            .arg("--mount")
+            .arg(self.rootfs())
+            .arg("--source")
+            .arg(&m.source)
+            .arg("--flags")
+            .arg(m.flags.to_string())
+            .arg("--data")
+            .arg(&m.data)
+            .arg("--")
+            .arg(exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        eprintln!(
+            "cannot run {}: {e}; serving without a keeper",
+            keeper.display()
+        );
+    }
+
     /// Everything up to a live mount.
-    fn prepare(&self, mut cfg: OverlayConfig, limit: u64) -> anyhow::Result<nestfs_fuse::Prepared> {
+    fn prepare(
+        &self,
+        mut cfg: OverlayConfig,
+        limit: u64,
+        conn: Option<Connection>,
+    ) -> anyhow::Result<nestfs_fuse::Prepared> {
         shun_oom_killer()?;
         // Usage survives restarts: the upper dir is measured once, then counted change by change.
         let upper = self.dir.join("upper");
@@ -203,10 +247,25 @@ impl Daemon {
         // rootfs is mounted, and from then on `list`, `stats` and `delete` must find the daemon
         // answering.
         let me = Proc::current()?;
-        std::fs::write(self.pid_file(), format!("{} {}\n", me.pid, me.start))?;
+        let keeper = match conn {
+            Some(_) => Some(Proc::parent()?),
+            None => None,
+        };
+        let line = match keeper {
+            Some(k) => format!("{} {} {} {}\n", me.pid, me.start, k.pid, k.start),
+            None => format!("{} {}\n", me.pid, me.start),
+        };
+        std::fs::write(self.pid_file(), line)?;
         let target = mnt.clone();
-        control::listen(&self.dir, quota, move || unmount(&target, false))?;
-        let prepared = nestfs_fuse::prepare(&cfg, &mnt).inspect_err(|_| {
+        let keeper_pid = keeper.map(|k| k.pid as u32);
+        control::listen(&self.dir, quota, keeper_pid, move || {
+            unmount(&target, false)
+        })?;
+        let prepared = match conn {
+            Some(c) => nestfs_fuse::prepare_on(&cfg, c),
+            None => nestfs_fuse::prepare(&cfg, &mnt),
+        }
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(self.dir.join(control::SOCKET));
         })?;
         nestfs_fuse::shed_startup_pages();
@@ -250,6 +309,10 @@ impl Daemon {
         let Some(daemon) = daemon else {
             return Ok(Stop::Gone);
         };
+        if !answered && let Some(k) = Proc::keeper(self) {
+            // Before its server: a keeper would start another.
+            sys::kill(k.pid);
+        }
         // Once nobody uses its mount, a daemon exits by itself within moments.
         let wait = if answered { SETTLE_WAIT } else { EXIT_WAIT };
         let start = Instant::now();
@@ -291,6 +354,14 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// `nestfs-keeper`, installed beside this binary.
+fn keeper_binary() -> Option<PathBuf> {
+    let k = std::env::current_exe()
+        .ok()?
+        .with_file_name("nestfs-keeper");
+    k.is_file().then_some(k)
 }
 
 /// How much the OOM killer should spare image daemons: a killed daemon leaves its container's
@@ -352,16 +423,33 @@ struct Proc {
 
 impl Proc {
     fn current() -> io::Result<Proc> {
-        let pid = std::process::id() as i32;
-        let start = start_time(pid).ok_or_else(|| io::Error::other("read /proc/self/stat"))?;
+        Proc::of(std::process::id() as i32)
+    }
+
+    fn parent() -> io::Result<Proc> {
+        Proc::of(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()))
+    }
+
+    fn of(pid: i32) -> io::Result<Proc> {
+        let start = start_time(pid).ok_or_else(|| io::Error::other("read /proc/PID/stat"))?;
         Ok(Proc { pid, start })
     }
 
     /// The daemon the image's pid file names, if that process still runs and serves this
     /// image of this store.
     fn recorded(daemon: &Daemon) -> Option<Proc> {
+        Proc::named(daemon, 0)
+    }
+
+    /// The keeper of the daemon the pid file names (see [`Daemon::exec_keeper`]), likewise.
+    fn keeper(daemon: &Daemon) -> Option<Proc> {
+        Proc::named(daemon, 2)
+    }
+
+    /// The process whose pid and start time are fields `at` and `at + 1` of the pid file.
+    fn named(daemon: &Daemon, at: usize) -> Option<Proc> {
         let text = std::fs::read_to_string(daemon.pid_file()).ok()?;
-        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        let mut fields = text.split_whitespace().skip(at).map(str::parse::<u64>);
         let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) else {
             return None;
         };

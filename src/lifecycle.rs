@@ -141,6 +141,12 @@ pub fn sweep(store: &Store) {
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let meta = store.image_meta(id)?;
     let mut cfg = store.overlay_config(id)?;
+    let conn = nestfs_fuse::handover::Connection::inherited()?;
+    if conn.is_none() {
+        // As root a keeper holds the connection and starts this process again to serve it;
+        // this returns only where there is no keeper.
+        daemon(store, id).exec_keeper(&cfg);
+    }
     // Lazily pulled layers: filled as they are read, their prefetch files at once, completed
     // in the background.
     if let Some(filler) = crate::lazy::fill::Filler::new(store, &meta.layers)? {
@@ -158,7 +164,7 @@ pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let dir_fd = io_ctx(std::fs::File::open(&dir), || {
         format!("open {}", dir.display())
     })?;
-    let served = daemon(store, id).serve(cfg, store.upper_limit(&meta));
+    let served = daemon(store, id).serve(cfg, store.upper_limit(&meta), conn);
     crate::store::remove_if_retired(&dir_fd);
     served
 }

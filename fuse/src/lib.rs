@@ -14,6 +14,8 @@ mod attrs;
 pub mod caps;
 mod copyup;
 mod dir;
+mod handles;
+pub mod handover;
 mod identity;
 pub mod ids;
 mod memory;
@@ -27,11 +29,13 @@ mod overlay;
 mod passthrough;
 mod quota;
 pub mod ready;
+mod recover;
 mod setid;
 mod sys;
 mod whiteout;
 mod xattr_names;
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -133,6 +137,29 @@ impl OverlayConfig {
         cfg.clone_fd = true;
         cfg
     }
+
+    /// How a keeper mounts this (as root, see [`handover`]): what fuser's own mount(2) passes,
+    /// but the fd, root mode and ids, which the keeper adds.
+    pub fn keeper_mount(&self) -> KeeperMount {
+        let ro = self.upperdir.is_none() || self.read_only;
+        KeeperMount {
+            source: if self.fsname.is_empty() {
+                "nestfs-overlay".into()
+            } else {
+                self.fsname.clone()
+            },
+            flags: if ro { libc::MS_RDONLY } else { 0 },
+            data: "default_permissions,allow_other,subtype=nestfs-overlay".into(),
+        }
+    }
+}
+
+/// The mount(2) a keeper makes: source, flags and data before `fd=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeeperMount {
+    pub source: String,
+    pub flags: u64,
+    pub data: String,
 }
 
 /// A live mount served on background threads; unmounted when dropped.
@@ -157,7 +184,8 @@ impl Drop for Mounted {
     }
 }
 
-fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Session<ops::Fs>> {
+/// The overlay a session serves, and where it learns the session's notifier.
+fn overlay(cfg: &OverlayConfig) -> anyhow::Result<(overlay::Overlay, Notifier)> {
     options::validate(cfg)?;
     // Modes are set exactly as asked; the daemon's own umask must not interfere.
     sys::process::clear_umask();
@@ -167,10 +195,42 @@ fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Sess
     if let (Some(q), Some(upper)) = (&cfg.quota, &cfg.upperdir) {
         quota::reconcile_while_changing(Arc::downgrade(q), upper.clone());
     }
-    let s = fuser::Session::new(ops::Fs::new(ov), mountpoint, &cfg.mount_config())
+    Ok((ov, notifier))
+}
+
+type Notifier = Arc<OnceLock<fuser::Notifier>>;
+
+fn session(cfg: &OverlayConfig, mountpoint: &Path) -> anyhow::Result<fuser::Session<ops::Fs>> {
+    let (ov, notifier) = overlay(cfg)?;
+    let s = fuser::Session::new(ops::Fs::new(ov, 0), mountpoint, &cfg.mount_config())
         .with_context(|| format!("mount {}", mountpoint.display()))?;
     let _ = notifier.set(s.notifier());
     Ok(s)
+}
+
+/// Serves `cfg` on a connection a keeper mounted and holds (see [`handover`]), taking over
+/// from the server before if `conn` is not the first.
+pub fn prepare_on(cfg: &OverlayConfig, conn: handover::Connection) -> anyhow::Result<Prepared> {
+    let (mut ov, notifier) = overlay(cfg)?;
+    let (ledger, kept) =
+        handover::Ledger::open(conn.ledger).context("read the connection's ledger")?;
+    ov.io.adopt(ledger, kept);
+    if conn.epoch > 0 {
+        ov.recovery = Some(recover::Recovery::default());
+    }
+    let mut mc = cfg.mount_config();
+    // Every worker reads the keeper's fd: requests a killed server had taken are sent again
+    // then (FUSE_NOTIFY_RESEND), where a cloned fd would end them with ECONNABORTED.
+    mc.clone_fd = false;
+    let acl = mc.acl;
+    // The handshake runs on the keeper's socket, which replays the mount's FUSE_INIT.
+    let s = fuser::Session::from_fd(ops::Fs::new(ov, conn.epoch), conn.init, acl, mc)
+        .context("FUSE handshake with the keeper")?;
+    // From here on the session's fd number is the connection itself.
+    sys::process::dup_onto(conn.fuse.as_fd(), s.as_fd().as_raw_fd())
+        .context("take over the FUSE connection")?;
+    let _ = notifier.set(s.notifier());
+    Ok(Prepared(s))
 }
 
 /// Mounts and serves in the background.

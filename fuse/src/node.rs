@@ -135,6 +135,14 @@ impl Table {
         }
     }
 
+    /// Keeps `ino` whatever the kernel forgets: for nodes found again after a takeover, whose
+    /// lookups the kernel holds are unknown.
+    pub fn keep(&self, ino: u64) {
+        if let Some(n) = self.lock().get_mut(&ino) {
+            n.lookups = u64::MAX / 2;
+        }
+    }
+
     /// Drops `n` lookups of `ino`; true when that freed its node.
     pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT {

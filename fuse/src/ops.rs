@@ -1,12 +1,12 @@
 //! The FUSE request handlers: each turns a request into an [`Overlay`] call and its reply.
-//! File handles are the daemon's own fds (one per open). Directories have no handles: the
+//! File handles are the daemon's own fds, one per open (see `handles`). Directories have no handles: the
 //! kernel opens them without asking (see `opendir`), and a read's offset indexes a snapshot of
 //! the merged listing taken when a read starts at offset 0.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,7 @@ use fuser::{
 
 use crate::attrs::SetAttr;
 use crate::dir::{self, Entry};
+use crate::handles::{Handle, Handles};
 use crate::namespace::{Caller, NewKind};
 use crate::overlay::{Overlay, Target};
 use crate::passthrough::Open;
@@ -38,16 +39,52 @@ pub struct Fs {
     /// The kernel opens directories without an OPENDIR (and closes them without a
     /// RELEASEDIR) once opendir answered ENOSYS.
     no_opendir: bool,
+    handles: Handles,
 }
 
 impl Fs {
-    pub fn new(ov: Overlay) -> Fs {
+    /// Serves `ov`; `epoch` tells this server's handles from earlier ones' (see `handover`).
+    pub fn new(ov: Overlay, epoch: u32) -> Fs {
         Fs {
             ov,
             listings: Mutex::default(),
             clears_setid: false,
             no_opendir: false,
+            handles: Handles::new(epoch),
         }
+    }
+
+    /// After a takeover: the nodes a request names, found again where the table lacks them
+    /// (see `recover`).
+    fn known(&self, inos: &[INodeNo]) {
+        for i in inos {
+            self.ov.known(i.0);
+        }
+    }
+
+    /// The fd behind file handle `fh` of node `ino`.
+    fn fd(&self, ino: u64, fh: FileHandle) -> io::Result<RawFd> {
+        self.handles.fd(fh, || {
+            let fd = self.reopen(ino)?;
+            let _ = self.ov.identity.track_fd(ino, fd.as_raw_fd(), true);
+            Ok(fd)
+        })
+    }
+
+    /// Opens node `ino` again for a handle an earlier server gave out (its fd died with that
+    /// server): for reading and writing in the upper dir (only there can it have been open for
+    /// writing), else for reading. Data goes at the offsets requests carry, so an O_APPEND
+    /// open lost is no matter.
+    fn reopen(&self, ino: u64) -> io::Result<OwnedFd> {
+        let Target::Entry(d, n) = self.ov.target(ino)? else {
+            return Err(sys::err(libc::EISDIR));
+        };
+        let mode = if self.ov.in_upper(ino) {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        sys::open_at(d.as_raw_fd(), &n, mode | libc::O_NONBLOCK, 0)
     }
 
     /// Answers with an entry: its attributes cached long, the name as `ttl_of` says.
@@ -262,6 +299,7 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.known(&[parent]);
         let name = tryr!(reply, cname(name));
         match self.ov.lookup(parent.0, &name) {
             Ok(attr) => self.entry(reply, &attr),
@@ -282,6 +320,7 @@ impl Filesystem for Fs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.known(&[ino]);
         let attr = tryr!(reply, self.ov.getattr(ino.0).map_err(E::from));
         reply.attr(&self.ov.ttl, &attr);
     }
@@ -304,7 +343,11 @@ impl Filesystem for Fs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let fh = fh.map(|f| f.0).filter(|f| *f > 0);
+        self.known(&[ino]);
+        let fh = match fh.filter(|f| f.0 > 0) {
+            Some(f) => Some(tryr!(reply, self.fd(ino.0, f).map_err(E::from)) as u64),
+            None => None,
+        };
         // Truncating a file whose open files read its lower copy: see `open`.
         if size.is_some() && fh.is_none() && self.ov.io.backs_lower(ino.0) {
             let ch = tryr!(reply, self.ov.copied_up(ino.0).map_err(E::from));
@@ -345,6 +388,7 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.known(&[ino]);
         let t = tryr!(reply, self.ov.target(ino.0).map_err(E::from));
         let Target::Entry(d, n) = t else {
             return reply.error(Errno::EINVAL);
@@ -363,6 +407,7 @@ impl Filesystem for Fs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.known(&[parent]);
         let name = tryr!(reply, cname(name));
         let kind = NewKind::Node {
             mode: mode & !(umask & 0o777),
@@ -380,12 +425,14 @@ impl Filesystem for Fs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.known(&[parent]);
         let name = tryr!(reply, cname(name));
         let kind = NewKind::Dir(mode & !(umask & 0o777));
         self.made(reply, parent.0, &name, kind, req);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(&[parent]);
         let name = tryr!(reply, cname(name));
         tryr!(
             reply,
@@ -395,6 +442,7 @@ impl Filesystem for Fs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(&[parent]);
         let name = tryr!(reply, cname(name));
         tryr!(
             reply,
@@ -411,6 +459,7 @@ impl Filesystem for Fs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.known(&[parent]);
         let name = tryr!(reply, cname(link_name));
         let target = tryr!(reply, cname(target.as_os_str()));
         let kind = NewKind::Symlink(&target);
@@ -427,6 +476,7 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.known(&[parent, newparent]);
         let name = tryr!(reply, cname(name));
         let newname = tryr!(reply, cname(newname));
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
@@ -449,6 +499,7 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.known(&[ino, newparent]);
         let newname = tryr!(reply, cname(newname));
         let attr = tryr!(
             reply,
@@ -458,6 +509,7 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.known(&[ino]);
         let (ino, flags) = (ino.0, flags.0);
         // A layer file's data is brought in first, without the change lock: fetching it may
         // take a while (a write open copies up, which fills the file itself).
@@ -516,21 +568,24 @@ impl Filesystem for Fs {
                 tryr!(reply, self.ov.chmod_upper(ino, kept).map_err(E::from));
             }
         }
-        let _ = self.ov.identity.track_fd(ino, fd.as_raw_fd(), true);
         // A file still being fetched is read through the daemon, which fetches what is read.
         let fresh = self.passthrough_for(ino, flags, &fd).filter(|_| complete);
-        match self
-            .ov
-            .io
-            .open(ino, fresh, writable(flags), || reply.open_backing(&fd))
-        {
-            Open::Passthrough(b) => reply.opened_passthrough(
-                FileHandle(fd.into_raw_fd() as u64),
-                FopenFlags::FOPEN_NOFLUSH,
-                &b,
-            ),
+        let register = |kept: Option<u32>| {
+            let id = match kept {
+                Some(id) => id,
+                None => reply.open_backing(&fd)?.into_raw(),
+            };
+            Ok((id, sys::wrap_backing_open(&reply, id)))
+        };
+        let open = self.ov.io.open(ino, fresh, writable(flags), register);
+        let open = tryr!(reply, open.map_err(E::from));
+        let _ = self.ov.identity.track_fd(ino, fd.as_raw_fd(), true);
+        match open {
+            Open::Passthrough(b) => {
+                reply.opened_passthrough(self.handles.issue(fd), FopenFlags::FOPEN_NOFLUSH, &b.id)
+            }
             Open::Cached => reply.opened(
-                FileHandle(fd.into_raw_fd() as u64),
+                self.handles.issue(fd),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
         }
@@ -539,7 +594,7 @@ impl Filesystem for Fs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -547,19 +602,16 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.known(&[ino]);
+        let fd = tryr!(reply, self.fd(ino.0, fh).map_err(E::from));
         if self.ov.fetches() {
             tryr!(
                 reply,
-                self.ov
-                    .fill_range(fh.0 as RawFd, offset, size.into())
-                    .map_err(E::from)
+                self.ov.fill_range(fd, offset, size.into()).map_err(E::from)
             );
         }
         let mut buf = vec![0u8; size as usize];
-        let n = tryr!(
-            reply,
-            sys::pread(fh.0 as RawFd, &mut buf, offset).map_err(E::from)
-        );
+        let n = tryr!(reply, sys::pread(fd, &mut buf, offset).map_err(E::from));
         reply.data(&buf[..n]);
     }
 
@@ -575,7 +627,8 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fd = fh.0 as RawFd;
+        self.known(&[ino]);
+        let fd = tryr!(reply, self.fd(ino.0, fh).map_err(E::from));
         let n = tryr!(
             reply,
             self.ov
@@ -608,11 +661,18 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.ov.io.release(ino.0, writable(flags.0));
-        if self.ov.identity.track_fd(ino.0, fh.0 as RawFd, false) {
-            self.ov.close_last(fh.0 as RawFd);
+        let Some(h) = self.handles.release(fh) else {
+            // An earlier server's handle, never used here: nothing of it is open.
+            return reply.ok();
+        };
+        // An earlier server's open counted in its own passthrough state, not this one's.
+        if matches!(h, Handle::Own(_)) {
+            self.ov.io.release(ino.0, writable(flags.0));
+        }
+        if self.ov.identity.track_fd(ino.0, h.fd(), false) {
+            self.ov.close_last(h.fd());
         } else {
-            sys::close(fh.0 as RawFd);
+            sys::close(h.fd());
         }
         reply.ok();
     }
@@ -625,7 +685,8 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let fd = fh.0 as RawFd;
+        self.known(&[ino]);
+        let fd = tryr!(reply, self.fd(ino.0, fh).map_err(E::from));
         // Writeback allocates what delayed allocation left out (extent-tree blocks): counted
         // here, so `stats` keeps equal to `du` for data that was synced.
         let synced = self.ov.measured(ino.0, fd, 0, || sys::fsync(fd, datasync));
@@ -656,6 +717,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.known(&[ino]);
         let list = tryr!(reply, self.listing(ino.0, offset).map_err(E::from));
         self.listed(ino.0, offset, &list);
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
@@ -689,6 +751,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.known(&[ino]);
         let list = tryr!(reply, self.listing(ino.0, offset).map_err(E::from));
         self.listed(ino.0, offset, &list);
         let dirs = tryr!(reply, self.ov.dirs_of(ino.0).map_err(E::from));
@@ -740,6 +803,7 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.known(&[ino]);
         let t = tryr!(reply, self.ov.target(ino.0).map_err(E::from));
         if let Target::Dir(fd) = t {
             let d = tryr!(reply, sys::reopen_dir(fd.as_raw_fd()).map_err(E::from));
@@ -776,6 +840,7 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.known(&[ino]);
         let name = tryr!(reply, cname(name));
         tryr!(
             reply,
@@ -787,17 +852,20 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.known(&[ino]);
         let name = tryr!(reply, cname(name));
         let v = tryr!(reply, self.ov.getxattr(ino.0, &name).map_err(E::from));
         xattr_reply(reply, &v, size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.known(&[ino]);
         let v = tryr!(reply, self.ov.listxattr(ino.0).map_err(E::from));
         xattr_reply(reply, &v, size);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(&[ino]);
         let name = tryr!(reply, cname(name));
         tryr!(reply, self.ov.setxattr(ino.0, &name, None).map_err(E::from));
         reply.ok();
@@ -818,6 +886,7 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.known(&[parent]);
         let name = tryr!(reply, cname(name));
         let mode = mode & !(umask & 0o777);
         let (attr, fd) = tryr!(
@@ -826,7 +895,6 @@ impl Filesystem for Fs {
                 .create(parent.0, &name, mode, flags, caller(req))
                 .map_err(E::from)
         );
-        let _ = self.ov.identity.track_fd(attr.ino.0, fd.as_raw_fd(), true);
         // A new file is in the upper dir: see `passthrough_for`.
         let fresh = self
             .ov
@@ -835,22 +903,33 @@ impl Filesystem for Fs {
             .then(|| self.upper_passthrough())
             .flatten();
         let ttl = self.ov.ttl_of(&attr);
-        match self.ov.io.open(attr.ino.0, fresh, writable(flags), || {
-            reply.open_backing(&fd)
-        }) {
+        let register = |kept: Option<u32>| {
+            let id = match kept {
+                Some(id) => id,
+                None => reply.open_backing(&fd)?.into_raw(),
+            };
+            Ok((id, sys::wrap_backing_create(&reply, id)))
+        };
+        let open = self
+            .ov
+            .io
+            .open(attr.ino.0, fresh, writable(flags), register);
+        let open = tryr!(reply, open.map_err(E::from));
+        let _ = self.ov.identity.track_fd(attr.ino.0, fd.as_raw_fd(), true);
+        match open {
             Open::Passthrough(b) => reply.created_passthrough(
                 &ttl,
                 &attr,
                 gen0(),
-                FileHandle(fd.into_raw_fd() as u64),
+                self.handles.issue(fd),
                 FopenFlags::FOPEN_NOFLUSH,
-                &b,
+                &b.id,
             ),
             Open::Cached => reply.created(
                 &ttl,
                 &attr,
                 gen0(),
-                FileHandle(fd.into_raw_fd() as u64),
+                self.handles.issue(fd),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
         }
@@ -866,7 +945,8 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let fd = fh.0 as RawFd;
+        self.known(&[ino]);
+        let fd = tryr!(reply, self.fd(ino.0, fh).map_err(E::from));
         // Punching or collapsing frees space; anything else may allocate the whole range.
         let frees = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_COLLAPSE_RANGE) != 0;
         let reserve = match (frees, sys::fstat(fd)) {
@@ -887,23 +967,22 @@ impl Filesystem for Fs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let off = tryr!(
-            reply,
-            sys::lseek(fh.0 as RawFd, offset, whence).map_err(E::from)
-        );
+        self.known(&[ino]);
+        let fd = tryr!(reply, self.fd(ino.0, fh).map_err(E::from));
+        let off = tryr!(reply, sys::lseek(fd, offset, whence).map_err(E::from));
         reply.offset(off);
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
         ino_out: INodeNo,
@@ -913,14 +992,16 @@ impl Filesystem for Fs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let out = fh_out.0 as RawFd;
+        self.known(&[ino_in, ino_out]);
+        let fd_in = tryr!(reply, self.fd(ino_in.0, fh_in).map_err(E::from));
+        let out = tryr!(reply, self.fd(ino_out.0, fh_out).map_err(E::from));
         let len = len.min(u32::MAX as u64) as usize;
         let n = tryr!(
             reply,
             self.ov
                 .write_charged(ino_out.0, out, offset_out, len, |len| {
                     let (mut i, mut o) = (offset_in as i64, offset_out as i64);
-                    sys::copy_file_range(fh_in.0 as RawFd, &mut i, out, &mut o, len)
+                    sys::copy_file_range(fd_in, &mut i, out, &mut o, len)
                 })
                 .map_err(E::from)
         );

@@ -64,6 +64,8 @@ pub struct Overlay {
     /// Wanted by the configuration (the kernel has the last word, at init).
     pub(crate) want_passthrough: bool,
     fetch: Option<Arc<dyn crate::Fetch>>,
+    /// Set when this server took over a connection (see [`crate::recover`]).
+    pub(crate) recovery: Option<crate::recover::Recovery>,
 }
 
 /// Proof that the caller holds the change lock ([`Overlay::lock_changes`]): what needs the
@@ -193,6 +195,7 @@ impl Overlay {
             io: Passthrough::new(cfg.quota.clone().filter(|_| has_upper)),
             // Registering a backing file takes CAP_SYS_ADMIN in the initial namespace.
             want_passthrough: !cfg.no_passthrough && admin,
+            recovery: None,
             block: layers
                 .first()
                 .and_then(|l| rustix::fs::fstatvfs(&*l.root).ok())

@@ -17,14 +17,47 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fuser::BackingId;
 
 use crate::Quota;
+use crate::handover::Ledger;
 use crate::overlay::{Changes, Overlay, Target, UPPER};
 use crate::sys;
 
 /// How the kernel does I/O for the open files of one node.
 enum Mode {
     Cached,
-    Passthrough {
-        backing: Arc<BackingId>,
+    Passthrough { backing: Arc<Backing>, lower: bool },
+}
+
+/// A backing file registered with the kernel, and its record in the ledger (if a keeper holds
+/// the connection, see [`crate::handover`]).
+pub struct Backing {
+    /// Declared first, so dropped first: the record goes before the id is closed, and a
+    /// server that takes over never reuses a closed id.
+    _record: Option<Record>,
+    pub id: BackingId,
+}
+
+struct Record {
+    ledger: Arc<Ledger>,
+    slot: u64,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.ledger.clear(self.slot);
+    }
+}
+
+/// A backing file an earlier server of the connection registered for a node, which the
+/// node's open files may still use.
+enum Kept {
+    Id {
+        id: u32,
+        lower: bool,
+    },
+    /// Wrapped by an open of this server; never closed (how many open files of the earlier
+    /// server use it is unknown).
+    Wrapped {
+        backing: Arc<Backing>,
         lower: bool,
     },
 }
@@ -51,7 +84,7 @@ struct Io {
 /// What an open is answered with.
 pub enum Open {
     Cached,
-    Passthrough(Arc<BackingId>),
+    Passthrough(Arc<Backing>),
 }
 
 /// Filesystems that stack on others: a backing file there needs a FUSE stacking depth of 2.
@@ -76,6 +109,10 @@ pub struct Passthrough {
     nodes: Mutex<HashMap<u64, Io>>,
     /// The upper dir's usage counter, told which upper files the kernel may write unseen.
     usage: Option<Arc<Quota>>,
+    /// Where backing files are recorded for a server that takes over.
+    ledger: Option<Arc<Ledger>>,
+    /// Backing files earlier servers left, by node.
+    kept: Mutex<HashMap<u64, Kept>>,
 }
 
 impl Passthrough {
@@ -105,6 +142,69 @@ impl Passthrough {
         self.lock()
             .get(&ino)
             .is_some_and(|io| matches!(io.mode, Mode::Passthrough { lower: true, .. }))
+            || self.kept().get(&ino).is_some_and(|k| match k {
+                Kept::Id { lower, .. } | Kept::Wrapped { lower, .. } => *lower,
+            })
+    }
+
+    fn kept(&self) -> MutexGuard<'_, HashMap<u64, Kept>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records backing files from now on in `ledger`, where earlier servers of the connection
+    /// left `kept`. Upper files among them may be written by the kernel unseen for as long as
+    /// this server lives.
+    pub fn adopt(&mut self, ledger: Ledger, kept: Vec<crate::handover::Kept>) {
+        for (ino, id, lower) in kept {
+            if !lower && let Some(q) = &self.usage {
+                q.unseen_writes(true);
+            }
+            self.kept().insert(ino, Kept::Id { id, lower });
+        }
+        self.ledger = Some(Arc::new(ledger));
+    }
+
+    /// A node an earlier server left in passthrough: every open of it must use that backing
+    /// file while any of that server's opens lives, which is unknown, so always.
+    fn kept_mode(
+        &self,
+        ino: u64,
+        register: impl FnOnce(Option<u32>) -> io::Result<(u32, BackingId)>,
+    ) -> io::Result<Mode> {
+        let mut kept = self.kept();
+        let k = kept.get_mut(&ino).ok_or_else(|| sys::err(libc::ENOENT))?;
+        match k {
+            Kept::Wrapped { backing, lower } => Ok(Mode::Passthrough {
+                backing: backing.clone(),
+                lower: *lower,
+            }),
+            Kept::Id { id, lower } => {
+                let lower = *lower;
+                register(Some(*id)).map(|(_, id)| {
+                    let backing = Arc::new(Backing { _record: None, id });
+                    *k = Kept::Wrapped {
+                        backing: backing.clone(),
+                        lower,
+                    };
+                    Mode::Passthrough { backing, lower }
+                })
+            }
+        }
+    }
+
+    /// A backing file just registered, recorded in the ledger if there is one.
+    fn registered(&self, ino: u64, raw: u32, id: BackingId, lower: bool) -> io::Result<Backing> {
+        let record = match &self.ledger {
+            Some(l) => Some(Record {
+                slot: l.record(ino, raw, lower)?,
+                ledger: l.clone(),
+            }),
+            None => None,
+        };
+        Ok(Backing {
+            _record: record,
+            id,
+        })
     }
 
     /// Chooses the I/O mode of a new open of `ino`: the mode its other open files use, else
@@ -116,17 +216,26 @@ impl Passthrough {
         ino: u64,
         fresh: Option<bool>,
         writes: bool,
-        register: impl FnOnce() -> io::Result<BackingId>,
-    ) -> Open {
+        register: impl FnOnce(Option<u32>) -> io::Result<(u32, BackingId)>,
+    ) -> io::Result<Open> {
         let mut nodes = self.lock();
         if let Some(io) = nodes.get_mut(&ino) {
             io.opens += 1;
             self.count_unseen(&io.mode, writes, true);
-            return io.mode.answer();
+            return Ok(io.mode.answer());
         }
-        let mode = match fresh.filter(|_| self.enabled()).map(|l| (l, register())) {
-            Some((lower, Ok(b))) => Mode::Passthrough {
-                backing: Arc::new(b),
+        if self.kept().contains_key(&ino) {
+            // Refusing the open beats answering it in a mode the kernel would reject.
+            let mode = self.kept_mode(ino, register)?;
+            let open = mode.answer();
+            self.count_unseen(&mode, writes, true);
+            nodes.insert(ino, Io { mode, opens: 1 });
+            return Ok(open);
+        }
+        let fresh = fresh.filter(|_| self.enabled());
+        let mode = match fresh.map(|l| (l, register(None))) {
+            Some((lower, Ok((raw, b)))) => Mode::Passthrough {
+                backing: Arc::new(self.registered(ino, raw, b, lower)?),
                 lower,
             },
             Some((_, Err(e))) => {
@@ -139,7 +248,7 @@ impl Passthrough {
         let open = mode.answer();
         self.count_unseen(&mode, writes, true);
         nodes.insert(ino, Io { mode, opens: 1 });
-        open
+        Ok(open)
     }
 
     /// An open of `ino` was released (`writes`: it could write); the last one frees the
@@ -190,11 +299,11 @@ impl Overlay {
 mod tests {
     use super::*;
 
-    fn refused() -> io::Result<BackingId> {
+    fn refused(_: Option<u32>) -> io::Result<(u32, BackingId)> {
         Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 
-    fn never() -> io::Result<BackingId> {
+    fn never(_: Option<u32>) -> io::Result<(u32, BackingId)> {
         panic!("no backing file may be registered once passthrough is off")
     }
 
@@ -205,12 +314,18 @@ mod tests {
         let p = Passthrough::default();
         p.enable();
         assert!(matches!(
-            p.open(1, Some(true), false, refused),
+            p.open(1, Some(true), false, refused).unwrap(),
             Open::Cached
         ));
         assert!(!p.enabled());
-        assert!(matches!(p.open(1, Some(true), false, never), Open::Cached));
-        assert!(matches!(p.open(2, Some(false), true, never), Open::Cached));
+        assert!(matches!(
+            p.open(1, Some(true), false, never).unwrap(),
+            Open::Cached
+        ));
+        assert!(matches!(
+            p.open(2, Some(false), true, never).unwrap(),
+            Open::Cached
+        ));
         assert!(!p.backs_lower(1));
         p.release(1, false);
         p.release(1, false);

@@ -23,7 +23,9 @@ pub fn run(ctx: &Ctx, as_json: bool) -> Output {
             "id": id,
             "path": store.image_dir(&id),
             "state": state.to_string(),
-            "exclusive_bytes_used": status.map(|s| s.used),
+            "exclusive_bytes_used": status.as_ref().map(|s| s.used),
+            "daemon_pid": status.as_ref().map(|s| s.pid),
+            "keeper_pid": status.as_ref().and_then(|s| s.keeper),
             "quota_size_bytes": meta.disk_limit,
             "exclude_image_from_quota": meta.exclude_image_from_quota,
         }));

@@ -112,3 +112,33 @@ pub fn detach_stdio() {
         let _ = null.into_raw_fd();
     }
 }
+
+/// Takes ownership of fd `n`, which a parent process left open for this one, and closes it on
+/// exec from now on. Must be called once per fd: a second owner would close it twice.
+pub fn inherited_fd(n: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on any number is harmless; it fails on a closed one.
+    if n < 3 || unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the fd is open and, as the caller promises, owned by nothing else here.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(n) })
+}
+
+/// Removes environment variable `name`. Only while this process has a single thread: other
+/// threads could be reading the environment.
+pub fn remove_env(name: &str) {
+    if std::fs::read_dir("/proc/self/task").is_ok_and(|t| t.count() == 1) {
+        // SAFETY: no other thread exists to read the environment meanwhile.
+        unsafe { std::env::remove_var(name) };
+    }
+}
+
+/// Makes fd `to` refer to what `from` refers to (dup2), replacing what `to` was.
+pub fn dup_onto(from: std::os::fd::BorrowedFd, to: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only changes the fd table; the caller owns `to` and wants it replaced.
+    if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
