@@ -346,7 +346,8 @@ impl Daemon {
             })
             .filter(|p| p.serves(self))
             .collect();
-        for p in &strays {
+        // Keepers first: a keeper would start a daemon again.
+        for p in strays.iter().filter(|p| p.is_keeper()).chain(&strays) {
             sys::kill(p.pid);
         }
         let start = Instant::now();
@@ -458,6 +459,12 @@ impl Proc {
             start,
         };
         p.serves(daemon).then_some(p)
+    }
+
+    /// Whether this process is a keeper (see [`Daemon::exec_keeper`]).
+    fn is_keeper(&self) -> bool {
+        std::fs::read_link(format!("/proc/{}/exe", self.pid))
+            .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "nestfs-keeper"))
     }
 
     /// Whether this process still runs (and is not a zombie).

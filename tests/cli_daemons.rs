@@ -25,15 +25,8 @@ fn state(s: &TestStore, id: &str) -> String {
 }
 
 fn kill_daemons(s: &TestStore) {
-    let pids = daemons_for(s.dir.path());
-    assert!(!pids.is_empty(), "no daemon to kill");
-    for pid in pids {
-        common::kill(pid);
-    }
-    let start = Instant::now();
-    while !daemons_for(s.dir.path()).is_empty() && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(!daemons_for(s.dir.path()).is_empty(), "no daemon to kill");
+    common::kill_image_daemons(s.dir.path());
 }
 
 /// Runs nestfs with `args` in a mount namespace where /dev/fuse is /dev/null, so that the mount(2)
@@ -62,6 +55,11 @@ fn assert_nothing_left(s: &TestStore) {
         daemons_for(s.dir.path()).is_empty(),
         "daemons left: {:?}",
         daemons_for(s.dir.path())
+    );
+    assert!(
+        common::keepers_for(s.dir.path()).is_empty(),
+        "keepers left: {:?}",
+        common::keepers_for(s.dir.path())
     );
     let images: Vec<_> = std::fs::read_dir(s.root().join("images"))
         .unwrap()

@@ -113,9 +113,7 @@ fn delete_after_the_daemon_was_killed() {
     require_root_fuse!();
     let s = TestStore::new();
     let rootfs = s.create(&oci("busybox"), "k");
-    for pid in daemons_for(s.dir.path()) {
-        common::kill(pid);
-    }
+    common::kill_image_daemons(s.dir.path());
     // The mount is now "transport endpoint is not connected".
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(std::fs::read_dir(&rootfs).is_err());

@@ -418,9 +418,7 @@ fn hardlinks_count_once_and_stats_match_du_across_a_daemon_restart() {
     let live = stats(&s, "hl").0;
 
     // The daemon dies; stats scans; remount counts on from the same figure.
-    for pid in common::daemons_for(s.dir.path()) {
-        common::kill(pid);
-    }
+    common::kill_image_daemons(s.dir.path());
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(stats(&s, "hl").0, live);
     s.run(&["remount", "hl"]).ok();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestStore, bin, daemons_for, du, kill, mounts_under};
+use common::{TestStore, bin, daemons_for, du, mounts_under};
 use nestfs_testimages::{Image, Layer, busybox_layer, noise, write_layout};
 use registry::Registry;
 use serde_json::Value;
@@ -637,9 +637,7 @@ fn killed_daemons_and_shared_volumes_leave_nothing_half_filled() {
     // Both daemons fill and complete the same volume; kill them at once, mid-way.
     let reader = std::thread::spawn(move || std::fs::read(a.join("data/big3")));
     std::thread::sleep(Duration::from_millis(150));
-    for pid in daemons_for(s.dir.path()) {
-        kill(pid);
-    }
+    common::kill_image_daemons(s.dir.path());
     let _ = reader.join().unwrap();
     // A live lazy volume is not clean's to remove, however far it got.
     s.run(&["clean"]).ok();

@@ -21,6 +21,10 @@ use crate::sys;
 /// `<fuse fd>:<init socket fd>:<ledger memfd>:<epoch>`.
 pub const ENV: &str = "NESTFS_CONNECTION";
 
+/// What a keeper tells a server that said it is set up (`+`), once the mount is there; any
+/// other message says why there is none.
+pub const GO: &[u8] = b"go";
+
 /// A connection handed to this server.
 #[derive(Debug)]
 pub struct Connection {
@@ -59,6 +63,19 @@ impl Connection {
                 .parse()
                 .with_context(|| format!("{ENV}={v}: epoch {epoch}"))?,
         }))
+    }
+}
+
+/// Tells the keeper this server is set up, on the INIT socket; returns once the keeper mounted
+/// (the first time) and replays FUSE_INIT next.
+pub fn set_up(init: &OwnedFd) -> anyhow::Result<()> {
+    rustix::io::write(init, b"+").context("tell the keeper this server is set up")?;
+    let mut said = vec![0u8; 4096];
+    let n = rustix::io::read(init, &mut said).context("hear from the keeper")?;
+    match &said[..n] {
+        GO => Ok(()),
+        [] => anyhow::bail!("the keeper went away"),
+        why => anyhow::bail!("{}", String::from_utf8_lossy(why)),
     }
 }
 

@@ -224,6 +224,7 @@ pub fn prepare_on(cfg: &OverlayConfig, conn: handover::Connection) -> anyhow::Re
     mc.clone_fd = false;
     let acl = mc.acl;
     // The handshake runs on the keeper's socket, which replays the mount's FUSE_INIT.
+    handover::set_up(&conn.init)?;
     let s = fuser::Session::from_fd(ops::Fs::new(ov, conn.epoch), conn.init, acl, mc)
         .context("FUSE handshake with the keeper")?;
     // From here on the session's fd number is the connection itself.

@@ -33,6 +33,8 @@ const FUSE_NOTIFY_RESEND: i32 = 7;
 /// something in the image or the store keeps them from serving.
 const QUICK_DEATH: Duration = Duration::from_secs(2);
 const QUICK_DEATHS: u32 = 5;
+/// What a set-up server is told when the mount is there (else it is told why not).
+const GO: &[u8] = handover::GO;
 /// The variable a starter names its readiness pipe in: only the first server reports.
 const READY_FD: &str = "NESTFS_READY_FD";
 
@@ -90,6 +92,19 @@ fn keep() -> anyhow::Result<ExitCode> {
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     // Without close-on-exec: every server inherits this very fd.
     let fuse = rustix::fs::open("/dev/fuse", OFlags::RDWR, Mode::empty()).context("/dev/fuse")?;
+    let ledger = rustix::fs::memfd_create("nestfs-ledger", rustix::fs::MemfdFlags::empty())
+        .context("memfd for the ledger")?;
+    let mut mounted = false;
+    let served = serve(&a, &fuse, &ledger, &mut mounted);
+    if mounted && !matches!(served, Ok(ExitCode::SUCCESS)) {
+        // Nobody serves it any more: no container may hang on it.
+        let _ = rustix::mount::unmount(a.mount.as_os_str(), UnmountFlags::DETACH);
+    }
+    served
+}
+
+/// Mounts `a.mount` on the connection `fuse`; returns the kernel's FUSE_INIT.
+fn mount(a: &Args, fuse: &OwnedFd) -> anyhow::Result<Vec<u8>> {
     let data = std::ffi::CString::new(format!(
         "{},fd={},rootmode=40000,user_id={},group_id={}",
         a.data,
@@ -105,24 +120,25 @@ fn keep() -> anyhow::Result<ExitCode> {
         data.as_c_str(),
     )
     .with_context(|| format!("mount {}", a.mount.to_string_lossy()))?;
-    let served = serve(&a, &fuse);
-    if !matches!(served, Ok(ExitCode::SUCCESS)) {
-        // Nobody serves it any more: no container may hang on it.
-        let _ = rustix::mount::unmount(a.mount.as_os_str(), UnmountFlags::DETACH);
-    }
-    served
-}
-
-/// Starts servers until one exits because the mount went away.
-fn serve(a: &Args, fuse: &OwnedFd) -> anyhow::Result<ExitCode> {
     let mut buf = vec![0u8; 1 << 17];
     let n = rustix::io::read(fuse, &mut buf).context("read FUSE_INIT")?;
-    let init = buf[..n].to_vec();
-    if init.len() < 8 || u32::from_ne_bytes(init[4..8].try_into()?) != FUSE_INIT {
+    buf.truncate(n);
+    if n < 8 || u32::from_ne_bytes(buf[4..8].try_into()?) != FUSE_INIT {
         bail!("the kernel's first request is not FUSE_INIT");
     }
-    let ledger = rustix::fs::memfd_create("nestfs-ledger", rustix::fs::MemfdFlags::empty())
-        .context("memfd for the ledger")?;
+    Ok(buf)
+}
+
+/// Starts servers until one exits because the mount went away. The mount is made once the
+/// first server is set to serve it (its control socket answers from the moment the rootfs is
+/// mounted, as without a keeper).
+fn serve(
+    a: &Args,
+    fuse: &OwnedFd,
+    ledger: &OwnedFd,
+    mounted: &mut bool,
+) -> anyhow::Result<ExitCode> {
+    let mut init = Vec::new();
     let mut first: Option<Vec<u8>> = None;
     let (mut epoch, mut quick) = (0u32, 0u32);
     loop {
@@ -149,10 +165,23 @@ fn serve(a: &Args, fuse: &OwnedFd) -> anyhow::Result<ExitCode> {
         let mut child = cmd.spawn().context("start the server")?;
         drop(theirs);
         if epoch == 0 {
-            // Only the first server tells the starter; the starter reads until all close it.
+            // The first server has its copy now and reports on it, also what fails here.
             close_ready_pipe();
         }
-        let answer = handshake(&ours, &init, &mut buf);
+        // The server says when it is set up; one that dies first says nothing.
+        let set = rustix::io::read(&ours, &mut [0u8; 1]).is_ok_and(|n| n == 1);
+        if set && !*mounted {
+            match mount(a, fuse) {
+                Ok(i) => (init, *mounted) = (i, true),
+                Err(e) => {
+                    // The server says it to the starter, and cleans up.
+                    let _ = rustix::io::write(&ours, format!("{e:#}").as_bytes());
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            }
+        }
+        let answer = set.then(|| handshake(&ours, &init)).flatten();
         drop(ours);
         match (&answer, &first) {
             (Some(r), None) => {
@@ -163,6 +192,7 @@ fn serve(a: &Args, fuse: &OwnedFd) -> anyhow::Result<ExitCode> {
                 eprintln!("nestfs-keeper: server {epoch} answered FUSE_INIT differently")
             }
             (None, None) => {
+                // It said why on the starter's pipe.
                 let status = child.wait()?;
                 bail!("the first server exited ({status}) before it served");
             }
@@ -191,9 +221,11 @@ fn serve(a: &Args, fuse: &OwnedFd) -> anyhow::Result<ExitCode> {
 }
 
 /// Replays FUSE_INIT to a new server; its answer, if it lived to give one.
-fn handshake(sock: &OwnedFd, init: &[u8], buf: &mut [u8]) -> Option<Vec<u8>> {
+fn handshake(sock: &OwnedFd, init: &[u8]) -> Option<Vec<u8>> {
+    rustix::io::write(sock, GO).ok()?;
     rustix::io::write(sock, init).ok()?;
-    match rustix::io::read(sock, &mut *buf) {
+    let mut buf = vec![0u8; 1 << 16];
+    match rustix::io::read(sock, &mut buf) {
         Ok(n) if n > 0 => Some(buf[..n].to_vec()),
         _ => None,
     }
@@ -211,8 +243,8 @@ fn resend(fuse: &OwnedFd) {
     }
 }
 
-/// Closes this process's copy of the starter's readiness pipe, once the first server has its
-/// own.
+/// Closes the keeper's copy of the starter's readiness pipe (see `nestfs_fuse::ready`): the
+/// starter reads until every copy is closed.
 fn close_ready_pipe() {
     let fd = std::env::var(READY_FD).ok().and_then(|v| v.parse().ok());
     if let Some(fd) = fd {

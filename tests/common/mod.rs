@@ -163,8 +163,17 @@ pub fn mounts_under(p: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Daemons serving images of the store under `p`.
+/// Daemons serving images of the store under `p` (not their keepers).
 pub fn daemons_for(p: &Path) -> Vec<i32> {
+    processes_for(p, false)
+}
+
+/// Keepers holding the FUSE connections of images of the store under `p` (root only).
+pub fn keepers_for(p: &Path) -> Vec<i32> {
+    processes_for(p, true)
+}
+
+fn processes_for(p: &Path, keepers: bool) -> Vec<i32> {
     let needle = p.to_string_lossy().into_owned();
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -174,12 +183,38 @@ pub fn daemons_for(p: &Path) -> Vec<i32> {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
+        let keeper = cmd
+            .split(|b| *b == 0)
+            .next()
+            .is_some_and(|a| a.ends_with(b"nestfs-keeper"));
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("serve-image") && cmd.contains(&needle) {
+        if cmd.contains("serve-image") && cmd.contains(&needle) && keeper == keepers {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// Kills every image's keeper, then its daemon: the rootfs is dead ("transport endpoint is not
+/// connected") until a remount. Waits until they are gone.
+pub fn kill_image_daemons(p: &Path) {
+    for pids in [keepers_for(p), daemons_for(p)] {
+        for pid in &pids {
+            kill(*pid);
+        }
+        let start = std::time::Instant::now();
+        while pids.iter().any(|pid| runs(*pid)) && start.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Whether process `pid` runs (and is not a zombie).
+pub fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
 }
 
 impl Drop for TestStore {
@@ -188,9 +223,7 @@ impl Drop for TestStore {
         for m in mounts_under(self.dir.path()) {
             let _ = detach(Path::new(&m));
         }
-        for pid in daemons_for(self.dir.path()) {
-            kill(pid);
-        }
+        kill_image_daemons(self.dir.path());
     }
 }
 
