@@ -173,6 +173,13 @@ enum Cmd {
         /// Image ids or paths [default: every image that needs it]
         ids: Vec<String>,
     },
+    /// Hand each served image to a daemon of the nestfs binary installed now, with no unmount
+    /// and no container restart: the keeper holding its FUSE connection starts the new daemon
+    /// (root stores). Without ids: every served image.
+    Upgrade {
+        /// Image ids or paths [default: every served image]
+        ids: Vec<String>,
+    },
     /// The store's capacity, as JSON.
     Capacity,
     /// Remove every image and the store.
@@ -296,6 +303,7 @@ fn command_name(cmd: &Cmd) -> &'static str {
         Cmd::Clean { .. } => "clean",
         Cmd::List { .. } => "list",
         Cmd::Remount { .. } => "remount",
+        Cmd::Upgrade { .. } => "upgrade",
         Cmd::Capacity => "capacity",
         Cmd::DeleteStore => "delete-store",
         Cmd::Convert { .. } => "convert",
@@ -361,6 +369,7 @@ fn dispatch(cmd: Cmd, ctx: &Ctx, progress: bool) -> Output {
         } => commands::clean::run(ctx, threshold_bytes, ignore_images, progress),
         Cmd::List { json } => commands::list::run(ctx, json),
         Cmd::Remount { ids } => commands::remount::run(ctx, &ids),
+        Cmd::Upgrade { ids } => commands::upgrade::run(ctx, &ids),
         Cmd::Capacity => commands::capacity::run(ctx),
         Cmd::DeleteStore => commands::delete_store::run(ctx),
         Cmd::Convert {

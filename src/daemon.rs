@@ -56,6 +56,12 @@ pub enum DaemonError {
     Exited { status: ExitStatus, why: String },
     #[error("image daemon did not mount {} within {MOUNT_WAIT:?}", .0.display())]
     NotMounted(PathBuf),
+    #[error(
+        "{0} is served without a keeper (started as a non-root user, or by a nestfs without \
+         failover): it cannot be handed over; delete and create it again once its container \
+         stopped"
+    )]
+    NoKeeper(String),
     #[error("cannot unmount {}: {cause}", mnt.display())]
     Unmount { mnt: PathBuf, cause: io::Error },
     #[error("{what}: {cause}")]
@@ -270,6 +276,29 @@ impl Daemon {
         })?;
         nestfs_fuse::shed_startup_pages();
         Ok(prepared)
+    }
+
+    /// Ends the daemon, so that its keeper starts the binary installed now on the same FUSE
+    /// connection, and waits until the new daemon answers: the old and new pids, or None if no
+    /// daemon serves the image. Requests the old one had taken are sent to the new one.
+    pub fn hand_over(&self) -> Result<Option<(i32, i32)>> {
+        let Some(old) = Proc::recorded(self) else {
+            return Ok(None);
+        };
+        if Proc::keeper(self).is_none() {
+            return Err(DaemonError::NoKeeper(self.id.clone()));
+        }
+        sys::kill(old.pid);
+        let start = Instant::now();
+        loop {
+            match control::request::<Status>(&self.dir, "status") {
+                Ok(s) if s.pid as i32 != old.pid => return Ok(Some((old.pid, s.pid as i32))),
+                _ if start.elapsed() > MOUNT_WAIT => {
+                    return Err(DaemonError::NotMounted(self.rootfs()));
+                }
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
     }
 
     /// The rootfs's state and, when the daemon answers, its status.

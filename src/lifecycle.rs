@@ -111,6 +111,15 @@ pub fn remount(store: &Store, id: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Hands a served image to a daemon of the binary installed now (see `commands::upgrade`):
+/// the old and new daemon's pids, or None if no daemon serves it.
+pub fn upgrade(store: &Store, id: &str) -> Result<Option<(i32, i32)>> {
+    let Some(_g) = store.lock_image(id)? else {
+        return Ok(None);
+    };
+    Ok(daemon(store, id).hand_over()?)
+}
+
 /// The image's state and, when its daemon answers, the daemon's status.
 pub fn state(store: &Store, id: &str) -> (State, Option<Status>) {
     daemon(store, id).state()

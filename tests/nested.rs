@@ -53,7 +53,10 @@ used() { n stats t | sed 's/.*"exclusive_bytes_used":\([0-9]*\).*/\1/'; }
 daemons() {
     d=0
     for c in /proc/[0-9]*/cmdline; do
-        case "$(tr '\0' ' ' < "$c" 2> /dev/null)" in *"--store $S serve-image"*) d=$((d + 1)) ;; esac
+        case "$(tr '\0' ' ' < "$c" 2> /dev/null)" in
+            *nestfs-keeper*) ;;
+            *"--store $S serve-image"*) d=$((d + 1)) ;;
+        esac
     done
     echo $d
 }

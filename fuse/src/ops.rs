@@ -62,6 +62,12 @@ impl Fs {
         }
     }
 
+    /// After a takeover: the object `parent`/`name` names, which a request changes by name,
+    /// found again where the table lacks its node (see `recover`).
+    fn known_child(&self, parent: INodeNo, name: &std::ffi::CStr) {
+        self.ov.known_child(parent.0, name);
+    }
+
     /// The fd behind file handle `fh` of node `ino`.
     fn fd(&self, ino: u64, fh: FileHandle) -> io::Result<RawFd> {
         self.handles.fd(fh, || {
@@ -103,8 +109,32 @@ impl Fs {
     ) {
         match self.ov.make(parent, name, kind, caller(req)) {
             Ok(attr) => self.entry(reply, &attr),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => match self.made_before(req, &e, parent, name) {
+                Some(attr) => self.entry(reply, &attr),
+                None => reply.error(errno(e)),
+            },
         }
+    }
+
+    /// A request sent again after a takeover (see `handover`) may have been carried out by
+    /// the daemon that died before it could answer: making a name then fails with EEXIST, and
+    /// removing one with ENOENT, where the first try succeeded. Such a failure of a resent
+    /// request is taken as that success.
+    fn done_before(req: &Request, e: &io::Error, errno: i32) -> bool {
+        req.unique().0 & FUSE_UNIQUE_RESEND != 0 && e.raw_os_error() == Some(errno)
+    }
+
+    /// The entry a resent request that makes `parent`/`name` made before (see `done_before`).
+    fn made_before(
+        &self,
+        req: &Request,
+        e: &io::Error,
+        parent: u64,
+        name: &std::ffi::CStr,
+    ) -> Option<fuser::FileAttr> {
+        Self::done_before(req, e, libc::EEXIST)
+            .then(|| self.ov.lookup(parent, name).ok())
+            .flatten()
     }
 
     /// [`Overlay::fill_for_open`] for the layer file node `ino` names.
@@ -215,6 +245,9 @@ fn caller(req: &Request) -> Caller {
         gid: req.gid(),
     }
 }
+
+/// Bit 63 of a request's unique id: the kernel sends it again (FUSE_NOTIFY_RESEND).
+const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
 
 fn gen0() -> Generation {
     Generation(0)
@@ -431,24 +464,24 @@ impl Filesystem for Fs {
         self.made(reply, parent.0, &name, kind, req);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.known(&[parent]);
         let name = tryr!(reply, cname(name));
-        tryr!(
-            reply,
-            self.ov.unlink(parent.0, &name, false).map_err(E::from)
-        );
-        reply.ok();
+        self.known_child(parent, &name);
+        match self.ov.unlink(parent.0, &name, false) {
+            Err(e) if !Self::done_before(req, &e, libc::ENOENT) => reply.error(errno(e)),
+            _ => reply.ok(),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.known(&[parent]);
         let name = tryr!(reply, cname(name));
-        tryr!(
-            reply,
-            self.ov.unlink(parent.0, &name, true).map_err(E::from)
-        );
-        reply.ok();
+        self.known_child(parent, &name);
+        match self.ov.unlink(parent.0, &name, true) {
+            Err(e) if !Self::done_before(req, &e, libc::ENOENT) => reply.error(errno(e)),
+            _ => reply.ok(),
+        }
     }
 
     fn symlink(
@@ -468,7 +501,7 @@ impl Filesystem for Fs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -482,18 +515,26 @@ impl Filesystem for Fs {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
-        tryr!(
-            reply,
-            self.ov
-                .rename(parent.0, &name, newparent.0, &newname, flags.bits())
-                .map_err(E::from)
-        );
-        reply.ok();
+        self.known_child(parent, &name);
+        self.known_child(newparent, &newname);
+        match self
+            .ov
+            .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+        {
+            // Done before if the source is gone and the target is there.
+            Err(e)
+                if !(Self::done_before(req, &e, libc::ENOENT)
+                    && self.ov.lookup(newparent.0, &newname).is_ok()) =>
+            {
+                reply.error(errno(e))
+            }
+            _ => reply.ok(),
+        }
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
@@ -501,11 +542,13 @@ impl Filesystem for Fs {
     ) {
         self.known(&[ino, newparent]);
         let newname = tryr!(reply, cname(newname));
-        let attr = tryr!(
-            reply,
-            self.ov.link(ino.0, newparent.0, &newname).map_err(E::from)
-        );
-        self.entry(reply, &attr);
+        match self.ov.link(ino.0, newparent.0, &newname) {
+            Ok(attr) => self.entry(reply, &attr),
+            Err(e) => match self.made_before(req, &e, newparent.0, &newname) {
+                Some(attr) if attr.ino == ino => self.entry(reply, &attr),
+                _ => reply.error(errno(e)),
+            },
+        }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -889,12 +932,15 @@ impl Filesystem for Fs {
         self.known(&[parent]);
         let name = tryr!(reply, cname(name));
         let mode = mode & !(umask & 0o777);
-        let (attr, fd) = tryr!(
-            reply,
-            self.ov
-                .create(parent.0, &name, mode, flags, caller(req))
-                .map_err(E::from)
-        );
+        let made = match self.ov.create(parent.0, &name, mode, flags, caller(req)) {
+            // Made before: opened now, as the first try would have.
+            Err(e) => match self.made_before(req, &e, parent.0, &name) {
+                Some(attr) => self.reopen(attr.ino.0).map(|fd| (attr, fd)),
+                None => Err(e),
+            },
+            made => made,
+        };
+        let (attr, fd) = tryr!(reply, made.map_err(E::from));
         // A new file is in the upper dir: see `passthrough_for`.
         let fresh = self
             .ov

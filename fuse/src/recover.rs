@@ -9,7 +9,7 @@
 //! fail with ENOENT.
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::sync::OnceLock;
 
 use crate::dir;
@@ -59,6 +59,23 @@ impl Overlay {
                     return;
                 }
             }
+        }
+    }
+
+    /// [`Self::known`] for the object `parent`/`name` names (a request that changes a name
+    /// gives no node id for it).
+    pub fn known_child(&self, parent: u64, name: &CStr) {
+        if self.recovery.is_none() {
+            return;
+        }
+        self.known(parent);
+        let Ok(found) = self.dirs_of(parent).and_then(|d| self.resolve(&d, name)) else {
+            return;
+        };
+        if !self.nodes.lock().contains_key(&found.ino) {
+            let ino = found.ino;
+            self.remember(parent, name, found);
+            self.nodes.keep(ino);
         }
     }
 

@@ -14,6 +14,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,9 @@ const FUSE_INIT: u32 = 26;
 /// The notification that has the kernel queue again what the dead server had taken
 /// (Linux 6.9).
 const FUSE_NOTIFY_RESEND: i32 = 7;
-/// Servers that die within this of starting, this many times in a row, are not restarted:
-/// something in the image or the store keeps them from serving.
+/// Servers that fail within this of starting, this many times in a row, are not restarted:
+/// something in the image or the store keeps them from serving. A SIGKILL is no failure of
+/// theirs (the OOM killer, an operator, `nestfs upgrade`).
 const QUICK_DEATH: Duration = Duration::from_secs(2);
 const QUICK_DEATHS: u32 = 5;
 /// What a set-up server is told when the mount is there (else it is told why not).
@@ -208,7 +210,7 @@ fn serve(
             child.id()
         );
         resend(fuse);
-        quick = if started.elapsed() < QUICK_DEATH {
+        quick = if started.elapsed() < QUICK_DEATH && status.signal() != Some(libc::SIGKILL) {
             quick + 1
         } else {
             0

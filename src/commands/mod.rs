@@ -12,6 +12,7 @@ pub mod init_store;
 pub mod list;
 pub mod remount;
 pub mod stats;
+pub mod upgrade;
 
 use crate::config::Config;
 use crate::logging::Logger;

@@ -1,0 +1,31 @@
+//! `upgrade [ID]...` (not a GrootFS command): after a new nestfs is installed, hands each served
+//! image to a daemon of it, with no unmount and no container restart. The keeper holding the
+//! image's FUSE connection starts the installed binary as it would after a crash (see
+//! docs/failover.md). Without ids: every served image. Prints `ID: OLD -> NEW` (daemon pids).
+
+use serde_json::json;
+
+use super::{Ctx, Output};
+use crate::lifecycle;
+
+pub fn run(ctx: &Ctx, ids: &[String]) -> Output {
+    let store = ctx.store;
+    store.meta()?;
+    let _g = ctx.lock(false)?;
+    let ids = if ids.is_empty() {
+        store.image_ids()?
+    } else {
+        ids.iter()
+            .map(|i| store.lookup(i))
+            .collect::<Result<_, _>>()?
+    };
+    let mut handed = Vec::new();
+    for id in ids {
+        if let Some((old, new)) = lifecycle::upgrade(store, &id)? {
+            ctx.log
+                .info("upgraded", json!({ "id": id, "from": old, "to": new }));
+            handed.push(format!("{id}: {old} -> {new}"));
+        }
+    }
+    Ok((!handed.is_empty()).then(|| handed.join("\n")))
+}

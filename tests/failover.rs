@@ -1,0 +1,409 @@
+//! Issue 19: a container survives its rootfs daemon. As root a keeper holds each image's FUSE
+//! connection and starts another daemon when one dies. These tests SIGKILL the serving daemon
+//! again and again under a runc container's loops (with and without a disk limit), during
+//! copy-ups of large files, and hand images to another build of the binary (`nestfs upgrade`):
+//! nothing a process using the rootfs does may fail or be lost.
+
+#[allow(dead_code)]
+mod common;
+#[path = "support/runc.rs"]
+mod runc;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{TestStore, du, oci};
+use nestfs_testimages::{Compression, Image, Layer, noise, write_layout};
+use runc::{Container, runc_available};
+
+/// The image's daemon and its keeper, as its pid file names them.
+fn served(s: &TestStore, id: &str) -> (i32, i32) {
+    let record = std::fs::read_to_string(s.root().join("images").join(id).join("daemon.pid"))
+        .expect("pid file");
+    let f: Vec<i32> = record
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(f.len(), 4, "a daemon with a keeper: {record}");
+    (f[0], f[2])
+}
+
+/// SIGKILLs the image's daemon; returns once another one serves the rootfs, and how long
+/// nothing did (a lookup of a name never seen before waits for a daemon to answer it).
+fn takeover(s: &TestStore, id: &str, rootfs: &Path, n: usize) -> Duration {
+    let (old, keeper) = served(s, id);
+    let killed = Instant::now();
+    common::kill(old);
+    let probe = rootfs.join(format!(".takeover-probe-{n}"));
+    let e = std::fs::symlink_metadata(&probe).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    let stall = killed.elapsed();
+    // The new daemon wrote its pid file before it took over.
+    let (new, k) = served(s, id);
+    assert_ne!(new, old, "another daemon serves");
+    assert_eq!(k, keeper, "the same keeper");
+    stall
+}
+
+/// A small xorshift: random moments, reproducible from the seed the test prints.
+struct Moments(u64);
+
+impl Moments {
+    fn new() -> Moments {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("moments seed {seed}");
+        Moments(seed)
+    }
+
+    fn next_ms(&mut self, lo: u64, hi: u64) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        Duration::from_millis(lo + self.0 % (hi - lo))
+    }
+}
+
+fn median_and_max(mut d: Vec<Duration>) -> (Duration, Duration) {
+    d.sort();
+    (d[d.len() / 2], d[d.len() - 1])
+}
+
+/// Loops a container runs until /stop appears: files written, synced, checked, renamed and
+/// removed, directories made and removed; the image listed, stat'ed and read; and files held
+/// open (one written, one read) from before the first takeover to the end. Any failed command
+/// fails the container.
+const LOOPS: &str = r#"
+set -e
+mkdir -p /data/dir
+writer() {
+  i=0
+  while [ ! -e /stop ]; do
+    i=$((i+1))
+    echo "line $i" >> /data/log
+    echo "$i" > /data/dir/f$i
+    sync -d /data/dir/f$i
+    [ "$(cat /data/dir/f$i)" = "$i" ]
+    mv /data/dir/f$i /data/dir/g$i
+    if [ $((i % 3)) = 0 ]; then rm /data/dir/g$i; fi
+    mkdir /data/dir/d$i
+    rmdir /data/dir/d$i
+  done
+  echo $i > /data/writes
+}
+reader() {
+  n=0
+  while [ ! -e /stop ]; do
+    n=$((n+1))
+    ls -lR /etc /bin > /dev/null
+    stat /bin/busybox > /dev/null
+    cat /bin/busybox > /dev/null
+  done
+  echo $n > /data/reads
+}
+holder() {
+  exec 3>> /data/held 4< /bin/busybox
+  n=0
+  while [ ! -e /stop ]; do
+    n=$((n+1))
+    echo "held $n" >&3
+    head -c 64 <&4 > /dev/null
+  done
+  echo $n > /data/helds
+}
+writer & w=$!
+reader & r=$!
+holder & h=$!
+wait $w
+wait $r
+wait $h
+echo loops-done
+"#;
+
+/// `n` lines `<prefix> 1` .. `<prefix> n`.
+fn numbered(prefix: &str, n: usize) -> String {
+    (1..=n).map(|i| format!("{prefix} {i}\n")).collect()
+}
+
+fn loops_survive_takeovers(limit: Option<u64>) {
+    require_root_fuse!();
+    if !runc_available() {
+        eprintln!("SKIP failover: runc is not installed");
+        return;
+    }
+    let s = TestStore::new();
+    let mut args = vec!["create".to_string()];
+    if let Some(l) = limit {
+        args.extend(["--disk-limit-size-bytes".into(), l.to_string()]);
+    }
+    args.extend([oci("busybox"), "ctr".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let spec = s.run(&args).ok().json();
+    let rootfs = PathBuf::from(spec["root"]["path"].as_str().unwrap());
+    let c = Container::new(
+        &spec,
+        LOOPS,
+        &format!("nestfs-failover-{}", limit.is_some()),
+    );
+    let run = std::thread::spawn(move || {
+        let out = c.run();
+        drop(c);
+        out
+    });
+    let start = Instant::now();
+    while !rootfs.join("data/held").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the loops never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, keeper) = served(&s, "ctr");
+    let mut moments = Moments::new();
+    let mut stalls = Vec::new();
+    for n in 0..20 {
+        std::thread::sleep(moments.next_ms(20, 250));
+        stalls.push(takeover(&s, "ctr", &rootfs, n));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(rootfs.join("stop"), "").unwrap();
+    let out = run.join().expect("the container failed");
+    assert!(out.contains("loops-done"), "{out}");
+    let (median, max) = median_and_max(stalls);
+    eprintln!("20 takeovers under load: stall median {median:?}, max {max:?}");
+    assert_eq!(served(&s, "ctr").1, keeper, "one keeper all along");
+
+    // What the loops wrote, all of it, read back from the upper dir and through the mount.
+    let count = |f: &str| -> usize {
+        let t = std::fs::read_to_string(rootfs.join("data").join(f)).unwrap();
+        t.trim().parse().unwrap()
+    };
+    let (writes, helds) = (count("writes"), count("helds"));
+    assert!(writes > 20 && helds > 20 && count("reads") > 0);
+    let upper = s.root().join("images/ctr/upper");
+    for dir in [&rootfs, &upper] {
+        let log = std::fs::read_to_string(dir.join("data/log")).unwrap();
+        assert!(
+            log == numbered("line", writes),
+            "data/log in {}",
+            dir.display()
+        );
+        let held = std::fs::read_to_string(dir.join("data/held")).unwrap();
+        assert!(
+            held == numbered("held", helds),
+            "data/held in {}",
+            dir.display()
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("data/dir"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = (1..=writes)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("g{i}"))
+            .collect();
+        want.sort();
+        assert_eq!(names, want, "data/dir in {}", dir.display());
+        for i in (1..=writes).filter(|i| i % 3 != 0) {
+            let g = std::fs::read_to_string(dir.join(format!("data/dir/g{i}"))).unwrap();
+            assert_eq!(g, format!("{i}\n"));
+        }
+    }
+    let stats = s.run(&["stats", "ctr"]).ok().json();
+    let used = stats["disk_usage"]["exclusive_bytes_used"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(used, du(&upper), "stats agrees with du after the takeovers");
+    if let Some(limit) = limit {
+        // The limit holds exactly as before: writes stop with EDQUOT at it.
+        let mut f = std::fs::File::create(rootfs.join("fill")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let e = loop {
+            if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+                break e;
+            }
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+        drop(f);
+        let used = du(&upper);
+        assert!(
+            used <= limit && used + (2 << 20) >= limit,
+            "{used} of {limit}"
+        );
+    }
+    s.run(&["delete", "ctr"]).ok();
+    assert!(common::mounts_under(s.dir.path()).is_empty());
+    assert!(common::daemons_for(s.dir.path()).is_empty());
+    assert!(common::keepers_for(s.dir.path()).is_empty());
+}
+
+#[test]
+fn a_container_sees_no_error_while_its_daemon_is_killed_twenty_times() {
+    loops_survive_takeovers(None);
+}
+
+#[test]
+fn with_a_disk_limit_takeovers_keep_the_limit_and_stats_exact() {
+    loops_survive_takeovers(Some(64 << 20));
+}
+
+/// Large lower files, each copied up by an open for writing while its daemon is killed at a
+/// different moment: the copy-up is made again by the next daemon, whole, and leaves nothing
+/// in the work dir.
+#[test]
+fn a_takeover_during_a_copy_up_neither_corrupts_nor_leaves_debris() {
+    require_root_fuse!();
+    const BIG: usize = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // Uncompressed: the test's time goes to copy-ups, not to gzip in a debug build.
+    let mut layer = Layer::new(Compression::None).dir("big", 0o755);
+    let delays = [0u64, 5, 15, 40];
+    for i in 0..delays.len() {
+        layer = layer.file(&format!("big/f{i}"), 0o644, noise(i as u64, BIG));
+    }
+    let layout = dir.path().join("layout");
+    let image = Image {
+        layers: vec![layer],
+        env: None,
+        tag: Some("v1".into()),
+    };
+    write_layout(&layout, &image).unwrap();
+    let s = TestStore::new();
+    let rootfs = s.create(&format!("oci://{}:v1", layout.display()), "cu");
+    let mut interrupted = 0;
+    for (i, delay) in delays.iter().enumerate() {
+        let path = rootfs.join(format!("big/f{i}"));
+        let writer = std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+            f.write_all(b"tail")?;
+            f.sync_all()?;
+            std::io::Result::Ok(t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(*delay));
+        let stall = takeover(&s, "cu", &rootfs, i);
+        let took = writer.join().unwrap().expect("the copy-up open and write");
+        eprintln!("killed at {delay} ms: the open and write took {took:?}, stall {stall:?}");
+        if took > Duration::from_millis(*delay) {
+            interrupted += 1;
+        }
+        let mut want = noise(i as u64, BIG);
+        want.extend_from_slice(b"tail");
+        let got = std::fs::read(rootfs.join(format!("big/f{i}"))).unwrap();
+        assert!(
+            got == want,
+            "f{i}: {} bytes, not the copy plus tail",
+            got.len()
+        );
+    }
+    assert!(interrupted > 0, "no takeover fell into a copy-up");
+    let work = s.root().join("images/cu/work");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "nestfs-probe")
+        .collect();
+    assert!(left.is_empty(), "work dir debris: {left:?}");
+    let upper = s.root().join("images/cu/upper/big");
+    for i in 0..delays.len() {
+        let len = std::fs::metadata(upper.join(format!("f{i}")))
+            .unwrap()
+            .len();
+        assert_eq!(len, BIG as u64 + 4);
+    }
+    let stats = s.run(&["stats", "cu"]).ok().json();
+    let used = stats["disk_usage"]["exclusive_bytes_used"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(used, du(&s.root().join("images/cu/upper")));
+}
+
+/// `nestfs upgrade` after a new binary is installed at the same path: each image's daemon is
+/// the new file from then on, its keeper and mount stay, and a process working in the rootfs
+/// all along sees no error.
+#[test]
+fn upgrade_hands_every_image_to_the_installed_binary() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    // An installation of its own, so that installing over it disturbs no other test.
+    let bin = s.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let built = Path::new(common::bin()).to_path_buf();
+    let nestfs = bin.join("nestfs");
+    std::fs::copy(&built, &nestfs).unwrap();
+    std::fs::copy(
+        built.with_file_name("nestfs-keeper"),
+        bin.join("nestfs-keeper"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| -> common::Run {
+        std::process::Command::new(&nestfs)
+            .arg("--store")
+            .arg(s.root())
+            .args(args)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let mut rootfs = Vec::new();
+    for id in ["u1", "u2"] {
+        let spec = run(&["create", &oci("busybox"), id]).ok().json();
+        rootfs.push(PathBuf::from(spec["root"]["path"].as_str().unwrap()));
+    }
+    let before: Vec<(i32, i32)> = ["u1", "u2"].iter().map(|id| served(&s, id)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (stop, root) = (stop.clone(), rootfs[0].clone());
+        std::thread::spawn(move || -> std::io::Result<usize> {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let f = root.join(format!("w{n}"));
+                std::fs::write(&f, n.to_string())?;
+                assert_eq!(std::fs::read_to_string(&f)?, n.to_string());
+                std::fs::read_dir(root.join("bin"))?.count();
+                if n % 2 == 0 {
+                    std::fs::remove_file(&f)?;
+                }
+            }
+            Ok(n)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    // A different build at the same path (a new file: the old one lives on while it runs).
+    let mut new = std::fs::read(&built).unwrap();
+    new.extend_from_slice(&[0u8; 4096]);
+    let staged = bin.join("nestfs.new");
+    std::fs::write(&staged, &new).unwrap();
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &nestfs).unwrap();
+    let out = run(&["upgrade"]).ok();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = worker.join().unwrap().expect("no error while upgrading");
+    assert!(n > 0);
+    for (i, id) in ["u1", "u2"].iter().enumerate() {
+        let (daemon, keeper) = served(&s, id);
+        assert_eq!(keeper, before[i].1, "{id}: the same keeper");
+        assert!(
+            out.stdout
+                .contains(&format!("{id}: {} -> {daemon}", before[i].0)),
+            "{id}: {}",
+            out.stdout
+        );
+        let exe = std::fs::read_link(format!("/proc/{daemon}/exe")).unwrap();
+        assert_eq!(exe, nestfs, "{id} runs the installed file");
+        assert_eq!(std::fs::read(&exe).unwrap().len(), new.len());
+        assert!(!common::runs(before[i].0));
+        assert!(std::fs::read_dir(rootfs[i].join("bin")).unwrap().count() > 0);
+    }
+    for id in ["u1", "u2"] {
+        run(&["delete", id]).ok();
+    }
+    assert!(common::keepers_for(s.dir.path()).is_empty());
+}
