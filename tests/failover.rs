@@ -407,3 +407,47 @@ fn upgrade_hands_every_image_to_the_installed_binary() {
     }
     assert!(common::keepers_for(s.dir.path()).is_empty());
 }
+
+/// Files the kernel reads through passthrough need no daemon at all: they read on while the
+/// daemon is stopped, and after a takeover new opens of the same files share the backing file
+/// the old daemon registered (the kernel allows one per inode), so they open and read too.
+#[test]
+fn passthrough_files_read_without_a_daemon_and_open_again_after_a_takeover() {
+    require_root_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let layer = Layer::new(Compression::None).file("blob", 0o644, noise(7, 4 << 20));
+    let image = Image {
+        layers: vec![layer],
+        env: None,
+        tag: Some("v1".into()),
+    };
+    write_layout(&layout, &image).unwrap();
+    let s = TestStore::new();
+    let rootfs = s.create(&format!("oci://{}:v1", layout.display()), "pt");
+    // One name: the kernel reads it through passthrough.
+    let path = rootfs.join("blob");
+    let want = noise(7, 4 << 20);
+    let held = std::fs::File::open(&path).unwrap();
+    let read_all = |f: &std::fs::File| {
+        let mut buf = vec![0u8; want.len()];
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, 0).map(|()| buf)
+    };
+    let (daemon, keeper) = served(&s, "pt");
+    common::signal(daemon, rustix::process::Signal::STOP);
+    let got = read_all(&held);
+    common::signal(daemon, rustix::process::Signal::CONT);
+    assert!(got.unwrap() == want, "read with the daemon stopped");
+    takeover(&s, "pt", &rootfs, 0);
+    let again = std::fs::File::open(&path).expect("open again after the takeover");
+    assert!(read_all(&again).unwrap() == want);
+    assert!(read_all(&held).unwrap() == want);
+    drop((held, again));
+    let reopened = std::fs::read(&path).unwrap();
+    assert!(reopened == want);
+    // Both processes are listed.
+    let list = s.run(&["list", "--json"]).ok().json();
+    let row = &list.as_array().unwrap()[0];
+    assert_eq!(row["daemon_pid"], served(&s, "pt").0);
+    assert_eq!(row["keeper_pid"], keeper);
+}
