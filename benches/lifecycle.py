@@ -70,7 +70,8 @@ def daemon_pids(root):
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "serve-image" in cmd and str(root) in cmd:
+        # Image daemons only: not the keepers holding their connections (benches/failover.py).
+        if "serve-image" in cmd and str(root) in cmd and "nestfs-keeper" not in cmd.split()[0]:
             pids.append(int(d.name))
     return pids
 

@@ -36,6 +36,11 @@ chroot "$rootfs" /bin/sh -c 'cat /etc/motd; echo written-in-container > /root/no
 echo "the container's write landed in the upper dir: $(cat "$store/images/demo/upper/root/note")"
 say "nestfs --store $store stats demo"
 nestfs --store "$store" stats demo
+say "kill -9 of the image's daemon: its keeper starts another, the rootfs stays served"
+old=$(cut -d' ' -f1 "$store/images/demo/daemon.pid")
+kill -9 "$old"
+chroot "$rootfs" /bin/cat /root/note
+echo "daemon $old -> $(cut -d' ' -f1 "$store/images/demo/daemon.pid")"
 say "done. Try next:"
 cat <<EOF
   chroot $rootfs /bin/sh                          # a shell in the rootfs

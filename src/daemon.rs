@@ -205,13 +205,15 @@ impl Daemon {
     /// Replaces this process (`serve-image`, as root) with a keeper that mounts the rootfs,
     /// holds its FUSE connection and starts this command again to serve it, and again when
     /// that server dies (see docs/failover.md). Returns where there is no keeper: not root, or
-    /// no `nestfs-keeper` beside this binary.
+    /// no `nestfs-keeper` beside this binary or in PATH.
     pub fn exec_keeper(&self, cfg: &OverlayConfig) {
         if !rustix::process::geteuid().is_root() {
             return;
         }
         let (Ok(exe), Some(keeper)) = (std::env::current_exe(), keeper_binary()) else {
-            eprintln!("nestfs-keeper not found beside nestfs: this rootfs dies with its daemon");
+            eprintln!(
+                "no nestfs-keeper beside nestfs or in PATH: this rootfs dies with its daemon"
+            );
             return;
         };
         let m = cfg.keeper_mount();
@@ -308,6 +310,8 @@ impl Daemon {
         }
         match control::request::<Status>(&self.dir, "status") {
             Ok(s) => (State::Mounted, Some(s)),
+            // A daemon that died while its keeper lives is being replaced right now.
+            Err(_) if Proc::keeper(self).is_some() => (State::Mounted, None),
             Err(_) => (State::DaemonDead, None),
         }
     }
@@ -386,12 +390,16 @@ impl Daemon {
     }
 }
 
-/// `nestfs-keeper`, installed beside this binary.
+/// `nestfs-keeper`: installed beside this binary, else in PATH (where a plugin binary was
+/// copied away from its installation, as GrootFS's specs do).
 fn keeper_binary() -> Option<PathBuf> {
-    let k = std::env::current_exe()
+    let beside = std::env::current_exe()
         .ok()?
         .with_file_name("nestfs-keeper");
-    k.is_file().then_some(k)
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::iter::once(beside)
+        .chain(std::env::split_paths(&path).map(|d| d.join("nestfs-keeper")))
+        .find(|k| k.is_file())
 }
 
 /// How much the OOM killer should spare image daemons: a killed daemon leaves its container's
