@@ -280,6 +280,11 @@ impl Daemon {
         Ok(prepared)
     }
 
+    /// Whether a keeper holds the daemon's connection (see [`Daemon::exec_keeper`]).
+    pub fn has_keeper(&self) -> bool {
+        Proc::keeper(self).is_some()
+    }
+
     /// Ends the daemon, so that its keeper starts the binary installed now on the same FUSE
     /// connection, and waits until the new daemon answers: the old and new pids, or None if no
     /// daemon serves the image. Requests the old one had taken are sent to the new one.
@@ -311,7 +316,9 @@ impl Daemon {
         match control::request::<Status>(&self.dir, "status") {
             Ok(s) => (State::Mounted, Some(s)),
             // A daemon that died while its keeper lives is being replaced right now.
-            Err(_) if Proc::keeper(self).is_some() => (State::Mounted, None),
+            Err(_) if Proc::recorded(self).is_none() && Proc::keeper(self).is_some() => {
+                (State::Mounted, None)
+            }
             Err(_) => (State::DaemonDead, None),
         }
     }
@@ -324,6 +331,7 @@ impl Daemon {
     pub fn stop(&self) -> Result<Stop> {
         let mnt = self.rootfs();
         let daemon = Proc::recorded(self);
+        let keeper = Proc::keeper(self);
         let answered = if is_mounted(&mnt) {
             let graceful = control::request::<Stopped>(&self.dir, "stop");
             if !graceful.as_ref().is_ok_and(|s| s.stopped) {
@@ -339,13 +347,13 @@ impl Daemon {
             // Not mounted here, yet maybe serving a mount in another namespace.
             control::request::<Status>(&self.dir, "status").is_ok()
         };
+        if !answered && let Some(k) = keeper {
+            // Before its daemon (or while it replaces one): a keeper would start another.
+            sys::kill(k.pid);
+        }
         let Some(daemon) = daemon else {
             return Ok(Stop::Gone);
         };
-        if !answered && let Some(k) = Proc::keeper(self) {
-            // Before its server: a keeper would start another.
-            sys::kill(k.pid);
-        }
         // Once nobody uses its mount, a daemon exits by itself within moments.
         let wait = if answered { SETTLE_WAIT } else { EXIT_WAIT };
         let start = Instant::now();
@@ -500,8 +508,12 @@ impl Proc {
 
     /// Whether this process is a keeper (see [`Daemon::exec_keeper`]).
     fn is_keeper(&self) -> bool {
-        std::fs::read_link(format!("/proc/{}/exe", self.pid))
-            .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "nestfs-keeper"))
+        // argv[0], not /proc/PID/exe: that reads "... (deleted)" once a new nestfs is installed.
+        std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .is_some_and(|a| a.ends_with(b"nestfs-keeper"))
+        })
     }
 
     /// Whether this process still runs (and is not a zombie).

@@ -102,6 +102,12 @@ pub fn remount(store: &Store, id: &str) -> Result<bool> {
     let daemon = daemon(store, id);
     match daemon.state().0 {
         State::Mounted => return Ok(false),
+        // A daemon that hangs: its keeper starts another on the same connection, so the
+        // containers using the rootfs keep it.
+        State::DaemonDead if daemon.has_keeper() => {
+            daemon.hand_over()?;
+            return Ok(true);
+        }
         State::DaemonDead => {
             daemon.stop()?;
         }

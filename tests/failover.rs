@@ -29,9 +29,9 @@ fn served(s: &TestStore, id: &str) -> (i32, i32) {
     (f[0], f[2])
 }
 
-/// SIGKILLs the image's daemon; returns once another one serves the rootfs, and how long
-/// nothing did (a lookup of a name never seen before waits for a daemon to answer it).
-fn takeover(s: &TestStore, id: &str, rootfs: &Path, n: usize) -> Duration {
+/// SIGKILLs the image's daemon; returns once another one serves the rootfs: when the kill was,
+/// and how long nothing served (a lookup of a name never seen before waits for a daemon).
+fn takeover_at(s: &TestStore, id: &str, rootfs: &Path, n: usize) -> (Instant, Duration) {
     let (old, keeper) = served(s, id);
     let killed = Instant::now();
     common::kill(old);
@@ -43,7 +43,12 @@ fn takeover(s: &TestStore, id: &str, rootfs: &Path, n: usize) -> Duration {
     let (new, k) = served(s, id);
     assert_ne!(new, old, "another daemon serves");
     assert_eq!(k, keeper, "the same keeper");
-    stall
+    (killed, stall)
+}
+
+/// [`takeover_at`]'s stall.
+fn takeover(s: &TestStore, id: &str, rootfs: &Path, n: usize) -> Duration {
+    takeover_at(s, id, rootfs, n).1
 }
 
 /// A small xorshift: random moments, reproducible from the seed the test prints.
@@ -279,17 +284,23 @@ fn a_takeover_during_a_copy_up_neither_corrupts_nor_leaves_debris() {
     for (i, delay) in delays.iter().enumerate() {
         let path = rootfs.join(format!("big/f{i}"));
         let writer = std::thread::spawn(move || {
-            let t = Instant::now();
-            let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
-            f.write_all(b"tail")?;
+            let start = Instant::now();
+            let f = std::fs::OpenOptions::new().append(true).open(&path)?;
+            let opened = Instant::now();
+            (&f).write_all(b"tail")?;
             f.sync_all()?;
-            std::io::Result::Ok(t.elapsed())
+            std::io::Result::Ok((start, opened))
         });
         std::thread::sleep(Duration::from_millis(*delay));
-        let stall = takeover(&s, "cu", &rootfs, i);
-        let took = writer.join().unwrap().expect("the copy-up open and write");
-        eprintln!("killed at {delay} ms: the open and write took {took:?}, stall {stall:?}");
-        if took > Duration::from_millis(*delay) {
+        let (killed, stall) = takeover_at(&s, "cu", &rootfs, i);
+        let (start, opened) = writer.join().unwrap().expect("the copy-up open and write");
+        eprintln!(
+            "killed {:?} into the open, which took {:?}; stall {stall:?}",
+            killed.saturating_duration_since(start),
+            opened - start
+        );
+        // The open (its copy-up) was under way when its daemon died.
+        if start < killed && killed < opened {
             interrupted += 1;
         }
         let mut want = noise(i as u64, BIG);
@@ -435,8 +446,18 @@ fn passthrough_files_read_without_a_daemon_and_open_again_after_a_takeover() {
     };
     let (daemon, keeper) = served(&s, "pt");
     common::signal(daemon, rustix::process::Signal::STOP);
-    let got = read_all(&held);
+    // In a thread: a read that needed the daemon would wait for it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = held.try_clone().unwrap();
+    let len = want.len();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; len];
+        let r = std::os::unix::fs::FileExt::read_exact_at(&reader, &mut buf, 0);
+        let _ = tx.send(r.map(|()| buf));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10));
     common::signal(daemon, rustix::process::Signal::CONT);
+    let got = got.expect("a passthrough read waited for the stopped daemon");
     assert!(got.unwrap() == want, "read with the daemon stopped");
     takeover(&s, "pt", &rootfs, 0);
     let again = std::fs::File::open(&path).expect("open again after the takeover");
@@ -450,4 +471,68 @@ fn passthrough_files_read_without_a_daemon_and_open_again_after_a_takeover() {
     let row = &list.as_array().unwrap()[0];
     assert_eq!(row["daemon_pid"], served(&s, "pt").0);
     assert_eq!(row["keeper_pid"], keeper);
+}
+
+/// Daemons that fail as they start (here: the upper dir is gone) are not restarted for ever:
+/// after five, the keeper detaches the mount and exits, and `remount` serves the image again
+/// once it can.
+#[test]
+fn a_keeper_gives_up_on_daemons_that_keep_failing() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let rootfs = s.create(&oci("busybox"), "g");
+    std::fs::write(rootfs.join("kept"), "data").unwrap();
+    let dir = s.root().join("images/g");
+    let (daemon, keeper) = served(&s, "g");
+    std::fs::rename(dir.join("upper"), dir.join("upper.away")).unwrap();
+    common::kill(daemon);
+    let start = Instant::now();
+    while common::runs(keeper) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the keeper never gave up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    assert!(log.contains("5 servers in a row failed"), "{log}");
+    assert!(
+        common::mounts_under(s.dir.path()).is_empty(),
+        "the mount was detached"
+    );
+    std::fs::rename(dir.join("upper.away"), dir.join("upper")).unwrap();
+    s.run(&["remount", "g"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("kept")).unwrap(),
+        "data"
+    );
+}
+
+/// An image served without a keeper (its binary found none) cannot be handed over: `upgrade`
+/// says so, and still hands over the others.
+#[test]
+fn upgrade_refuses_an_image_without_a_keeper() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let alone = s.dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(common::bin(), alone.join("nestfs")).unwrap();
+    let out = std::process::Command::new(alone.join("nestfs"))
+        .arg("--store")
+        .arg(s.root())
+        .args(["create", &oci("busybox"), "lone"])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    s.create(&oci("busybox"), "kept");
+    let record = std::fs::read_to_string(s.root().join("images/lone/daemon.pid")).unwrap();
+    assert_eq!(record.split_whitespace().count(), 2, "no keeper: {record}");
+    let before = served(&s, "kept").0;
+    let r = s.run(&["upgrade"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(said.contains("lone is served without a keeper"), "{said}");
+    assert!(said.contains(&format!("kept: {before} -> ")), "{said}");
+    assert_ne!(served(&s, "kept").0, before);
 }

@@ -23,7 +23,7 @@ use crate::attrs::SetAttr;
 use crate::dir::{self, Entry};
 use crate::handles::{Handle, Handles};
 use crate::namespace::{Caller, NewKind};
-use crate::overlay::{Overlay, Target};
+use crate::overlay::{Found, Overlay, Target};
 use crate::passthrough::Open;
 use crate::setid::{self, Change, Requester};
 use crate::sys;
@@ -122,6 +122,13 @@ impl Fs {
     /// request is taken as that success.
     fn done_before(req: &Request, e: &io::Error, errno: i32) -> bool {
         req.unique().0 & FUSE_UNIQUE_RESEND != 0 && e.raw_os_error() == Some(errno)
+    }
+
+    fn exists(&self, parent: u64, name: &std::ffi::CStr) -> bool {
+        self.ov
+            .dirs_of(parent)
+            .and_then(|d| self.ov.resolve(&d, name))
+            .is_ok()
     }
 
     /// The entry a resent request that makes `parent`/`name` made before (see `done_before`).
@@ -524,7 +531,7 @@ impl Filesystem for Fs {
             // Done before if the source is gone and the target is there.
             Err(e)
                 if !(Self::done_before(req, &e, libc::ENOENT)
-                    && self.ov.lookup(newparent.0, &newname).is_ok()) =>
+                    && self.exists(newparent.0, &newname)) =>
             {
                 reply.error(errno(e))
             }
@@ -544,10 +551,19 @@ impl Filesystem for Fs {
         let newname = tryr!(reply, cname(newname));
         match self.ov.link(ino.0, newparent.0, &newname) {
             Ok(attr) => self.entry(reply, &attr),
-            Err(e) => match self.made_before(req, &e, newparent.0, &newname) {
-                Some(attr) if attr.ino == ino => self.entry(reply, &attr),
-                _ => reply.error(errno(e)),
-            },
+            Err(e) => {
+                let same = |f: Found| f.ino == ino.0;
+                let linked = Self::done_before(req, &e, libc::EEXIST)
+                    && self
+                        .ov
+                        .dirs_of(newparent.0)
+                        .and_then(|d| self.ov.resolve(&d, &newname))
+                        .is_ok_and(same);
+                match linked.then(|| self.ov.lookup(newparent.0, &newname)) {
+                    Some(Ok(attr)) => self.entry(reply, &attr),
+                    _ => reply.error(errno(e)),
+                }
+            }
         }
     }
 

@@ -287,6 +287,9 @@ impl Overlay {
         };
         let st = sys::stat_at(dir.as_raw_fd(), &name)?;
         let new = self.present_ino(UPPER, st.st_ino);
+        // Recorded on the copy, so a daemon that takes over (or a remount) shows the same
+        // inode for it, never the lower one whose backing file the kernel may still hold.
+        self.set_origin(dir.as_raw_fd(), &name, new)?;
         self.identity.split(ino, new);
         if let Some(parent) = self.nodes.lock().get(&ino).map(|n| n.parent) {
             self.forget_entry_later(parent, &name);

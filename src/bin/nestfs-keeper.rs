@@ -32,7 +32,7 @@ const FUSE_INIT: u32 = 26;
 const FUSE_NOTIFY_RESEND: i32 = 7;
 /// Servers that fail within this of starting, this many times in a row, are not restarted:
 /// something in the image or the store keeps them from serving. A SIGKILL is no failure of
-/// theirs (the OOM killer, an operator, `nestfs upgrade`).
+/// theirs (the OOM killer, an operator, `nestfs upgrade`); those only slow restarts down.
 const QUICK_DEATH: Duration = Duration::from_secs(2);
 const QUICK_DEATHS: u32 = 5;
 /// What a set-up server is told when the mount is there (else it is told why not).
@@ -142,7 +142,9 @@ fn serve(
 ) -> anyhow::Result<ExitCode> {
     let mut init = Vec::new();
     let mut first: Option<Vec<u8>> = None;
-    let (mut epoch, mut quick) = (0u32, 0u32);
+    // Servers in a row that died before they served (any cause), and that failed early (not
+    // SIGKILLed).
+    let (mut epoch, mut deaths, mut failures) = (0u32, 0u32, 0u32);
     loop {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
@@ -164,7 +166,17 @@ fn serve(
             cmd.env_remove(READY_FD);
         }
         let started = Instant::now();
-        let mut child = cmd.spawn().context("start the server")?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if epoch == 0 => return Err(e).context("start the server"),
+            // Mid-install, say: the rootfs waits, and the next try may find the binary.
+            Err(e) => {
+                eprintln!("nestfs-keeper: cannot start {:?}: {e}", a.server[0]);
+                deaths += 1;
+                std::thread::sleep(pause(deaths));
+                continue;
+            }
+        };
         drop(theirs);
         if epoch == 0 {
             // The first server has its copy now and reports on it, also what fails here.
@@ -210,15 +222,27 @@ fn serve(
             child.id()
         );
         resend(fuse);
-        quick = if started.elapsed() < QUICK_DEATH && status.signal() != Some(libc::SIGKILL) {
-            quick + 1
+        deaths = if answer.is_none() { deaths + 1 } else { 0 };
+        failures = if started.elapsed() < QUICK_DEATH && status.signal() != Some(libc::SIGKILL) {
+            failures + 1
         } else {
             0
         };
-        if quick >= QUICK_DEATHS {
-            bail!("{quick} servers in a row died within {QUICK_DEATH:?}: giving up");
+        if failures >= QUICK_DEATHS {
+            bail!("{failures} servers in a row failed within {QUICK_DEATH:?}: giving up");
         }
+        std::thread::sleep(pause(deaths.max(failures)));
         epoch = epoch.wrapping_add(1);
+    }
+}
+
+/// How long to wait before starting a server after `deaths` deaths in a row before serving (or
+/// early failures): none for the first (a takeover is at once), then doubling up to a second,
+/// so that a server killed at every start (by the OOM killer, say) costs little.
+fn pause(deaths: u32) -> Duration {
+    match deaths {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(10 << (n - 2).min(7)).min(Duration::from_secs(1)),
     }
 }
 
@@ -241,7 +265,10 @@ fn resend(fuse: &OwnedFd) {
     header[0..4].copy_from_slice(&16u32.to_ne_bytes());
     header[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
     if let Err(e) = rustix::io::write(fuse.as_fd(), &header) {
-        eprintln!("nestfs-keeper: the kernel cannot resend requests ({e}): needs Linux 6.9");
+        eprintln!(
+            "nestfs-keeper: FUSE_NOTIFY_RESEND refused ({e}; Linux 6.9 has it): requests the \
+             dead server held wait until the mount goes away"
+        );
     }
 }
 

@@ -19,13 +19,22 @@ pub fn run(ctx: &Ctx, ids: &[String]) -> Output {
             .map(|i| store.lookup(i))
             .collect::<Result<_, _>>()?
     };
-    let mut handed = Vec::new();
+    let (mut handed, mut failed) = (Vec::new(), Vec::new());
+    // One image that cannot be handed over keeps no other from it.
     for id in ids {
-        if let Some((old, new)) = lifecycle::upgrade(store, &id)? {
-            ctx.log
-                .info("upgraded", json!({ "id": id, "from": old, "to": new }));
-            handed.push(format!("{id}: {old} -> {new}"));
+        match lifecycle::upgrade(store, &id) {
+            Ok(Some((old, new))) => {
+                ctx.log
+                    .info("upgraded", json!({ "id": id, "from": old, "to": new }));
+                handed.push(format!("{id}: {old} -> {new}"));
+            }
+            Ok(None) => {}
+            Err(e) => failed.push(format!("{id}: {e}")),
         }
+    }
+    if !failed.is_empty() {
+        handed.extend(failed.iter().map(|f| format!("not upgraded: {f}")));
+        anyhow::bail!("{}", handed.join("\n"));
     }
     Ok((!handed.is_empty()).then(|| handed.join("\n")))
 }

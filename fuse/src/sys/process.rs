@@ -134,10 +134,10 @@ pub fn remove_env(name: &str) {
     }
 }
 
-/// Makes fd `to` refer to what `from` refers to (dup2), replacing what `to` was.
+/// Makes fd `to` refer to what `from` refers to, replacing what `to` was; closed on exec.
 pub fn dup_onto(from: std::os::fd::BorrowedFd, to: std::os::fd::RawFd) -> io::Result<()> {
-    // SAFETY: dup2 only changes the fd table; the caller owns `to` and wants it replaced.
-    if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+    // SAFETY: dup3 only changes the fd table; the caller owns `to` and wants it replaced.
+    if unsafe { libc::dup3(from.as_raw_fd(), to, libc::O_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
