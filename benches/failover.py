@@ -7,6 +7,9 @@
   over the whole run; what the writers wrote is checked at the end.
 - Memory of an idle image's keeper and daemon (RSS, PSS, anonymous RSS).
 
+A new daemon measures the upper dir before it serves: --upper-files N first writes N small
+files there, to see what that adds to the stall.
+
 Run as root:  python3 benches/failover.py [--kills 20] [--binary target/release/nestfs]
 Uses the busybox test image nestfs-testimages builds from local files. Leaves no mounts,
 daemons or stores behind.
@@ -109,6 +112,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--binary", default=str(REPO / "target/release/nestfs"))
+    ap.add_argument("--upper-files", type=int, default=0)
     args = ap.parse_args()
     layout = subprocess.run(
         ["cargo", "run", "-q", "-p", "nestfs-testimages", "--", str(REPO / "target/images"),
@@ -120,6 +124,10 @@ def main():
             s.run("create", "oci://" + layout, "f")
             rootfs = s.rootfs("f")
             time.sleep(1)
+            many = rootfs / "many"
+            many.mkdir()
+            for i in range(args.upper_files):
+                (many / str(i)).write_bytes(b"x" * 100)
             daemon, keeper = served(s, "f")
             mem = {"keeper": memory_kib(keeper), "daemon": memory_kib(daemon)}
             with Clients(rootfs) as c:
@@ -130,7 +138,8 @@ def main():
             lost = [p for p, n in c.written.items()
                     if p.read_bytes() != n.to_bytes(8, "little") * 512]
             ms = sorted(x * 1000 for x in stalls)
-            print(f"{args.kills} takeovers under {len(c.threads)} client threads "
+            print(f"{args.kills} takeovers, {args.upper_files} extra files in the upper dir, "
+                  f"{len(c.threads)} client threads "
                   f"({c.ops} calls, {c.ops - before} during the takeovers):")
             print(f"  stall median {statistics.median(ms):.2f} ms, p90 "
                   f"{ms[int(0.9 * (len(ms) - 1))]:.2f} ms, max {ms[-1]:.2f} ms")

@@ -61,7 +61,9 @@ def summary(xs):
             "min": xs[0], "max": xs[-1], "n": len(xs)}
 
 
-def daemon_pids(root):
+def daemon_pids(root, keepers=False):
+    """Image daemons of the store at `root`, or (`keepers`) the keepers holding their
+    connections (benches/failover.py)."""
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -70,8 +72,8 @@ def daemon_pids(root):
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        # Image daemons only: not the keepers holding their connections (benches/failover.py).
-        if "serve-image" in cmd and str(root) in cmd and "nestfs-keeper" not in cmd.split()[0]:
+        keeper = cmd.split()[0].endswith("nestfs-keeper")
+        if "serve-image" in cmd and str(root) in cmd and keeper == keepers:
             pids.append(int(d.name))
     return pids
 
@@ -201,7 +203,8 @@ def stats_latency(s, image, runs, files=20000):
     for i in range(files):
         (d / str(i)).write_bytes(b"x" * 100)
     live = [timed(lambda: s.run("stats", "st")) for _ in range(runs)]
-    for pid in daemon_pids(s.root):
+    # Keepers first: a keeper would start another daemon.
+    for pid in daemon_pids(s.root, keepers=True) + daemon_pids(s.root):
         os.kill(pid, 9)
     time.sleep(0.2)
     scan = [timed(lambda: s.run("stats", "st")) for _ in range(runs)]
