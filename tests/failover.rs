@@ -51,6 +51,18 @@ fn takeover(s: &TestStore, id: &str, rootfs: &Path, n: usize) -> Duration {
     takeover_at(s, id, rootfs, n).1
 }
 
+/// Creates image `id` in `s` from an OCI layout of `layer` alone, written under `dir`.
+fn create_one_layer(s: &TestStore, dir: &Path, layer: Layer, id: &str) -> PathBuf {
+    let layout = dir.join("layout");
+    let image = Image {
+        layers: vec![layer],
+        env: None,
+        tag: Some("v1".into()),
+    };
+    write_layout(&layout, &image).unwrap();
+    s.create(&format!("oci://{}:v1", layout.display()), id)
+}
+
 /// A small xorshift: random moments, reproducible from the seed the test prints.
 struct Moments(u64);
 
@@ -271,15 +283,8 @@ fn a_takeover_during_a_copy_up_neither_corrupts_nor_leaves_debris() {
     for i in 0..delays.len() {
         layer = layer.file(&format!("big/f{i}"), 0o644, noise(i as u64, BIG));
     }
-    let layout = dir.path().join("layout");
-    let image = Image {
-        layers: vec![layer],
-        env: None,
-        tag: Some("v1".into()),
-    };
-    write_layout(&layout, &image).unwrap();
     let s = TestStore::new();
-    let rootfs = s.create(&format!("oci://{}:v1", layout.display()), "cu");
+    let rootfs = create_one_layer(&s, dir.path(), layer, "cu");
     let mut interrupted = 0;
     for (i, delay) in delays.iter().enumerate() {
         let path = rootfs.join(format!("big/f{i}"));
@@ -426,16 +431,9 @@ fn upgrade_hands_every_image_to_the_installed_binary() {
 fn passthrough_files_read_without_a_daemon_and_open_again_after_a_takeover() {
     require_root_fuse!();
     let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("layout");
     let layer = Layer::new(Compression::None).file("blob", 0o644, noise(7, 4 << 20));
-    let image = Image {
-        layers: vec![layer],
-        env: None,
-        tag: Some("v1".into()),
-    };
-    write_layout(&layout, &image).unwrap();
     let s = TestStore::new();
-    let rootfs = s.create(&format!("oci://{}:v1", layout.display()), "pt");
+    let rootfs = create_one_layer(&s, dir.path(), layer, "pt");
     // One name: the kernel reads it through passthrough.
     let path = rootfs.join("blob");
     let want = noise(7, 4 << 20);

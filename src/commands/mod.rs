@@ -30,6 +30,17 @@ pub struct Ctx<'a> {
 /// A command's result: `Some(text)` goes to stdout.
 pub type Output = anyhow::Result<Option<String>>;
 
+/// The images `ids` (ids or paths) name, or every image of the store if none.
+fn ids_or_all(store: &Store, ids: &[String]) -> anyhow::Result<Vec<String>> {
+    Ok(if ids.is_empty() {
+        store.image_ids()?
+    } else {
+        ids.iter()
+            .map(|i| store.lookup(i))
+            .collect::<Result<_, _>>()?
+    })
+}
+
 /// The async runtime pulls run on: two workers, as downloads wait on the network and
 /// unpacking runs on the blocking pool.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

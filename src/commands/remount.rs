@@ -11,13 +11,7 @@ pub fn run(ctx: &Ctx, ids: &[String]) -> Output {
     let store = ctx.store;
     store.meta()?;
     let _g = ctx.lock(false)?;
-    let ids = if ids.is_empty() {
-        store.image_ids()?
-    } else {
-        ids.iter()
-            .map(|i| store.lookup(i))
-            .collect::<Result<_, _>>()?
-    };
+    let ids = super::ids_or_all(store, ids)?;
     let mut served = Vec::new();
     for id in ids {
         if lifecycle::remount(store, &id)? {

@@ -12,13 +12,7 @@ pub fn run(ctx: &Ctx, ids: &[String]) -> Output {
     let store = ctx.store;
     store.meta()?;
     let _g = ctx.lock(false)?;
-    let ids = if ids.is_empty() {
-        store.image_ids()?
-    } else {
-        ids.iter()
-            .map(|i| store.lookup(i))
-            .collect::<Result<_, _>>()?
-    };
+    let ids = super::ids_or_all(store, ids)?;
     let (mut handed, mut failed) = (Vec::new(), Vec::new());
     // One image that cannot be handed over keeps no other from it.
     for id in ids {
