@@ -602,6 +602,19 @@ pub fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
+/// Backing file `id` of this connection, for an open's reply; closed when dropped.
+pub fn wrap_backing_open(reply: &fuser::ReplyOpen, id: u32) -> fuser::BackingId {
+    // SAFETY: `id` is registered on the connection this reply goes to, and the one `BackingId`
+    // made here is its only owner in this process.
+    unsafe { reply.wrap_backing(id) }
+}
+
+/// [`wrap_backing_open`] for a create's reply.
+pub fn wrap_backing_create(reply: &fuser::ReplyCreate, id: u32) -> fuser::BackingId {
+    // SAFETY: as in `wrap_backing_open`.
+    unsafe { reply.wrap_backing(id) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,17 +662,4 @@ mod tests {
         }
         XATTRAT.store(0, Ordering::Relaxed);
     }
-}
-
-/// Backing file `id` of this connection, for an open's reply; closed when dropped.
-pub fn wrap_backing_open(reply: &fuser::ReplyOpen, id: u32) -> fuser::BackingId {
-    // SAFETY: `id` is registered on the connection this reply goes to, and the one `BackingId`
-    // made here is its only owner in this process.
-    unsafe { reply.wrap_backing(id) }
-}
-
-/// [`wrap_backing_open`] for a create's reply.
-pub fn wrap_backing_create(reply: &fuser::ReplyCreate, id: u32) -> fuser::BackingId {
-    // SAFETY: as in `wrap_backing_open`.
-    unsafe { reply.wrap_backing(id) }
 }
