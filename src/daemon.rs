@@ -4,10 +4,9 @@
 //! runs and stops processes; which mount a daemon serves is the store's to say, and when to
 //! start or stop one is [`crate::lifecycle`]'s.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use anyhow::Context;
 use nestfs_fuse::handover::Connection;
 use nestfs_fuse::mounts::{is_mounted, unmount};
 use nestfs_fuse::ready::{self, Reporter, Verdict};
-use nestfs_fuse::{OverlayConfig, Quota};
+use nestfs_fuse::{KeeperMount, OverlayConfig, Quota};
 
 use crate::control::{self, Status, Stopped};
 use crate::sys;
@@ -136,16 +135,42 @@ impl Daemon {
         self.dir.join("daemon.pid")
     }
 
-    /// Starts the daemon and waits until it says its rootfs is mounted.
-    pub fn start(&self) -> Result<()> {
+    /// Starts the daemon and waits until it says its rootfs is mounted. As root, through a
+    /// keeper that mounts `mount` and holds its FUSE connection (see docs/failover.md).
+    pub fn start(&self, mount: &KeeperMount) -> Result<()> {
         preflight()?;
         let log_path = self.dir.join("daemon.log");
-        let log = io_ctx(std::fs::File::create(&log_path), || {
+        let mut log = io_ctx(std::fs::File::create(&log_path), || {
             format!("create {}", log_path.display())
         })?;
         let (verdict, report) = io_ctx(std::io::pipe(), || "make the daemon's pipe".into())?;
         let exe = io_ctx(std::env::current_exe(), || "find the nestfs binary".into())?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = match keeper_binary() {
+            Some(keeper) if rustix::process::geteuid().is_root() => {
+                let mut c = Command::new(keeper);
+                c.arg("--mount")
+                    .arg(self.rootfs())
+                    .arg("--source")
+                    .arg(&mount.source)
+                    .arg("--flags")
+                    .arg(mount.flags.to_string())
+                    .arg("--data")
+                    .arg(&mount.data)
+                    .arg("--")
+                    .arg(exe);
+                c
+            }
+            keeper => {
+                if keeper.is_none() {
+                    let _ = writeln!(
+                        log,
+                        "no nestfs-keeper beside nestfs or in PATH: this rootfs dies with its \
+                         daemon"
+                    );
+                }
+                Command::new(exe)
+            }
+        };
         cmd.arg("--store")
             .arg(&self.store)
             .arg("serve-image")
@@ -163,7 +188,8 @@ impl Daemon {
             // The daemon outlives us; its exit status is nobody's business once it served.
             Verdict::Ready => Ok(()),
             Verdict::TimedOut => {
-                let _ = child.kill();
+                // The keeper, if it is one, and its daemon.
+                self.kill_strays();
                 let _ = child.wait();
                 Err(DaemonError::NotMounted(self.rootfs()))
             }
@@ -200,40 +226,6 @@ impl Daemon {
         let served = prepared.serve();
         let _ = std::fs::remove_file(self.dir.join(control::SOCKET));
         served
-    }
-
-    /// Replaces this process (`serve-image`, as root) with a keeper that mounts the rootfs,
-    /// holds its FUSE connection and starts this command again to serve it, and again when
-    /// that server dies (see docs/failover.md). Returns where there is no keeper: not root, or
-    /// no `nestfs-keeper` beside this binary or in PATH.
-    pub fn exec_keeper(&self, cfg: &OverlayConfig) {
-        if !rustix::process::geteuid().is_root() {
-            return;
-        }
-        let (Ok(exe), Some(keeper)) = (std::env::current_exe(), keeper_binary()) else {
-            eprintln!(
-                "no nestfs-keeper beside nestfs or in PATH: this rootfs dies with its daemon"
-            );
-            return;
-        };
-        let m = cfg.keeper_mount();
-        let e = Command::new(&keeper)
-            .arg("--mount")
-            .arg(self.rootfs())
-            .arg("--source")
-            .arg(&m.source)
-            .arg("--flags")
-            .arg(m.flags.to_string())
-            .arg("--data")
-            .arg(&m.data)
-            .arg("--")
-            .arg(exe)
-            .args(std::env::args_os().skip(1))
-            .exec();
-        eprintln!(
-            "cannot run {}: {e}; serving without a keeper",
-            keeper.display()
-        );
     }
 
     /// Everything up to a live mount.
@@ -280,7 +272,7 @@ impl Daemon {
         Ok(prepared)
     }
 
-    /// Whether a keeper holds the daemon's connection (see [`Daemon::exec_keeper`]).
+    /// Whether a keeper holds the daemon's connection (see [`Daemon::start`]).
     pub fn has_keeper(&self) -> bool {
         Proc::keeper(self).is_some()
     }
@@ -487,7 +479,7 @@ impl Proc {
         Proc::named(daemon, 0)
     }
 
-    /// The keeper of the daemon the pid file names (see [`Daemon::exec_keeper`]), likewise.
+    /// The keeper of the daemon the pid file names (see [`Daemon::start`]), likewise.
     fn keeper(daemon: &Daemon) -> Option<Proc> {
         Proc::named(daemon, 2)
     }
@@ -506,7 +498,7 @@ impl Proc {
         p.serves(daemon).then_some(p)
     }
 
-    /// Whether this process is a keeper (see [`Daemon::exec_keeper`]).
+    /// Whether this process is a keeper (see [`Daemon::start`]).
     fn is_keeper(&self) -> bool {
         // argv[0], not /proc/PID/exe: that reads "... (deleted)" once a new nestfs is installed.
         std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {

@@ -51,9 +51,10 @@ fn clear_half_made(store: &Store, id: &str) -> Result<bool> {
 pub fn create(store: &Store, spec: &ImageMeta) -> Result<PathBuf> {
     check_new_id(store, &spec.id)?;
     let lock = store.make_image(spec)?;
-    let served = daemon(store, &spec.id)
-        .start()
+    let served = store
+        .overlay_config(&spec.id)
         .map_err(Error::from)
+        .and_then(|cfg| Ok(daemon(store, &spec.id).start(&cfg.keeper_mount())?))
         .and_then(|()| Ok(store.mark_served(&spec.id)?));
     if let Err(e) = served {
         let _ = remove_locked(store, &spec.id, lock);
@@ -113,7 +114,7 @@ pub fn remount(store: &Store, id: &str) -> Result<bool> {
         }
         State::NotMounted => {}
     }
-    daemon.start()?;
+    daemon.start(&store.overlay_config(id)?.keeper_mount())?;
     Ok(true)
 }
 
@@ -156,12 +157,8 @@ pub fn sweep(store: &Store) {
 pub fn serve(store: &Store, id: &str) -> anyhow::Result<()> {
     let meta = store.image_meta(id)?;
     let mut cfg = store.overlay_config(id)?;
+    // Started by a keeper (root): the connection it holds.
     let conn = nestfs_fuse::handover::Connection::inherited()?;
-    if conn.is_none() {
-        // As root a keeper holds the connection and starts this process again to serve it;
-        // this returns only where there is no keeper.
-        daemon(store, id).exec_keeper(&cfg);
-    }
     // Lazily pulled layers: filled as they are read, their prefetch files at once, completed
     // in the background.
     if let Some(filler) = crate::lazy::fill::Filler::new(store, &meta.layers)? {
