@@ -72,7 +72,8 @@ def daemon_pids(root, keepers=False):
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        keeper = cmd.split()[0].endswith("nestfs-keeper")
+        argv = cmd.split()
+        keeper = bool(argv) and argv[0].endswith("nestfs-keeper")
         if "serve-image" in cmd and str(root) in cmd and keeper == keepers:
             pids.append(int(d.name))
     return pids

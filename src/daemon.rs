@@ -204,9 +204,10 @@ impl Daemon {
         }
     }
 
-    /// The daemon itself (in the `serve-image` process): mounts `cfg` on the rootfs, counts the
-    /// upper dir's usage against `limit` (0: none), answers the control socket, tells its
-    /// starter once the mount is up, and serves until the rootfs is unmounted.
+    /// The daemon itself (in the `serve-image` process): mounts `cfg` on the rootfs (or serves
+    /// `conn`, the connection its keeper mounted), counts the upper dir's usage against `limit`
+    /// (0: none), answers the control socket, tells its starter once the mount is up, and
+    /// serves until the rootfs is unmounted.
     pub fn serve(
         &self,
         cfg: OverlayConfig,
