@@ -63,6 +63,28 @@ fn create_one_layer(s: &TestStore, dir: &Path, layer: Layer, id: &str) -> PathBu
     s.create(&format!("oci://{}:v1", layout.display()), id)
 }
 
+/// An installation of nestfs and its keeper of the test's own (in the store's temp dir), so
+/// that installing over it disturbs no other test; its `nestfs`.
+fn install_apart(s: &TestStore) -> PathBuf {
+    let bin = s.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let built = Path::new(common::bin());
+    for name in ["nestfs", "nestfs-keeper"] {
+        std::fs::copy(built.with_file_name(name), bin.join(name)).unwrap();
+    }
+    bin.join("nestfs")
+}
+
+fn run_installed(nestfs: &Path, s: &TestStore, args: &[&str]) -> common::Run {
+    std::process::Command::new(nestfs)
+        .arg("--store")
+        .arg(s.root())
+        .args(args)
+        .output()
+        .unwrap()
+        .into()
+}
+
 /// A small xorshift: random moments, reproducible from the seed the test prints.
 struct Moments(u64);
 
@@ -346,26 +368,10 @@ fn a_takeover_during_a_copy_up_neither_corrupts_nor_leaves_debris() {
 fn upgrade_hands_every_image_to_the_installed_binary() {
     require_root_fuse!();
     let s = TestStore::new();
-    // An installation of its own, so that installing over it disturbs no other test.
-    let bin = s.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
+    let nestfs = install_apart(&s);
     let built = Path::new(common::bin()).to_path_buf();
-    let nestfs = bin.join("nestfs");
-    std::fs::copy(&built, &nestfs).unwrap();
-    std::fs::copy(
-        built.with_file_name("nestfs-keeper"),
-        bin.join("nestfs-keeper"),
-    )
-    .unwrap();
-    let run = |args: &[&str]| -> common::Run {
-        std::process::Command::new(&nestfs)
-            .arg("--store")
-            .arg(s.root())
-            .args(args)
-            .output()
-            .unwrap()
-            .into()
-    };
+    let bin = nestfs.parent().unwrap().to_path_buf();
+    let run = |args: &[&str]| run_installed(&nestfs, &s, args);
     let mut rootfs = Vec::new();
     for id in ["u1", "u2"] {
         let spec = run(&["create", &oci("busybox"), id]).ok().json();
@@ -533,4 +539,58 @@ fn upgrade_refuses_an_image_without_a_keeper() {
     assert!(said.contains("lone is served without a keeper"), "{said}");
     assert!(said.contains(&format!("kept: {before} -> ")), "{said}");
     assert_ne!(served(&s, "kept").0, before);
+}
+
+/// A daemon that dies while its binary is missing (mid-install): the keeper tries again, after
+/// growing pauses, and the rootfs is served again as soon as the binary is back; a process
+/// reading in it meanwhile only waits.
+#[test]
+fn a_keeper_retries_while_the_binary_is_missing() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let nestfs = install_apart(&s);
+    let spec = run_installed(&nestfs, &s, &["create", &oci("busybox"), "m"])
+        .ok()
+        .json();
+    let rootfs = PathBuf::from(spec["root"]["path"].as_str().unwrap());
+    let (daemon, keeper) = served(&s, "m");
+    let away = nestfs.with_file_name("nestfs.away");
+    std::fs::rename(&nestfs, &away).unwrap();
+    common::kill(daemon);
+    let reader = {
+        let probe = rootfs.join(".asked-while-missing");
+        std::thread::spawn(move || std::fs::symlink_metadata(probe).map(|_| ()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!reader.is_finished(), "answered with no daemon");
+    assert!(common::runs(keeper), "the keeper gave up");
+    std::fs::rename(&away, &nestfs).unwrap();
+    let e = reader.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    let (new, k) = served(&s, "m");
+    assert!(new != daemon && k == keeper);
+    let log = std::fs::read_to_string(s.root().join("images/m/daemon.log")).unwrap();
+    assert!(log.contains("cannot start"), "{log}");
+    run_installed(&nestfs, &s, &["delete", "m"]).ok();
+}
+
+/// The keeper refuses a command line it does not know, saying how it is used.
+#[test]
+fn the_keeper_explains_its_usage() {
+    let keeper = Path::new(common::bin()).with_file_name("nestfs-keeper");
+    for args in [
+        &[][..],
+        &["--mount"][..],
+        &["--bogus", "x", "--", "true"][..],
+    ] {
+        let out = std::process::Command::new(&keeper)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("nestfs-keeper: "), "{args:?}: {err}");
+    }
+    let out = std::process::Command::new(&keeper).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: nestfs-keeper --mount DIR"));
 }
