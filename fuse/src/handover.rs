@@ -39,8 +39,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// The connection a keeper handed this process, if one did. Taken once: the variable is
-    /// removed, and the fds are closed on exec from now on.
+    /// The connection a keeper handed this process, if one did. To be called once, before the
+    /// process starts threads (the variable is removed then); the fds are closed on exec from
+    /// now on.
     pub fn inherited() -> anyhow::Result<Option<Connection>> {
         let Some(v) = std::env::var_os(ENV) else {
             return Ok(None);
