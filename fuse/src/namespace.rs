@@ -338,7 +338,7 @@ impl Overlay {
         // A lower file is copied up first, its data without the change lock (see `copied_up`).
         // Not one with several names: copying one name splits it off, which is for the code
         // below to meet, after it resolved the name under the lock.
-        if let Ok(src) = self.dirs_of(parent).and_then(|d| self.resolve(&d, name))
+        if let Ok(src) = self.find(parent, name)
             && src.st.st_mode & libc::S_IFMT == libc::S_IFREG
             && src.st.st_nlink == 1
             && !self.is_upper(src.layer)

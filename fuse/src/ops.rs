@@ -23,7 +23,7 @@ use crate::attrs::SetAttr;
 use crate::dir::{self, Entry};
 use crate::handles::{Handle, Handles};
 use crate::namespace::{Caller, NewKind};
-use crate::overlay::{Found, Overlay, Target};
+use crate::overlay::{Overlay, Target};
 use crate::passthrough::Open;
 use crate::setid::{self, Change, Requester};
 use crate::sys;
@@ -122,13 +122,6 @@ impl Fs {
     /// request is taken as that success.
     fn done_before(req: &Request, e: &io::Error, errno: i32) -> bool {
         req.unique().0 & FUSE_UNIQUE_RESEND != 0 && e.raw_os_error() == Some(errno)
-    }
-
-    fn exists(&self, parent: u64, name: &std::ffi::CStr) -> bool {
-        self.ov
-            .dirs_of(parent)
-            .and_then(|d| self.ov.resolve(&d, name))
-            .is_ok()
     }
 
     /// The entry a resent request that makes `parent`/`name` made before (see `done_before`).
@@ -531,7 +524,7 @@ impl Filesystem for Fs {
             // Done before if the source is gone and the target is there.
             Err(e)
                 if !(Self::done_before(req, &e, libc::ENOENT)
-                    && self.exists(newparent.0, &newname)) =>
+                    && self.ov.find(newparent.0, &newname).is_ok()) =>
             {
                 reply.error(errno(e))
             }
@@ -552,13 +545,11 @@ impl Filesystem for Fs {
         match self.ov.link(ino.0, newparent.0, &newname) {
             Ok(attr) => self.entry(reply, &attr),
             Err(e) => {
-                let same = |f: Found| f.ino == ino.0;
                 let linked = Self::done_before(req, &e, libc::EEXIST)
                     && self
                         .ov
-                        .dirs_of(newparent.0)
-                        .and_then(|d| self.ov.resolve(&d, &newname))
-                        .is_ok_and(same);
+                        .find(newparent.0, &newname)
+                        .is_ok_and(|f| f.ino == ino.0);
                 match linked.then(|| self.ov.lookup(newparent.0, &newname)) {
                     Some(Ok(attr)) => self.entry(reply, &attr),
                     _ => reply.error(errno(e)),

@@ -483,10 +483,14 @@ impl Overlay {
         )
     }
 
+    /// What `name` in directory node `parent` is, without recording a lookup.
+    pub fn find(&self, parent: u64, name: &CStr) -> io::Result<Found> {
+        self.resolve(&self.dirs_of(parent)?, name)
+    }
+
     /// Looks `name` up in `parent` and records the lookup.
     pub fn lookup(&self, parent: u64, name: &CStr) -> io::Result<FileAttr> {
-        let dirs = self.dirs_of(parent)?;
-        let found = self.resolve(&dirs, name)?;
+        let found = self.find(parent, name)?;
         Ok(self.remember(parent, name, found))
     }
 

@@ -69,7 +69,7 @@ impl Overlay {
             return;
         }
         self.known(parent);
-        let Ok(found) = self.dirs_of(parent).and_then(|d| self.resolve(&d, name)) else {
+        let Ok(found) = self.find(parent, name) else {
             return;
         };
         if !self.nodes.lock().contains_key(&found.ino) {
