@@ -594,3 +594,29 @@ fn the_keeper_explains_its_usage() {
     let out = std::process::Command::new(&keeper).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: nestfs-keeper --mount DIR"));
 }
+
+/// `delete` while a takeover is under way (the daemon killed, the next one not started yet:
+/// here its binary is away, as mid-install) stops the keeper too, and leaves no keeper,
+/// daemon, mount or image behind.
+#[test]
+fn delete_during_a_takeover_leaves_nothing() {
+    require_root_fuse!();
+    let s = TestStore::new();
+    let nestfs = install_apart(&s);
+    run_installed(&nestfs, &s, &["create", &oci("busybox"), "t"]).ok();
+    let (daemon, keeper) = served(&s, "t");
+    std::fs::rename(&nestfs, nestfs.with_file_name("nestfs.away")).unwrap();
+    common::kill(daemon);
+    s.run(&["delete", "t"]).ok();
+    assert!(!s.root().join("images/t").exists(), "not deleted");
+    let start = Instant::now();
+    while common::runs(keeper) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the keeper was left"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(common::daemons_for(s.dir.path()).is_empty());
+    assert!(common::mounts_under(s.dir.path()).is_empty());
+}

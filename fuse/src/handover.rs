@@ -48,23 +48,31 @@ impl Connection {
         };
         sys::process::remove_env(ENV);
         let v = v.to_string_lossy().into_owned();
-        let parts: Vec<&str> = v.split(':').collect();
-        let [fuse, init, ledger, epoch] = parts[..] else {
-            anyhow::bail!("{ENV}={v}: expected fuse:init:ledger:epoch");
-        };
-        let fd = |s: &str| -> anyhow::Result<OwnedFd> {
-            let n: RawFd = s.parse().with_context(|| format!("{ENV}={v}: fd {s}"))?;
-            sys::process::inherited_fd(n).with_context(|| format!("{ENV}={v}: fd {n}"))
-        };
+        let ([fuse, init, ledger], epoch) = parse(&v)?;
+        let fd =
+            |n: RawFd| sys::process::inherited_fd(n).with_context(|| format!("{ENV}={v}: fd {n}"));
         Ok(Some(Connection {
             fuse: fd(fuse)?,
             init: fd(init)?,
             ledger: fd(ledger)?,
-            epoch: epoch
-                .parse()
-                .with_context(|| format!("{ENV}={v}: epoch {epoch}"))?,
+            epoch,
         }))
     }
+}
+
+/// The fds and epoch a keeper's `fuse:init:ledger:epoch` names.
+fn parse(v: &str) -> anyhow::Result<([RawFd; 3], u32)> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let [fuse, init, ledger, epoch] = parts[..] else {
+        anyhow::bail!("{ENV}={v}: expected fuse:init:ledger:epoch");
+    };
+    let fd = |s: &str| -> anyhow::Result<RawFd> {
+        s.parse().with_context(|| format!("{ENV}={v}: fd {s}"))
+    };
+    let epoch = epoch
+        .parse()
+        .with_context(|| format!("{ENV}={v}: epoch {epoch}"))?;
+    Ok(([fd(fuse)?, fd(init)?, fd(ledger)?], epoch))
 }
 
 /// Tells the keeper this server is set up, on the INIT socket; returns once the keeper mounted
@@ -188,6 +196,25 @@ mod tests {
 
     fn memfd() -> OwnedFd {
         tempfile::tempfile().unwrap().into()
+    }
+
+    /// A connection variable that is not the keeper's is refused with what is wrong in it.
+    #[test]
+    fn a_malformed_connection_variable_says_what_is_wrong() {
+        assert_eq!(parse("7:8:9:2").unwrap(), ([7, 8, 9], 2));
+        for (v, says) in [
+            ("7:8:9", "expected fuse:init:ledger:epoch"),
+            ("7:8:9:2:1", "expected fuse:init:ledger:epoch"),
+            ("7:x:9:2", "fd x"),
+            ("7:8:9:-1", "epoch -1"),
+            ("", "expected"),
+        ] {
+            let e = format!("{:#}", parse(v).unwrap_err());
+            assert!(e.contains(says) && e.contains(ENV), "{v}: {e}");
+        }
+        // An fd this process does not have open is refused, not adopted.
+        let e = sys::process::inherited_fd(999_999).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 
     /// A server that took over finds what the one before left, and reuses cleared slots.
